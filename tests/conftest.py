@@ -1,0 +1,237 @@
+"""Shared fixtures: a core on a tmp data dir (no mount) and a real FUSE mount.
+
+Mount tests need ``/dev/fuse`` and ``fusermount3``; without them they skip,
+unless ``WSFS_REQUIRE_FUSE=1`` (CI), where they fail.  Every mount is
+unmounted in ``finally`` (``fusermount3 -u -z``, then terminate, then kill),
+and a failing test prints the daemon's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wsfs.config import default_config, parse_config
+from wsfs.lifecycle import JobService
+from wsfs.store import Store
+from wsfs.tree import Tree
+
+REPO = Path(__file__).resolve().parent.parent
+MOUNT_TIMEOUT = 20.0
+
+
+class FakeClock:
+    """An injected clock: tests move time, nobody sleeps."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def core(tmp_path, clock):
+    """A JobService on a fresh data dir, with a fake clock."""
+    tree = Tree(str(tmp_path / "data"))
+    store = Store(str(tmp_path / "data" / "store"), clock=clock)
+    service = JobService(store, tree, default_config(), clock=clock)
+    yield service
+    service.manifest.flush()
+    store.close()
+    tree.close()
+
+
+def make_core(data_dir, clock=None, config=None):
+    """A JobService on ``data_dir`` (for tests that reopen one)."""
+    clock = clock or FakeClock()
+    tree = Tree(str(data_dir))
+    store = Store(str(Path(data_dir) / "store"), clock=clock)
+    return JobService(store, tree, config or default_config(), clock=clock)
+
+
+# -- real mounts ------------------------------------------------------------------
+
+
+def fuse_missing() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+def require_fuse():
+    reason = fuse_missing()
+    if reason:
+        if os.environ.get("WSFS_REQUIRE_FUSE") == "1":
+            pytest.fail(f"WSFS_REQUIRE_FUSE=1 but {reason}")
+        pytest.skip(reason)
+
+
+def is_mounted(path) -> bool:
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 2)
+
+
+class MountedWsfs:
+    """A ``wsfs mount --foreground`` child on a tmp mount point and data dir."""
+
+    def __init__(self, base: Path, *, config: str | None = None, env: dict | None = None,
+                 allow_other: bool = False, data: Path | None = None):
+        self.base = base
+        self.mnt = base / "mnt"
+        self.data = data or (base / "data")
+        self.log = base / "daemon.log"
+        self.config = config
+        self.env = env or {}
+        self.allow_other = allow_other
+        self.proc: subprocess.Popen | None = None
+        self.mnt.mkdir(parents=True, exist_ok=True)
+
+    def cli_args(self) -> list[str]:
+        args = [sys.executable, "-m", "wsfs", "--log-level", "debug", "mount", str(self.mnt),
+                "--data", str(self.data), "--foreground"]
+        if self.config:
+            cfg = self.base / "wsfs.toml"
+            cfg.write_text(self.config)
+            args += ["--config", str(cfg)]
+        if self.allow_other:
+            args.append("--allow-other")
+        return args
+
+    def start(self, extra_env: dict | None = None) -> "MountedWsfs":
+        env = dict(os.environ, **self.env, **(extra_env or {}))
+        env.setdefault("PYTHONPATH", str(REPO))
+        self._log_file = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.cli_args(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     env=env, cwd=str(REPO))
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wsfs exited with {self.proc.returncode} before mounting:\n{self.log_text()}")
+            if is_mounted(self.mnt):
+                try:
+                    json.loads((self.mnt / ".wsfs" / "status").read_text())
+                    return self
+                except (OSError, ValueError):
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"wsfs did not mount within {MOUNT_TIMEOUT}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def ws(self) -> Path:
+        return self.mnt / "workspaces"
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon: what a crash looks like (the mount goes stale)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Unmount cleanly (fusermount3 -u), wait for the daemon to exit; escalate if needed."""
+        if self.proc is None:
+            return
+        try:
+            if is_mounted(self.mnt):
+                subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
+                if is_mounted(self.mnt):
+                    subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+        finally:
+            if is_mounted(self.mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+            self._log_file.close()
+            self.proc = None
+
+    def restart(self, extra_env: dict | None = None) -> "MountedWsfs":
+        self.stop()
+        return self.start(extra_env)
+
+    def daemon_errors(self) -> list[str]:
+        """Log lines at ERROR/CRITICAL or with a traceback (the daemon must have none)."""
+        return [ln for ln in self.log_text().splitlines() if " ERROR " in ln or " CRITICAL " in ln
+                or ln.startswith("Traceback")]
+
+
+@pytest.fixture
+def mount_factory(tmp_path, request):
+    """Make mounts: ``mount_factory(config=..., env=...)``; all are stopped in finally."""
+    require_fuse()
+    made: list[MountedWsfs] = []
+
+    def factory(**kwargs) -> MountedWsfs:
+        sub = tmp_path / f"m{len(made)}"
+        m = MountedWsfs(sub, **kwargs)
+        made.append(m)
+        return m.start()
+
+    try:
+        yield factory
+    finally:
+        failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+        for m in made:
+            try:
+                m.stop()
+            finally:
+                if failed:
+                    sys.stderr.write(f"\n--- daemon log ({m.mnt}) ---\n{m.log_text()[-20000:]}\n")
+
+
+@pytest.fixture
+def wsfs_mount(mount_factory) -> MountedWsfs:
+    """One running mount with the default config."""
+    return mount_factory()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+def sh(command: str, *, cwd=None, check: bool = True, env=None) -> subprocess.CompletedProcess:
+    """Run a real shell command line (bash), as a user would."""
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, env=env,
+                            timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"`{command}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def parse_toml_config(text: str):
+    import tomllib
+
+    return parse_config(tomllib.loads(text), "<test>")

@@ -1,0 +1,137 @@
+"""The grammar of ``.state`` and ``.wsfs/control`` writes (SPEC §5, §10).  Pure.
+
+One command per ``write()``: UTF-8, at most 4 KiB, one line, surrounding
+whitespace ignored.  ``parse_state_command`` and ``parse_control_command``
+return a ``Command`` or raise ``BadCommandError`` (``EINVAL``); they never
+look at a job, so "allowed now?" is the lifecycle's question, not theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .errors import BadCommandError
+from .model import JobState, validate_job_id
+from .units import parse_size
+
+MAX_COMMAND_BYTES = 4096
+MAX_REASON_CHARS = 1024
+MAX_PID = 1 << 22  # the kernel's ceiling for pid_max
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# A reason is free text on one line: no control characters at all.
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+ENDING_WORDS = {"completed": JobState.COMPLETED, "failed": JobState.FAILED, "cancelled": JobState.CANCELLED}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A parsed command: ``verb`` plus its arguments."""
+
+    verb: str
+    job: str | None = None
+    target: JobState | None = None
+    reason: str | None = None
+    stage: str | None = None
+    pid: int | None = None
+    options: tuple[tuple[str, object], ...] = ()
+    dry_run: bool = False
+
+    def option(self, name: str, default=None):
+        return dict(self.options).get(name, default)
+
+
+def _decode_line(data: bytes) -> str:
+    if not isinstance(data, (bytes, bytearray)):
+        raise BadCommandError("a command is bytes")
+    if len(data) > MAX_COMMAND_BYTES:
+        raise BadCommandError(f"command too long: {len(data)} bytes, at most {MAX_COMMAND_BYTES}")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadCommandError("command is not UTF-8 text") from None
+    text = text.strip()
+    if not text:
+        raise BadCommandError("empty command")
+    if _CONTROL_CHARS_RE.search(text):
+        raise BadCommandError("a command is one line of text without control characters")
+    return text
+
+
+def _reason(words: list[str]) -> str | None:
+    reason = " ".join(words) or None
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        raise BadCommandError(f"reason too long: at most {MAX_REASON_CHARS} characters")
+    return reason
+
+
+def _pid(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_PID:
+        raise BadCommandError(f"bad PID {text!r}: a process id is a positive integer")
+    return int(text)
+
+
+def parse_state_command(data: bytes) -> Command:
+    """Parse a ``.state`` write: a job's own commands (SPEC §5)."""
+    text = _decode_line(data)
+    verb, *rest = text.split()
+    if verb in ENDING_WORDS:
+        return Command("transition", target=ENDING_WORDS[verb], reason=_reason(rest))
+    if verb == "archived":
+        if rest:
+            raise BadCommandError("'archived' takes no argument")
+        return Command("transition", target=JobState.ARCHIVED)
+    if verb == "stage":
+        if len(rest) != 1 or not _TOKEN_RE.fullmatch(rest[0]):
+            raise BadCommandError("usage: stage NAME (one word of letters, digits, . _ : -)")
+        return Command("stage", stage=rest[0])
+    if verb == "owner":
+        if len(rest) != 1:
+            raise BadCommandError("usage: owner PID")
+        return Command("owner", pid=_pid(rest[0]))
+    raise BadCommandError(
+        f"unknown command {verb[:40]!r}: use completed, failed [REASON], cancelled [REASON], "
+        "archived, stage NAME or owner PID"
+    )
+
+
+_CREATE_OPTIONS = {
+    "template": lambda v: _TOKEN_RE.fullmatch(v) and v,
+    "quota": parse_size,
+    "max_files": lambda v: v.isdigit() and int(v),
+    "owner": _pid,
+}
+
+
+def parse_control_command(data: bytes) -> Command:
+    """Parse a ``.wsfs/control`` write (SPEC §10)."""
+    text = _decode_line(data)
+    verb, *rest = text.split()
+    if verb == "create":
+        if not rest:
+            raise BadCommandError("usage: create JOB [template=T] [quota=SIZE] [max_files=N] [owner=PID]")
+        job = validate_job_id(rest[0])
+        options = []
+        for word in rest[1:]:
+            name, eq, value = word.partition("=")
+            if not eq or name not in _CREATE_OPTIONS:
+                raise BadCommandError(f"unknown create option {word[:40]!r}: use template=, quota=, max_files=, owner=")
+            try:
+                parsed = _CREATE_OPTIONS[name](value)
+            except (ValueError, BadCommandError):
+                parsed = None
+            if parsed is None or parsed is False:
+                raise BadCommandError(f"bad value for {name}: {value[:40]!r}")
+            options.append((name, parsed))
+        return Command("create", job=job, options=tuple(options))
+    if verb in ("restore", "resume"):
+        if len(rest) != 1:
+            raise BadCommandError(f"usage: {verb} JOB")
+        return Command(verb, job=validate_job_id(rest[0]))
+    if verb == "sweep":
+        if rest not in ([], ["dry-run"]):
+            raise BadCommandError("usage: sweep [dry-run]")
+        return Command("sweep", dry_run=bool(rest))
+    raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, restore, resume or sweep")

@@ -1,0 +1,397 @@
+"""Mounting: checks, the daemon's threads, sd_notify, ordered shutdown (SPEC §7, §11).
+
+``mount`` checks the mount point and the data dir, then either serves in the
+foreground (``serve``) or starts ``wsfs mount --foreground`` as a detached
+child and returns once the mount answers.
+
+``serve`` order: lock the data dir -> open the store -> recover -> start the
+worker threads -> FUSE loop (libfuse handles SIGTERM/SIGINT: it leaves the
+loop and unmounts) -> stop the threads -> flush -> mark the store clean.
+A crash skips the last steps on purpose: the store stays ``live``, the next
+mount sees it and recovers, and the mount point is never unmounted under a
+job that is still writing (an empty mount point invites writes to the wrong
+disk).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from . import __version__
+from .config import Config
+from .errors import StoreError
+from .lifecycle import JobService
+from .store import Store
+from .tree import Tree
+
+log = logging.getLogger("wsfs.daemon")
+
+FSNAME = "wsfs"
+LOG_FILE = "wsfs.log"
+LOCK_FILE = "lock"
+READY_TIMEOUT = 30.0
+MAX_THREADS = 16  # libfuse's worker threads; the GIL makes more of them useless
+
+
+class MountError(Exception):
+    """A refusal to mount: the message is the one line the user sees."""
+
+
+def default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/wsfs"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "wsfs")
+
+
+def default_mountpoint() -> str:
+    return "/mnt/wsfs" if os.geteuid() == 0 else os.path.expanduser("~/wsfs")
+
+
+def mount_entry(mountpoint: str) -> tuple[str, str] | None:
+    """(fstype, source) of the mount at ``mountpoint`` from /proc/mounts, or None."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and fields[1].replace("\\040", " ") == target:
+                found = (fields[2], fields[0])  # the last one listed is on top
+    return found
+
+
+def is_wsfs_mount(mountpoint: str) -> bool:
+    entry = mount_entry(mountpoint)
+    return entry is not None and entry[0] == f"fuse.{FSNAME}"
+
+
+def fusermount(mountpoint: str, *, lazy: bool = False) -> subprocess.CompletedProcess:
+    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """Refuse a mount point we must not use; clear a stale one left by a killed daemon."""
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir it first)") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+        log.warning("clearing the stale mount at %s (its daemon is gone)", mountpoint)
+        result = fusermount(mountpoint, lazy=True)
+        if result.returncode != 0:
+            raise MountError(f"cannot clear the stale mount at {mountpoint}: {result.stderr.strip()}") from None
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if is_wsfs_mount(mountpoint):
+        raise MountError(f"{mountpoint} is already a wsfs mount (wsfs unmount {mountpoint} first)")
+    if os.listdir(mountpoint):
+        raise MountError(f"mount point {mountpoint} is not empty")
+
+
+def check_data_dir(data_dir: str) -> None:
+    try:
+        os.makedirs(data_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise MountError(f"data dir {data_dir} cannot be created: {exc.strerror}") from None
+    if not os.path.isdir(data_dir):
+        raise MountError(f"data dir {data_dir} is not a directory")
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise MountError(f"data dir {data_dir} is not writable")
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """An exclusive lock for this daemon's life: one daemon per data dir."""
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise MountError(f"data dir {data_dir} is in use by another wsfs daemon (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def sd_notify(message: str) -> None:
+    """One datagram to $NOTIFY_SOCKET (systemd's protocol; no libsystemd needed)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], exc)
+
+
+class Daemon:
+    """One mounted data dir: the store, the service, the worker threads."""
+
+    def __init__(self, mountpoint: str, data_dir: str, config: Config):
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.data_dir = os.path.abspath(data_dir)
+        self.config = config
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.started = time.time()
+        self.store: Store | None = None
+        self.service: JobService | None = None
+        self.failed_removals = 0
+
+    def open(self) -> None:
+        self.tree = Tree(self.data_dir)
+        self.store = Store(os.path.join(self.data_dir, "store"))
+        self.service = JobService(self.store, self.tree, self.config)
+        with self.store.read() as r:
+            previous = r.meta("mount", {})
+        unclean = previous.get("state") == "live"
+        if unclean:
+            log.warning("the previous mount (pid %s) did not end cleanly: recovering", previous.get("pid"))
+        with self.store.write() as w:
+            w.put_meta("mount", {"state": "live", "pid": os.getpid(), "since": time.time(),
+                                 "mountpoint": self.mountpoint})
+            if unclean:
+                w.add_event("recovered", None, pid=previous.get("pid"))
+        finished = self.service.recover(unclean)
+        if finished:
+            log.warning("finished %d interrupted transition(s): %s", len(finished), ", ".join(finished))
+
+    def start_threads(self) -> None:
+        self._thread("wsfs-manifest", lambda: self.service.manifest.run(self.stop))
+        self._thread("wsfs-trash", self._empty_trash_loop)
+        self._thread("wsfs-ready", self._announce_ready)
+
+    def _thread(self, name: str, target) -> None:
+        def run():
+            try:
+                target()
+            except Exception:
+                # A dead worker must not go unnoticed: stop the mount (STYLE: s3ql's hook).
+                log.exception("thread %s crashed; stopping the mount", name)
+                os.kill(os.getpid(), 15)
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _announce_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            if is_wsfs_mount(self.mountpoint):
+                try:
+                    os.stat(os.path.join(self.mountpoint, ".wsfs", "status"))
+                except OSError:
+                    pass
+                else:
+                    log.info("wsfs %s mounted %s on %s", __version__, self.data_dir, self.mountpoint)
+                    sd_notify("READY=1\nSTATUS=" + self._status_line())
+                    return
+            self.stop.wait(0.05)
+
+    def _status_line(self) -> str:
+        counts = self.service.counts()
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+
+    def _empty_trash_loop(self) -> None:
+        while not self.stop.is_set():
+            self.empty_trash()
+            self.service.trash_wake.wait(30.0)
+            self.service.trash_wake.clear()
+
+    def empty_trash(self) -> int:
+        """Delete everything in the trash; return the entries removed."""
+        names = self.tree.listdir("trash", "")
+        failures = 0
+        for name in names:
+            def report(path, exc):
+                log.error("could not remove %s from the trash: %s", path, exc)
+            failures += self.tree.remove_tree("trash", name, on_error=report)
+        if failures:
+            self.failed_removals += failures
+            with self.store.write() as w:
+                w.bump_counter("failed_removals", failures)
+        return len(names)
+
+    def status(self) -> dict:
+        counts: dict[str, int] = {}
+        used_bytes = used_files = 0
+        with self.store.read() as r:
+            for record in r.jobs():
+                counts[record["state"]] = counts.get(record["state"], 0) + 1
+                used_bytes += record["usage"]["bytes"]
+                used_files += record["usage"]["files"]
+            counters = r.meta("counters", {})
+        st = self.tree.statvfs()
+        return {
+            "version": __version__, "pid": os.getpid(), "mountpoint": self.mountpoint,
+            "data_dir": self.data_dir, "uptime_s": round(time.time() - self.started, 1),
+            "jobs": counts, "used": {"bytes": used_bytes, "files": used_files},
+            "free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
+            "trash_entries": len(self.tree.listdir("trash", "")),
+            "counters": counters, "last_sweep": None,
+        }
+
+    def close(self, clean: bool) -> None:
+        self.stop.set()
+        self.service.trash_wake.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.service.manifest.flush()
+        if clean:
+            with self.store.write() as w:
+                w.put_meta("mount", {"state": "clean", "pid": os.getpid(), "since": time.time(),
+                                     "mountpoint": self.mountpoint})
+        self.store.close()
+        self.tree.close()
+
+
+def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool = False, debug: bool = False) -> int:
+    """Mount and serve in this process until unmounted or signalled."""
+    from .binding import FUSE  # only the daemon needs libfuse
+    from .fs import WsfsOperations
+
+    check_data_dir(data_dir)
+    check_mountpoint(mountpoint)
+    lock_fd = lock_data_dir(data_dir)
+    daemon = Daemon(mountpoint, data_dir, config)
+    try:
+        daemon.open()
+    except StoreError as exc:
+        raise MountError(str(exc)) from None
+    ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status)
+    daemon.start_threads()
+    options = dict(foreground=True, nothreads=False, fsname=FSNAME, subtype=FSNAME, default_permissions=True,
+                   nosuid=True, nodev=True, raw_fi=True, debug=debug, max_threads=MAX_THREADS)
+    if allow_other:
+        options["allow_other"] = True
+    clean = False
+    try:
+        FUSE(ops, daemon.mountpoint, **options)
+        clean = True
+    except RuntimeError as exc:
+        # mfusepy raises RuntimeError(status) when the loop ended by a signal; that is a normal stop
+        # as long as libfuse unmounted.
+        clean = not is_wsfs_mount(daemon.mountpoint)
+        if not clean:
+            log.error("the FUSE loop failed: %s", exc)
+    finally:
+        sd_notify("STOPPING=1")
+        daemon.close(clean)
+        os.close(lock_fd)
+    log.info("wsfs stopped (%s)", "clean" if clean else "unclean")
+    return 0 if clean else 1
+
+
+def spawn(mountpoint: str, data_dir: str, config_file: str | None, *, allow_other: bool,
+          log_level: str) -> None:
+    """Start ``wsfs mount --foreground`` detached; return once the mount answers."""
+    check_data_dir(data_dir)
+    check_mountpoint(mountpoint)
+    log_path = os.path.join(data_dir, LOG_FILE)
+    args = [sys.executable, "-m", "wsfs", "--log-level", log_level, "mount", mountpoint, "--data", data_dir,
+            "--foreground"]
+    if config_file:
+        args += ["--config", config_file]
+    if allow_other:
+        args.append("--allow-other")
+    with open(log_path, "ab") as log_file:
+        start = log_file.tell()
+        child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                 start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + READY_TIMEOUT
+    status = os.path.join(mountpoint, ".wsfs", "status")
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+            reason = lines[-1] if lines else f"exit status {child.returncode}"
+            raise MountError(reason.split("wsfs: ", 1)[-1])
+        if is_wsfs_mount(mountpoint):
+            try:
+                with open(status) as f:
+                    json.load(f)
+                return
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+    child.terminate()
+    raise MountError(f"the mount did not answer within {READY_TIMEOUT:.0f}s (see {log_path})")
+
+
+def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
+    """Unmount and wait for the daemon to finish its clean shutdown."""
+    if not is_wsfs_mount(mountpoint):
+        try:
+            os.stat(mountpoint)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                fusermount(mountpoint, lazy=True)
+                return
+        raise MountError(f"{mountpoint} is not a wsfs mount")
+    pid = _daemon_pid(mountpoint)
+    result = fusermount(mountpoint, lazy=lazy)
+    if result.returncode != 0:
+        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
+        if "busy" in message.lower():
+            holders = _holders(mountpoint)
+            raise MountError(f"{mountpoint} is busy{': held by ' + holders if holders else ''}"
+                             f" (close those files, or use --lazy)")
+        raise MountError(message)
+    if pid:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    try:
+        with open(os.path.join(mountpoint, ".wsfs", "status")) as f:
+            return int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _holders(mountpoint: str) -> str:
+    import psutil
+
+    found = []
+    prefix = os.path.abspath(mountpoint) + os.sep
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            cwd = proc.cwd()
+            files = [f.path for f in proc.open_files()]
+        except (psutil.Error, OSError):
+            continue
+        if any(p == prefix[:-1] or p.startswith(prefix) for p in [cwd] + files):
+            found.append(f"{proc.info['name']} (pid {proc.info['pid']})")
+    return ", ".join(found[:10])

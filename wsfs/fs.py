@@ -1,0 +1,767 @@
+"""The FUSE operations: a protocol adapter only (paths in, errnos out).
+
+Each call resolves its path to a ``Node`` (what the view shows there), makes
+one call into the core (``JobService``, ``Tree``) and returns.  ``@op`` is the
+one errno boundary: ``WsfsError`` -> its errno, ``OSError`` -> its own errno,
+anything else -> a logged traceback and ``EIO``.
+
+The view (SPEC §3)::
+
+    /workspaces/JOB/{AREA/...,.state,.job,.manifest,receipt.json}
+    /quarantine/JOB/...        read-only
+    /shared/...                a plain directory
+    /.wsfs/{status,control,events,jobs}
+
+Threading: libfuse calls in from many threads.  Open files live in
+``_handles`` (guarded by ``_handles_lock``); a handle's own lock orders its
+writes, so the running sha256 of a file written front to back stays right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import stat
+import threading
+import time
+
+from . import __version__
+from .binding import FuseOSError, Operations, fuse_get_context
+from .errors import NotAllowedError, WsfsError
+from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
+from .tree import Tree
+
+log = logging.getLogger("wsfs.fs")
+
+STATE_FILE, JOB_FILE, MANIFEST_FILE = ".state", ".job", ".manifest"
+JOB_CONTROL_FILES = (STATE_FILE, JOB_FILE, MANIFEST_FILE)
+WSFS_DIR = ".wsfs"
+WSFS_FILES = {"status": 0o444, "control": 0o222, "events": 0o444, "jobs": 0o444}
+TOP_DIRS = ("workspaces", "quarantine", "shared", WSFS_DIR)
+EVENTS_SHOWN = 1000
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+# Inode numbers of virtual entries: far above anything a real filesystem hands out.
+_VIRTUAL_INO_BASE = 1 << 60
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def op(func):
+    """The errno boundary (see the module docstring)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except WsfsError as exc:
+            raise FuseOSError(exc.errno) from None
+        except FuseOSError:
+            raise
+        except OSError as exc:
+            raise FuseOSError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", func.__name__)
+            raise FuseOSError(errno.EIO) from None
+    return wrapper
+
+
+@dataclasses.dataclass(slots=True)
+class Node:
+    """What a view path names.
+
+    kind: ``vdir`` (a virtual directory), ``vfile`` (a virtual file),
+    ``jobroot`` (a job's top directory), ``real`` (a backing file or dir).
+    """
+
+    kind: str
+    name: str = ""                  # vdir/vfile name
+    job: str | None = None          # the job, for everything under one
+    root: str | None = None         # tree root for backing paths
+    rel: str = ""                   # path below the root
+    area_path: str | None = None    # AREA/rel, for manifest entries
+    readonly: bool = False          # quarantine, receipt
+
+
+@dataclasses.dataclass(eq=False)
+class Handle:
+    """An open file: a backing fd, or a virtual file's bytes."""
+
+    node: Node
+    fd: int = -1
+    data: bytes = b""
+    writable: bool = False
+    dirty: bool = False
+    hasher: "hashlib._Hash | None" = None
+    next_offset: int = 0
+    ino: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def _stat_dict(st: os.stat_result) -> dict:
+    return {
+        "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink,
+        "st_uid": st.st_uid, "st_gid": st.st_gid, "st_size": st.st_size,
+        "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
+        "st_blocks": st.st_blocks, "st_blksize": st.st_blksize, "st_rdev": st.st_rdev,
+    }
+
+
+class WsfsOperations(Operations):
+    """mfusepy operations over a ``JobService``.  See the module docstring."""
+
+    use_ns = True
+
+    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None):
+        self.service = service
+        self.tree = tree
+        self._sweep = sweep
+        self._status = status or (lambda: {})
+        self._handles: dict[int, Handle] = {}
+        self._handles_lock = threading.Lock()
+        self._fh_counter = itertools.count(1)
+        self._writers: dict[int, set[Handle]] = {}  # backing inode -> open writable handles
+        self._mounted_ns = time.time_ns()
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._as_root = os.geteuid() == 0
+
+    # -- libfuse setup ------------------------------------------------------
+
+    def init_with_config(self, conn, config):
+        if config is not None:
+            config.use_ino = 1          # hard links show one inode; tools like du, tar, cp -a rely on it
+            config.hard_remove = 1      # unlink really unlinks; open fds keep working
+            config.nullpath_ok = 1      # calls on open files come by handle, not path
+            config.negative_timeout = 0  # a job made through .wsfs/control must appear at once
+            config.entry_timeout = 1.0
+            config.attr_timeout = 1.0
+        if conn is not None:
+            conn.max_write = 1 << 20
+            conn.max_readahead = 1 << 20
+
+    # -- path resolution ----------------------------------------------------
+
+    def _resolve(self, path: str) -> Node:
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return Node("vdir", name="/")
+        top = parts[0]
+        if top == "shared":
+            return Node("real", root="shared", rel="/".join(parts[1:]))
+        if top == WSFS_DIR:
+            if len(parts) == 1:
+                return Node("vdir", name=WSFS_DIR)
+            if len(parts) == 2 and parts[1] in WSFS_FILES:
+                return Node("vfile", name=parts[1])
+            raise FuseOSError(errno.ENOENT)
+        if top not in ("workspaces", "quarantine"):
+            raise FuseOSError(errno.ENOENT)
+        if len(parts) == 1:
+            return Node("vdir", name=top)
+        job = parts[1]
+        record = self.service.get(job)
+        root = "jobs" if top == "workspaces" else "quarantine"
+        if record is None or record.get("where") != root or record.get("hidden"):
+            raise FuseOSError(errno.ENOENT)
+        readonly = root == "quarantine"
+        if len(parts) == 2:
+            return Node("jobroot", job=job, root=root, rel=job, readonly=readonly)
+        first = parts[2]
+        if first in JOB_CONTROL_FILES and len(parts) == 3:
+            return Node("vfile", name=first, job=job)
+        if first == RECEIPT_FILE and len(parts) == 3:
+            return Node("real", job=job, root=root, rel=f"{job}/{RECEIPT_FILE}", readonly=True)
+        if first not in record["areas"]:
+            # Not an area: nothing lives here, and nothing may be made here.
+            return Node("absent", job=job, name=first)
+        area_path = "/".join(parts[2:])
+        return Node("real", job=job, root=root, rel=f"{job}/{area_path}", area_path=area_path, readonly=readonly)
+
+    def _backing(self, path: str, *, for_change: bool = False) -> Node:
+        node = self._resolve(path)
+        if node.kind == "absent":
+            if for_change:
+                raise NotAllowedError(f"only the areas live at a job's root: {node.name}")
+            raise FuseOSError(errno.ENOENT)
+        if node.kind not in ("real", "jobroot"):
+            raise FuseOSError(errno.EPERM if for_change else errno.EACCES)
+        if for_change and node.readonly:
+            raise FuseOSError(errno.EROFS)
+        return node
+
+    def _changing(self, node: Node):
+        """Context for a change to a backing path: seal check and transition ordering."""
+        if node.job is None:
+            return _NO_LOCK
+        return self.service.mutation(node.job)
+
+    # -- attributes -----------------------------------------------------------
+
+    def _vdir_attrs(self, name: str) -> dict:
+        mode = 0o1777 if name == "workspaces" else 0o755
+        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_uid": self._uid, "st_gid": self._gid,
+                "st_ino": self._vdir_ino(name),
+                "st_atime": self._mounted_ns, "st_mtime": self._mounted_ns, "st_ctime": self._mounted_ns}
+
+    def _vfile_attrs(self, node: Node, size: int) -> dict:
+        if node.job is None:
+            mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
+        else:
+            record = self.service.require(node.job)
+            mode = 0o644 if node.name == STATE_FILE else 0o444
+            uid, gid = record["uid"], record["gid"]
+        now = time.time_ns()
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": uid, "st_gid": gid, "st_size": size,
+                "st_ino": self._vfile_ino(node.job, node.name),
+                "st_atime": now, "st_mtime": now, "st_ctime": now, "st_blksize": 4096}
+
+    @op
+    def getattr(self, path, fh=None):
+        if fh is not None and fh.fh:
+            handle = self._handle(fh)
+            if handle.fd >= 0:
+                return _stat_dict(os.fstat(handle.fd))
+            return self._vfile_attrs(handle.node, len(self._content(handle.node)))
+        if path is None:
+            raise FuseOSError(errno.ENOENT)
+        node = self._resolve(path)
+        if node.kind == "vdir":
+            return self._vdir_attrs(node.name)
+        if node.kind == "vfile":
+            return self._vfile_attrs(node, 0 if node.name == "control" else len(self._content(node)))
+        if node.kind == "absent":
+            raise FuseOSError(errno.ENOENT)
+        return _stat_dict(self.tree.lstat(node.root, node.rel))
+
+    # -- virtual files ----------------------------------------------------------
+
+    def _content(self, node: Node) -> bytes:
+        name, job = node.name, node.job
+        if job is not None:
+            if name == STATE_FILE:
+                return (self.service.require(job)["state"] + "\n").encode()
+            if name == JOB_FILE:
+                return (json.dumps(self.service.job_document(job), indent=2, sort_keys=True, default=str)
+                        + "\n").encode()
+            if name == MANIFEST_FILE:
+                return manifest_bytes(self.service.manifest_entries(job))
+        if name == "status":
+            return (json.dumps(self._status(), indent=2, sort_keys=True) + "\n").encode()
+        if name == "events":
+            with self.service.store.read() as r:
+                events = r.events(limit=EVENTS_SHOWN)
+            return b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in events)
+        if name == "jobs":
+            return self._jobs_listing()
+        return b""
+
+    def _jobs_listing(self) -> bytes:
+        self.service.manifest.flush()
+        lines = []
+        with self.service.store.read() as r:
+            for record in r.jobs():
+                lines.append(json.dumps({
+                    k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
+                                               "state_since", "expires_at", "hidden", "where", "purged_at",
+                                               "usage", "uid", "reason", "quota", "max_files")
+                }, sort_keys=True).encode() + b"\n")
+        return b"".join(lines)
+
+    # -- directories ------------------------------------------------------------
+
+    @op
+    def opendir(self, path):
+        node = self._resolve(path)
+        if node.kind in ("vfile", "absent"):
+            raise FuseOSError(errno.ENOTDIR if node.kind == "vfile" else errno.ENOENT)
+        fh = next(self._fh_counter)
+        with self._handles_lock:
+            self._handles[fh] = Handle(node)
+        return fh
+
+    @op
+    def releasedir(self, path, fh):
+        with self._handles_lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    @op
+    def readdir(self, path, fh):
+        # Every entry carries its inode: with use_ino an entry of inode 0 would be skipped by readdir(3).
+        try:
+            node = self._handles[fh].node
+        except KeyError:
+            raise FuseOSError(errno.EBADF) from None
+        entries = [(".", self._dir_ino(node), stat.S_IFDIR), ("..", 1, stat.S_IFDIR)]
+        if node.kind == "vdir":
+            if node.name == "/":
+                entries += [(name, self._vdir_ino(name), stat.S_IFDIR) for name in TOP_DIRS if name != "shared"]
+                entries.append(("shared", self.tree.lstat("shared", "").st_ino, stat.S_IFDIR))
+            elif node.name == WSFS_DIR:
+                entries += [(name, self._vfile_ino(None, name), stat.S_IFREG) for name in WSFS_FILES]
+            else:
+                where = "jobs" if node.name == "workspaces" else "quarantine"
+                inodes = {name: ino for name, ino, _kind in self.tree.scandir(where, "")}
+                with self.service.store.read() as r:
+                    for record in r.jobs():
+                        if record.get("where") == where and not record.get("hidden") and record["id"] in inodes:
+                            entries.append((record["id"], inodes[record["id"]], stat.S_IFDIR))
+        elif node.kind == "jobroot":
+            record = self.service.require(node.job)
+            present = {name: (ino, kind) for name, ino, kind in self.tree.scandir(node.root, node.rel)}
+            entries += [(a, *present[a]) for a in record["areas"] if a in present]
+            entries += [(name, self._vfile_ino(node.job, name), stat.S_IFREG) for name in JOB_CONTROL_FILES]
+            if RECEIPT_FILE in present:
+                entries.append((RECEIPT_FILE, *present[RECEIPT_FILE]))
+        elif node.kind == "real":
+            entries += self.tree.scandir(node.root, node.rel)
+        else:
+            raise FuseOSError(errno.ENOTDIR)
+        return [(name, {"st_ino": ino, "st_mode": kind}, 0) for name, ino, kind in entries]
+
+    def _dir_ino(self, node: Node) -> int:
+        if node.kind == "vdir":
+            return self._vdir_ino(node.name)
+        return self.tree.lstat(node.root, node.rel).st_ino
+
+    @staticmethod
+    def _vdir_ino(name: str) -> int:
+        return 1 if name == "/" else _VIRTUAL_INO_BASE + TOP_DIRS.index(name) + 2
+
+    @staticmethod
+    def _vfile_ino(job: str | None, name: str) -> int:
+        digest = hashlib.blake2b(f"{job}/{name}".encode(), digest_size=6).digest()
+        return _VIRTUAL_INO_BASE + (1 << 20) + int.from_bytes(digest, "big")
+
+    @op
+    def mkdir(self, path, mode):
+        uid, gid, _pid = fuse_get_context()
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2 and parts[0] == "workspaces":
+            self.service.create_job(parts[1], uid, gid, mode=mode)
+            return 0
+        node = self._backing(path, for_change=True)
+        if node.kind == "jobroot" or (node.area_path is not None and "/" not in node.area_path):
+            raise NotAllowedError("areas are made with the job")
+        with self._changing(node):
+            self.tree.mkdir(node.root, node.rel, mode & 0o7777)
+            self._give_to_caller(node, uid, gid)
+        return 0
+
+    @op
+    def rmdir(self, path):
+        node = self._backing(path, for_change=True)
+        if node.kind == "jobroot":
+            raise NotAllowedError("a job is removed by writing 'archived' to its .state")
+        if node.root == "shared" and not node.rel:
+            raise NotAllowedError("shared/ stays")
+        if node.area_path is not None and "/" not in node.area_path:
+            raise NotAllowedError("areas stay for the job's life")
+        with self._changing(node):
+            self.tree.rmdir(node.root, node.rel)
+        return 0
+
+    def _give_to_caller(self, node: Node, uid: int, gid: int) -> None:
+        """Run as root with allow_other, a new entry belongs to the caller (SPEC §12)."""
+        if self._as_root and (uid, gid) != (0, 0):
+            self.tree.chown(node.root, node.rel, uid, gid)
+
+    # -- files --------------------------------------------------------------------
+
+    def _handle(self, fi) -> Handle:
+        try:
+            return self._handles[fi.fh]
+        except KeyError:
+            raise FuseOSError(errno.EBADF) from None
+
+    def _register(self, fi, handle: Handle) -> int:
+        fh = next(self._fh_counter)
+        with self._handles_lock:
+            self._handles[fh] = handle
+            if handle.writable and handle.fd >= 0:
+                writers = self._writers.setdefault(handle.ino, set())
+                if writers:  # two writers: neither can hash front to back
+                    handle.hasher = None
+                    for other in writers:
+                        other.hasher = None
+                writers.add(handle)
+        fi.fh = fh
+        return 0
+
+    @op
+    def open(self, path, fi):
+        flags = fi.flags
+        node = self._resolve(path)
+        wants_write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
+        if node.kind == "vfile":
+            return self._open_virtual(node, fi, wants_write)
+        node = self._backing(path)
+        if node.kind == "jobroot":
+            raise FuseOSError(errno.EISDIR)
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_DIRECT | os.O_NOCTTY)
+        if not wants_write:
+            fd = self.tree.open(node.root, node.rel, flags)
+            return self._register(fi, Handle(node, fd=fd))
+        if node.readonly:
+            raise FuseOSError(errno.EROFS)
+        with self._changing(node):
+            fd = self.tree.open(node.root, node.rel, flags)
+            st = os.fstat(fd)
+            handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
+            if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
+                handle.hasher = hashlib.sha256()
+            if flags & os.O_TRUNC and node.area_path is not None:
+                handle.dirty = True
+            return self._register(fi, handle)
+
+    def _open_virtual(self, node: Node, fi, wants_write: bool) -> int:
+        fi.direct_io = 1  # reads and writes reach us as the caller made them, sizes never cached
+        writable_names = (STATE_FILE, "control")
+        if wants_write and node.name not in writable_names:
+            raise FuseOSError(errno.EACCES)
+        if node.name == "control" and not wants_write:
+            raise FuseOSError(errno.EACCES)
+        data = b"" if wants_write else self._content(node)
+        return self._register(fi, Handle(node, data=data, writable=wants_write))
+
+    @op
+    def create(self, path, mode, fi):
+        uid, gid, _pid = fuse_get_context()
+        node = self._backing(path, for_change=True)
+        if node.kind == "jobroot" or node.area_path is None and node.job is not None:
+            raise NotAllowedError("only the areas live at a job's root")
+        flags = (fi.flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT
+        with self._changing(node):
+            fd = self.tree.open(node.root, node.rel, flags, mode & 0o7777)
+            try:
+                if self._as_root and (uid, gid) != (0, 0):
+                    os.fchown(fd, uid, gid)
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
+            if node.area_path is not None:
+                handle.hasher = hashlib.sha256() if st.st_size == 0 else None
+                self.service.manifest.put(node.job, node.area_path, st)
+            return self._register(fi, handle)
+
+    @op
+    def read(self, path, size, offset, fi):
+        handle = self._handle(fi)
+        if handle.fd >= 0:
+            return os.pread(handle.fd, size, offset)
+        return handle.data[offset:offset + size]
+
+    @op
+    def write(self, path, data, offset, fi):
+        handle = self._handle(fi)
+        node = handle.node
+        if handle.fd < 0:
+            return self._write_virtual(handle, data)
+        if node.job is None:
+            return os.pwrite(handle.fd, data, offset)
+        with self.service.mutation(node.job), handle.lock:
+            written = os.pwrite(handle.fd, data, offset)
+            handle.dirty = True
+            if handle.hasher is not None:
+                if offset == handle.next_offset:
+                    handle.hasher.update(data[:written] if written < len(data) else data)
+                    handle.next_offset += written
+                else:
+                    handle.hasher = None
+        return written
+
+    def _write_virtual(self, handle: Handle, data: bytes) -> int:
+        uid, gid, _pid = fuse_get_context()
+        node = handle.node
+        if node.name == STATE_FILE:
+            self.service.write_state(node.job, data, uid)
+        elif node.name == "control":
+            self.service.write_control(data, uid, gid, sweep=self._sweep)
+        else:
+            raise FuseOSError(errno.EACCES)
+        return len(data)
+
+    @op
+    def truncate(self, path, length, fh=None):
+        if fh is not None and fh.fh:
+            handle = self._handle(fh)
+            if handle.fd < 0:
+                return self._truncate_virtual(handle.node)
+            node = handle.node
+            with self._changing(node), handle.lock:
+                os.ftruncate(handle.fd, length)
+                handle.dirty = True
+                self._forget_hashes(handle.ino)
+            return 0
+        node = self._resolve(path)
+        if node.kind == "vfile":
+            return self._truncate_virtual(node)
+        node = self._backing(path, for_change=True)
+        with self._changing(node):
+            self.tree.truncate(node.root, node.rel, length)
+            if node.area_path is not None:
+                st = self.tree.lstat(node.root, node.rel)
+                self._forget_hashes(st.st_ino)
+                self.service.manifest.put(node.job, node.area_path, st)
+        return 0
+
+    @staticmethod
+    def _truncate_virtual(node: Node) -> int:
+        if node.name in (STATE_FILE, "control"):
+            return 0  # `echo x > .state` truncates first; that changes nothing (SPEC §5)
+        raise FuseOSError(errno.EACCES)
+
+    def _forget_hashes(self, ino: int) -> None:
+        with self._handles_lock:
+            for handle in self._writers.get(ino, ()):
+                handle.hasher = None
+
+    @op
+    def flush(self, path, fi):
+        return 0
+
+    @op
+    def release(self, path, fi):
+        with self._handles_lock:
+            handle = self._handles.pop(fi.fh, None)
+            if handle is not None and handle.writable and handle.fd >= 0:
+                writers = self._writers.get(handle.ino)
+                if writers is not None:
+                    writers.discard(handle)
+                    if not writers:
+                        del self._writers[handle.ino]
+        if handle is None or handle.fd < 0:
+            return 0
+        try:
+            node = handle.node
+            if handle.dirty and node.area_path is not None:
+                self._record_file(handle)
+        finally:
+            os.close(handle.fd)
+        return 0
+
+    def _record_file(self, handle: Handle) -> None:
+        """Manifest entry for a file closed after writing (SPEC §8: never per write)."""
+        node = handle.node
+        st = os.fstat(handle.fd)
+        try:
+            current = self.tree.lstat(node.root, node.rel)
+        except OSError:
+            return  # unlinked or its directory moved: its entry went with it
+        if current.st_ino != st.st_ino:
+            return
+        sha = None
+        if handle.hasher is not None and handle.next_offset == st.st_size:
+            sha = handle.hasher.digest()
+        self.service.manifest.put(node.job, node.area_path, st, sha)
+
+    @op
+    def fsync(self, path, datasync, fi):
+        handle = self._handle(fi)
+        if handle.fd >= 0:
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+        return 0
+
+    @op
+    def fallocate(self, path, mode, offset, size, fi):
+        handle = self._handle(fi)
+        if handle.fd < 0:
+            raise FuseOSError(errno.EOPNOTSUPP)
+        with self._changing(handle.node), handle.lock:
+            if _libc.fallocate(handle.fd, mode, offset, size) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            handle.dirty = True
+            self._forget_hashes(handle.ino)
+        return 0
+
+    # -- names --------------------------------------------------------------------
+
+    @op
+    def unlink(self, path):
+        node = self._backing(path, for_change=True)
+        if node.area_path is None and node.job is not None:
+            raise NotAllowedError("the control files stay")
+        with self._changing(node):
+            self.tree.unlink(node.root, node.rel)
+            if node.area_path is not None:
+                self.service.manifest.delete(node.job, node.area_path)
+        return 0
+
+    @op
+    def rename(self, old, new, flags=0):
+        src = self._backing(old, for_change=True)
+        dst = self._backing(new, for_change=True)
+        for node in (src, dst):
+            if node.job is not None and (node.area_path is None or "/" not in node.area_path):
+                raise NotAllowedError("areas and control files are not renamed")
+        if src.root != dst.root or src.job != dst.job:
+            raise FuseOSError(errno.EXDEV)
+        with self._changing(src):
+            self.tree.rename(src.root, src.rel, dst.root, dst.rel, flags)
+            if src.job is not None:
+                self._rename_in_manifest(src, dst, flags)
+        return 0
+
+    def _rename_in_manifest(self, src: Node, dst: Node, flags: int) -> None:
+        manifest = self.service.manifest
+        if flags & 2:  # RENAME_EXCHANGE: swap through a name no file can have
+            marker = "\0swap"
+            manifest.rename(src.job, src.area_path, marker)
+            manifest.rename(src.job, dst.area_path, src.area_path)
+            manifest.rename(src.job, marker, dst.area_path)
+        else:
+            manifest.rename(src.job, src.area_path, dst.area_path)
+        with self._handles_lock:
+            for handle in self._handles.values():
+                ap = handle.node.area_path
+                if handle.node.job == src.job and ap and (ap == src.area_path or ap.startswith(src.area_path + "/")):
+                    handle.node = dataclasses.replace(
+                        handle.node, area_path=dst.area_path + ap[len(src.area_path):],
+                        rel=f"{dst.job}/{dst.area_path}{ap[len(src.area_path):]}")
+
+    @op
+    def link(self, target, source):
+        new = self._backing(target, for_change=True)
+        old = self._backing(source)
+        if new.job is not None and new.area_path is None:
+            raise NotAllowedError("only the areas live at a job's root")
+        if old.root != new.root or old.job != new.job:
+            raise FuseOSError(errno.EXDEV)
+        with self._changing(new):
+            self.tree.link(new.root, old.rel, new.rel)
+            if new.area_path is not None:
+                st = self.tree.lstat(new.root, new.rel)
+                if stat.S_ISREG(st.st_mode):
+                    self.service.manifest.put(new.job, new.area_path, st)
+        return 0
+
+    @op
+    def symlink(self, target, source):
+        uid, gid, _pid = fuse_get_context()
+        node = self._backing(target, for_change=True)
+        if node.job is not None and node.area_path is None:
+            raise NotAllowedError("only the areas live at a job's root")
+        with self._changing(node):
+            self.tree.symlink(node.root, node.rel, source)
+            self._give_to_caller(node, uid, gid)
+        return 0
+
+    @op
+    def readlink(self, path):
+        node = self._backing(path)
+        return self.tree.readlink(node.root, node.rel)
+
+    @op
+    def mknod(self, path, mode, dev):
+        uid, gid, _pid = fuse_get_context()
+        node = self._backing(path, for_change=True)
+        if node.job is not None and node.area_path is None:
+            raise NotAllowedError("only the areas live at a job's root")
+        with self._changing(node):
+            self.tree.mknod(node.root, node.rel, mode)
+            self._give_to_caller(node, uid, gid)
+            if node.area_path is not None and stat.S_ISREG(mode):
+                self.service.manifest.put(node.job, node.area_path, self.tree.lstat(node.root, node.rel))
+        return 0
+
+    # -- metadata -------------------------------------------------------------------
+
+    def _meta_target(self, path, fh) -> Node:
+        if fh is not None and fh.fh:
+            node = self._handle(fh).node
+        elif path is None:
+            raise FuseOSError(errno.ENOENT)
+        else:
+            node = self._resolve(path)
+        if node.kind in ("vdir", "vfile"):
+            raise FuseOSError(errno.EPERM)
+        if node.kind == "absent":
+            raise FuseOSError(errno.ENOENT)
+        if node.readonly:
+            raise FuseOSError(errno.EROFS)
+        return node
+
+    @op
+    def chmod(self, path, mode, fh=None):
+        node = self._meta_target(path, fh)
+        with self._changing(node):
+            self.tree.chmod(node.root, node.rel, mode & 0o7777)
+        return 0
+
+    @op
+    def chown(self, path, uid, gid, fh=None):
+        node = self._meta_target(path, fh)
+        with self._changing(node):
+            self.tree.chown(node.root, node.rel, uid, gid)
+        return 0
+
+    @op
+    def utimens(self, path, times=None, fh=None):
+        node = self._meta_target(path, fh)
+        with self._changing(node):
+            if times is None:
+                self.tree.utime(node.root, node.rel, None)
+            else:
+                atime, mtime = times
+                if UTIME_OMIT in (atime, mtime) or UTIME_NOW in (atime, mtime):
+                    st = self.tree.lstat(node.root, node.rel)
+                    now = time.time_ns()
+                    atime = {UTIME_NOW: now, UTIME_OMIT: st.st_atime_ns}.get(atime, atime)
+                    mtime = {UTIME_NOW: now, UTIME_OMIT: st.st_mtime_ns}.get(mtime, mtime)
+                self.tree.utime(node.root, node.rel, (atime, mtime))
+        return 0
+
+    @op
+    def statfs(self, path):
+        st = self.tree.statvfs()
+        return {key: getattr(st, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                                  "f_files", "f_ffree", "f_favail", "f_namemax")}
+
+    def _xattr_node(self, path) -> Node:
+        node = self._resolve(path)
+        if node.kind in ("vdir", "vfile"):
+            raise FuseOSError(errno.ENODATA)
+        if node.kind == "absent":
+            raise FuseOSError(errno.ENOENT)
+        return node
+
+    @op
+    def getxattr(self, path, name, position=0):
+        node = self._xattr_node(path)
+        return self.tree.getxattr(node.root, node.rel, name)
+
+    @op
+    def listxattr(self, path):
+        node = self._resolve(path)
+        if node.kind not in ("real", "jobroot"):
+            return []
+        return self.tree.listxattr(node.root, node.rel)
+
+    @op
+    def setxattr(self, path, name, value, options, position=0):
+        node = self._backing(path, for_change=True)
+        with self._changing(node):
+            self.tree.setxattr(node.root, node.rel, name, value, options)
+        return 0
+
+    @op
+    def removexattr(self, path, name):
+        node = self._backing(path, for_change=True)
+        with self._changing(node):
+            self.tree.removexattr(node.root, node.rel, name)
+        return 0
+
+
+_NO_LOCK = contextlib.nullcontext()
+

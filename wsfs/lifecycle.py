@@ -1,0 +1,694 @@
+"""Jobs' lifecycle: create, transition, end, seal, recover (SPEC §4-§8).
+
+The only place where the state machine acts.  ``JobService`` owns the store,
+the tree and the clock; the FUSE adapter, the sweeper and tests call it.
+
+Ending a job is a sequence of steps, each recorded in the job record's
+``pending`` before the next starts, so that recovery (``recover``) can finish
+a transition that a crash interrupted::
+
+    intent   pending = {target, reason, at, step}; writes refused from here
+    scratch  (completed) every scratch area renamed into the trash
+    sealed   record.sealed = True
+    receipt  outputs hashed, receipt.json written (tmp + fsync + rename)
+    done     state = target, ended, expiry; pending cleared
+
+Every step is idempotent: recovery simply runs the steps after the recorded
+one again.  ``WSFS_FAULT=after:STEP`` (tests only) kills the daemon with
+SIGKILL right after STEP is committed.
+
+Threading: FUSE threads call in concurrently.  A per-job ``RWLock`` orders
+them: calls that change a workspace's files hold it shared
+(``mutation``), transitions hold it exclusive, so a transition sees no write
+in flight and no write lands after the seal.  Record updates are
+read-modify-write inside one store transaction; ``_cache`` is updated in the
+store's commit hook, so it never goes back in time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import stat
+import threading
+import time
+import weakref
+
+import psutil
+
+from . import control
+from .config import Config, Template, default_config
+from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
+                     QuotaError, SealedError, WsfsError)
+from .model import ENDED_STATES, AreaKind, JobState, check_transition, validate_job_id
+from .store import RWLock, Store
+from .tree import Tree
+
+log = logging.getLogger("wsfs.lifecycle")
+
+RECORD_VERSION = 1
+RECEIPT_FILE = "receipt.json"
+RECEIPT_VERSION = 1
+ENDING_STEPS = ("intent", "scratch", "sealed", "receipt", "done")
+ARCHIVE_STEPS = ("intent", "tree", "done")
+CACHE_SIZE = 8192
+HASH_CHUNK = 1 << 20
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def file_sha256(fd: int) -> bytes:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.digest()
+
+
+def manifest_line(path: str, entry: list) -> dict:
+    size, mtime_ns, _ino, sha = entry
+    return {"path": path, "area": path.split("/", 1)[0], "size": size, "mtime_ns": mtime_ns,
+            "sha256": sha.hex() if sha else None}
+
+
+def manifest_bytes(entries) -> bytes:
+    """The exact bytes of ``.manifest``: one sorted JSON line per file."""
+    return b"".join(json.dumps(manifest_line(p, e), sort_keys=True).encode() + b"\n" for p, e in entries)
+
+
+class ManifestWriter:
+    """Batches manifest changes into one store transaction per batch.
+
+    FUSE threads queue changes (``put``, ``delete``, ``rename``); the
+    ``wsfs-manifest`` thread, or anyone who needs the manifest current
+    (``flush``), applies the queue in order in one transaction, adjusting
+    each job's ``usage``.  A crash loses at most the queue; recovery
+    rebuilds the manifests of jobs that were running (``rebuild``).
+    """
+
+    def __init__(self, service: "JobService"):
+        self._service = service
+        self._ops: list[tuple] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def put(self, job: str, path: str, st: os.stat_result, sha: bytes | None = None) -> None:
+        self._queue(("put", job, path, [st.st_size, st.st_mtime_ns, st.st_ino, sha]))
+
+    def delete(self, job: str, path: str) -> None:
+        self._queue(("delete", job, path))
+
+    def rename(self, job: str, src: str, dst: str) -> None:
+        self._queue(("rename", job, src, dst))
+
+    def _queue(self, op: tuple) -> None:
+        with self._lock:
+            self._ops.append(op)
+            if len(self._ops) == 1:
+                self._wake.set()
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            with self._lock:
+                ops, self._ops = self._ops, []
+                self._wake.clear()
+            if ops:
+                self._service._commit(lambda w: self._apply(w, ops))
+
+    @staticmethod
+    def _apply(w, ops) -> list[dict]:
+        deltas: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+
+        def account(job, old, new):
+            d = deltas[job]
+            if old is not None:
+                d[0] -= old[0]
+                d[1] -= 1
+            if new is not None:
+                d[0] += new[0]
+                d[1] += 1
+
+        for op in ops:
+            kind, job = op[0], op[1]
+            if kind == "put":
+                account(job, w.put_manifest(job, op[2], op[3]), op[3])
+            elif kind == "delete":
+                for _path, old in w.delete_manifest_prefix(job, op[2]):
+                    account(job, old, None)
+            else:  # rename: what is at dst goes, what is under src moves
+                src, dst = op[2], op[3]
+                for _path, old in w.delete_manifest_prefix(job, dst):
+                    account(job, old, None)
+                for path, entry in w.delete_manifest_prefix(job, src):
+                    new_path = dst + path[len(src):]
+                    account(job, w.put_manifest(job, new_path, entry), entry)
+        records = []
+        for job, (dbytes, dfiles) in deltas.items():
+            record = w.job(job)
+            if record is None or (dbytes == 0 and dfiles == 0):
+                continue
+            usage = record["usage"]
+            usage["bytes"] = max(usage["bytes"] + dbytes, 0)
+            usage["files"] = max(usage["files"] + dfiles, 0)
+            w.put_job(record)
+            records.append(record)
+        return records
+
+    def run(self, stop: threading.Event, interval: float = 0.05) -> None:
+        while not stop.is_set():
+            self._wake.wait(1.0)
+            if stop.wait(interval):  # let a burst of changes gather into one commit
+                break
+            self.flush()
+        self.flush()
+
+
+class JobService:
+    """Everything that creates jobs or changes their state."""
+
+    def __init__(self, store: Store, tree: Tree, config: Config | None = None, clock=time.time):
+        self.store = store
+        self.tree = tree
+        self.config = config or default_config()
+        self.clock = clock
+        self.manifest = ManifestWriter(self)
+        self._cache: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._locks: weakref.WeakValueDictionary[str, RWLock] = weakref.WeakValueDictionary()
+        self._locks_guard = threading.Lock()
+        self._create_lock = threading.Lock()
+        self.trash_wake = threading.Event()
+        fault = os.environ.get("WSFS_FAULT", "")
+        self._fault = fault.partition("after:")[2] or None
+
+    # -- records --------------------------------------------------------------
+
+    def _remember(self, records) -> None:
+        with self._cache_lock:
+            for record in records:
+                self._cache[record["id"]] = record
+                self._cache.move_to_end(record["id"])
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _commit(self, fn):
+        """Run ``fn(writer)`` -> list of changed records, in one transaction."""
+        return self.store.transact(fn, on_commit=self._remember)
+
+    def _update(self, job_id: str, change, event: tuple | None = None) -> dict:
+        """Read-modify-write one record: ``change(record, writer)`` edits it in place."""
+        def fn(w):
+            record = w.job(job_id)
+            if record is None:
+                raise NoSuchJobError(f"no job {job_id}")
+            change(record, w)
+            w.put_job(record)
+            if event:
+                w.add_event(event[0], job_id, **event[1])
+            return [record]
+        return self._commit(fn)[0]
+
+    def get(self, job_id: str) -> dict | None:
+        with self._cache_lock:
+            record = self._cache.get(job_id)
+        if record is not None:
+            return record
+        with self.store.read() as r:
+            record = r.job(job_id)
+        if record is not None:
+            with self.store._write_lock:  # do not race a commit's cache update
+                with self._cache_lock:
+                    self._cache.setdefault(job_id, record)
+        return record
+
+    def require(self, job_id: str) -> dict:
+        record = self.get(job_id)
+        if record is None:
+            raise NoSuchJobError(f"no job {job_id}")
+        return record
+
+    def template(self, record: dict) -> Template:
+        try:
+            return self.config.template(record["template"])
+        except KeyError:
+            # A template removed from the config: the record's own areas still hold.
+            return Template(record["template"], {a: AreaKind(k) for a, k in record["areas"].items()},
+                            dict(self.config.template("default").retention), 86400.0, 0, 0)
+
+    def lock(self, job_id: str) -> RWLock:
+        with self._locks_guard:
+            lock = self._locks.get(job_id)
+            if lock is None:
+                lock = self._locks[job_id] = RWLock()
+            return lock
+
+    @staticmethod
+    def is_sealed(record: dict) -> bool:
+        return bool(record.get("sealed") or record.get("pending"))
+
+    @staticmethod
+    def location(record: dict) -> tuple[str, str] | None:
+        """Where the job's tree is in the data dir: (root, rel), or None when it has none."""
+        where = record.get("where")
+        return (where, record["id"]) if where else None
+
+    @contextlib.contextmanager
+    def mutation(self, job_id: str):
+        """Hold while changing a job's files: refuses sealed jobs, blocks transitions."""
+        lock = self.lock(job_id)
+        with lock.shared():
+            record = self.require(job_id)
+            if self.is_sealed(record) or record.get("where") != "jobs":
+                raise SealedError(f"job {job_id} is {record['state']}: its workspace is read-only")
+            yield record
+
+    # -- creation -------------------------------------------------------------
+
+    def new_record(self, job_id: str, template: Template, uid: int, gid: int, now: float,
+                   quota: int | None, max_files: int | None) -> dict:
+        return {
+            "v": RECORD_VERSION, "id": job_id, "state": JobState.RUNNING.value,
+            "template": template.name, "areas": {a: k.value for a, k in template.areas.items()},
+            "created": now, "state_since": now, "ended": None, "uid": uid, "gid": gid,
+            "owner": None, "reason": None, "stage": None, "stages": [],
+            "history": [{"state": "running", "at": now}],
+            "usage": {"bytes": 0, "files": 0},
+            "quota": template.quota if quota is None else quota,
+            "max_files": template.max_files if max_files is None else max_files,
+            "sealed": False, "pending": None, "where": "jobs", "hidden": False,
+            "expires_at": None, "purged_at": None, "receipt_sha256": None,
+        }
+
+    def create_job(self, job_id: str, uid: int, gid: int, *, mode: int = 0o755, template: str = "default",
+                   quota: int | None = None, max_files: int | None = None, owner_pid: int | None = None) -> dict:
+        """Make the record and the tree; durable before it returns."""
+        validate_job_id(job_id)
+        try:
+            tmpl = self.config.template(template)
+        except KeyError:
+            raise BadCommandError(f"no template {template!r} (known: {', '.join(self.config.templates)})") from None
+        owner = self._owner_of(owner_pid) if owner_pid else None
+        with self._create_lock:
+            if self.get(job_id) is not None:
+                raise JobExistsError(f"job id {job_id} was used before")
+            self._check_create_limits()
+            if self.tree.exists("jobs", job_id):
+                # A tree without a record: a creation that crashed before its commit.
+                self.tree.move_to_trash("jobs", job_id, f"{job_id}.orphan")
+                self.trash_wake.set()
+            self.tree.mkdir("jobs", job_id, mode & 0o7777)
+            self.tree.chmod("jobs", job_id, mode & 0o7777)
+            for area in tmpl.areas:
+                self.tree.mkdir("jobs", f"{job_id}/{area}", 0o755)
+            if os.geteuid() == 0:
+                for rel in [job_id] + [f"{job_id}/{a}" for a in tmpl.areas]:
+                    self.tree.chown("jobs", rel, uid, gid)
+            now = self.clock()
+            record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
+            record["owner"] = owner
+
+            def fn(w):
+                if w.job(job_id) is not None:
+                    raise JobExistsError(f"job id {job_id} was used before")
+                w.put_job(record)
+                w.add_event("created", job_id, template=tmpl.name, uid=uid)
+                return [record]
+            self._commit(fn)
+        return record
+
+    def _check_create_limits(self) -> None:
+        st = self.tree.statvfs()
+        free = st.f_bavail * st.f_frsize
+        need = max(self.config.min_free_bytes, int(self.config.min_free_fraction * st.f_blocks * st.f_frsize))
+        if free < need:
+            raise NoSpaceError(f"only {free} bytes free on the data dir; min_free is {need}")
+        if self.config.max_jobs:
+            live = sum(self.counts().get(s, 0) for s in ("running", "completed", "failed", "cancelled", "crashed"))
+            if live >= self.config.max_jobs:
+                raise QuotaError(f"max_jobs ({self.config.max_jobs}) live workspaces reached")
+
+    def _owner_of(self, pid: int) -> dict:
+        try:
+            proc = psutil.Process(pid)
+            return {"pid": pid, "create_time": proc.create_time()}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+            raise BadCommandError(f"no process with PID {pid}") from None
+
+    # -- commands -------------------------------------------------------------
+
+    def _reject(self, job_id: str | None, where: str, data: bytes, exc: WsfsError) -> None:
+        text = bytes(data[:200]).decode("utf-8", "replace").strip()
+
+        def fn(w):
+            w.add_event("rejected", job_id, via=where, command=text, errno=errno.errorcode.get(exc.errno, exc.errno),
+                        reason=str(exc))
+            w.bump_counter("rejected_writes")
+            return []
+        try:
+            self._commit(fn)
+        except Exception:  # noqa: BLE001 - the rejection itself must still reach the caller
+            log.exception("could not record a rejected write")
+        log.info("rejected %s write %r for %s: %s", where, text, job_id or "-", exc)
+
+    def write_state(self, job_id: str, data: bytes, uid: int = 0) -> None:
+        """Apply one ``.state`` write (SPEC §5); durable when it returns."""
+        try:
+            command = control.parse_state_command(data)
+            if command.verb == "transition":
+                self.transition(job_id, command.target, command.reason)
+            elif command.verb == "stage":
+                self.set_stage(job_id, command.stage)
+            elif command.verb == "owner":
+                self.set_owner(job_id, command.pid)
+        except WsfsError as exc:
+            self._reject(job_id, ".state", data, exc)
+            raise
+
+    def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None) -> str | None:
+        """Apply one ``.wsfs/control`` write (SPEC §10)."""
+        try:
+            command = control.parse_control_command(data)
+            if command.verb == "create":
+                self.create_job(command.job, uid, gid, template=command.option("template", "default"),
+                                quota=command.option("quota"), max_files=command.option("max_files"),
+                                owner_pid=command.option("owner"))
+            elif command.verb in ("resume", "restore"):
+                record = self.require(command.job)
+                if uid != 0 and uid != record["uid"]:
+                    raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
+                if command.verb == "resume":
+                    self.resume(command.job)
+                else:
+                    self.restore(command.job)
+            elif command.verb == "sweep":
+                if sweep is None:
+                    raise WsfsError("no sweeper runs here", errno=errno.ENOSYS)
+                return sweep(dry_run=command.dry_run)
+        except WsfsError as exc:
+            self._reject(getattr(locals().get("command"), "job", None), "control", data, exc)
+            raise
+        return None
+
+    def set_stage(self, job_id: str, stage: str) -> dict:
+        with self.lock(job_id).shared():
+            now = self.clock()
+
+            def change(record, w):
+                if record["state"] != JobState.RUNNING.value or self.is_sealed(record):
+                    raise SealedError(f"job {job_id} is {record['state']}: stages are for running jobs",
+                                      errno=errno.EPERM)
+                record["stage"] = stage
+                record["stages"].append({"name": stage, "at": now})
+            return self._update(job_id, change, ("stage", {"stage": stage}))
+
+    def set_owner(self, job_id: str, pid: int) -> dict:
+        owner = self._owner_of(pid)
+        with self.lock(job_id).shared():
+            def change(record, w):
+                if record["state"] != JobState.RUNNING.value or self.is_sealed(record):
+                    raise SealedError(f"job {job_id} is {record['state']}: owners are for running jobs",
+                                      errno=errno.EPERM)
+                record["owner"] = owner
+            return self._update(job_id, change, ("owner", {"pid": pid}))
+
+    # -- transitions ------------------------------------------------------------
+
+    def transition(self, job_id: str, target: JobState, reason: str | None = None) -> dict:
+        """Move a job to ``target`` (SPEC §4, §6); returns the final record."""
+        with self.lock(job_id).exclusive():
+            record = self.require(job_id)
+            if record.get("pending"):
+                raise SealedError(f"job {job_id} is already ending", errno=errno.EPERM)
+            current = JobState(record["state"])
+            check_transition(current, target)
+            if target == JobState.RUNNING:
+                raise NotAllowedError("use resume to run a job again")
+            self.manifest.flush()
+            now = self.clock()
+            pending = {"target": target.value, "reason": reason, "at": now, "step": "intent", "from": current.value}
+
+            def begin(record, w):
+                if record.get("pending") or record["state"] != current.value:
+                    raise SealedError(f"job {job_id} changed meanwhile", errno=errno.EPERM)
+                record["pending"] = pending
+            record = self._update(job_id, begin)
+            self._fault_point("intent")
+            return self._finish(record)
+
+    def _finish(self, record: dict) -> dict:
+        """Run the remaining steps of a recorded transition (idempotent)."""
+        pending = record["pending"]
+        target = JobState(pending["target"])
+        steps = ARCHIVE_STEPS if target == JobState.ARCHIVED else ENDING_STEPS
+        for step in steps[steps.index(pending["step"]) + 1:]:
+            record = getattr(self, f"_step_{step}")(record, target)
+            self._fault_point(step)
+        return record
+
+    def _set_step(self, job_id: str, step: str, extra=None) -> dict:
+        def change(record, w):
+            record["pending"]["step"] = step
+            if extra:
+                extra(record, w)
+        return self._update(job_id, change)
+
+    def _step_scratch(self, record: dict, target: JobState) -> dict:
+        job_id = record["id"]
+        areas = self.template(record).scratch_areas() if target == JobState.COMPLETED else []
+        areas = [a for a in areas if a in record["areas"]]
+        for area in areas:
+            if self.tree.move_to_trash("jobs", f"{job_id}/{area}", f"{job_id}.{area}"):
+                self.trash_wake.set()
+
+        def drop_entries(record, w):
+            for area in areas:
+                for _path, old in w.delete_manifest_prefix(job_id, area):
+                    record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
+                    record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
+        return self._set_step(job_id, "scratch", drop_entries)
+
+    def _step_sealed(self, record: dict, target: JobState) -> dict:
+        def seal(record, w):
+            record["sealed"] = True
+        return self._set_step(record["id"], "sealed", seal)
+
+    def _step_receipt(self, record: dict, target: JobState) -> dict:
+        job_id = record["id"]
+        root, rel = self.location(record)
+        keep = set(self.template(record).keep_areas())
+        with self.store.read() as r:
+            entries = dict(r.manifest(job_id))
+        hashed = {}
+        for path, entry in entries.items():
+            if path.split("/", 1)[0] not in keep:
+                continue
+            hashed[path] = self._verified_entry(root, f"{rel}/{path}", entry)
+        entries.update(hashed)
+        ordered = sorted(entries.items())
+        outputs = [{"path": p, "size": e[0], "sha256": e[3].hex()} for p, e in ordered if p in hashed]
+        ended = record["pending"]["at"]
+        receipt = {
+            "receipt_version": RECEIPT_VERSION,
+            "job": job_id, "template": record["template"], "state": target.value,
+            "reason": record["pending"]["reason"],
+            "owner": {"uid": record["uid"], "gid": record["gid"],
+                      "pid": (record.get("owner") or {}).get("pid")},
+            "created": iso(record["created"]), "ended": iso(ended),
+            "duration_s": round(ended - record["created"], 3),
+            "stage": record.get("stage"),
+            "stages": [{"name": s["name"], "at": iso(s["at"])} for s in record["stages"]],
+            "outputs": outputs,
+            "totals": {"files": len(entries), "bytes": sum(e[0] for e in entries.values()),
+                       "output_files": len(outputs), "output_bytes": sum(o["size"] for o in outputs)},
+            "manifest_sha256": hashlib.sha256(manifest_bytes(ordered)).hexdigest(),
+        }
+        data = (json.dumps(receipt, indent=2) + "\n").encode()
+        self._write_file_atomically(root, f"{rel}/{RECEIPT_FILE}", data)
+
+        def store_hashes(record, w):
+            for path, entry in hashed.items():
+                w.put_manifest(job_id, path, entry)
+            record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
+        return self._set_step(job_id, "receipt", store_hashes)
+
+    def _verified_entry(self, root: str, rel: str, entry: list) -> list:
+        """The entry with a sha256 that matches the file as it is now."""
+        try:
+            fd = self.tree.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return entry
+        try:
+            st = os.fstat(fd)
+            current = [st.st_size, st.st_mtime_ns, st.st_ino]
+            if entry[3] is not None and entry[:3] == current:
+                return entry
+            return current + [file_sha256(fd)]
+        finally:
+            os.close(fd)
+
+    def _write_file_atomically(self, root: str, rel: str, data: bytes) -> None:
+        tmp = rel + ".tmp"
+        fd = self.tree.open(root, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.tree.rename(root, tmp, root, rel)
+        dfd = self.tree.open_dir(root, rel.split("/")[:-1])
+        try:
+            rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
+            os.fsync(rfd)
+            os.close(rfd)
+        finally:
+            os.close(dfd)
+
+    def _step_tree(self, record: dict, target: JobState) -> dict:
+        job_id = record["id"]
+        where = self.location(record)
+        if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.archived"):
+            self.trash_wake.set()
+
+        def drop(record, w):
+            w.delete_manifest_prefix(job_id)
+            record["where"] = None
+        return self._set_step(job_id, "tree", drop)
+
+    def _step_done(self, record: dict, target: JobState) -> dict:
+        pending = record["pending"]
+
+        def finish(record, w):
+            now = pending["at"]
+            record["state"] = target.value
+            record["state_since"] = now
+            record["reason"] = pending["reason"]
+            record["history"].append({"state": target.value, "at": now, "reason": pending["reason"]})
+            if target in ENDED_STATES:
+                record["ended"] = now
+                record["sealed"] = True
+                after = self.template(record).expiry_after(target)
+                record["expires_at"] = None if after is None else now + after
+            else:  # archived
+                record["expires_at"] = None
+            record["pending"] = None
+        return self._update(record["id"], finish, ("transition", {
+            "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
+
+    def _fault_point(self, step: str) -> None:
+        if self._fault == step:
+            log.critical("WSFS_FAULT: dying after step %s", step)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- resume and restore (retention and crashes build on these) --------------
+
+    def resume(self, job_id: str) -> dict:
+        with self.lock(job_id).exclusive():
+            record = self.require(job_id)
+            check_transition(JobState(record["state"]), JobState.RUNNING)
+            if record.get("hidden"):
+                raise NotAllowedError(f"job {job_id} is hidden: restore it first")
+            if record.get("where") == "quarantine":
+                self.tree.rename("quarantine", job_id, "jobs", job_id)
+            if self.tree.exists("jobs", f"{job_id}/{RECEIPT_FILE}"):
+                if self.tree.move_to_trash("jobs", f"{job_id}/{RECEIPT_FILE}", f"{job_id}.receipt"):
+                    self.trash_wake.set()
+            now = self.clock()
+
+            def change(record, w):
+                record["state"] = JobState.RUNNING.value
+                record["state_since"] = now
+                record["history"].append({"state": "running", "at": now, "reason": "resumed"})
+                record.update(sealed=False, where="jobs", ended=None, expires_at=None, reason=None,
+                              receipt_sha256=None)
+            return self._update(job_id, change, ("transition", {"from": record["state"], "to": "running",
+                                                                 "reason": "resumed"}))
+
+    def restore(self, job_id: str) -> dict:
+        with self.lock(job_id).exclusive():
+            record = self.require(job_id)
+            if not record.get("hidden"):
+                raise NotAllowedError(f"job {job_id} is not hidden")
+
+            def change(record, w):
+                record["hidden"] = False
+            return self._update(job_id, change, ("restored", {}))
+
+    # -- recovery ---------------------------------------------------------------
+
+    def recover(self, unclean: bool) -> list[str]:
+        """Finish interrupted transitions; after a crash rebuild running jobs' manifests."""
+        with self.store.read() as r:
+            pending = [r.job(j) for j in r.pending_ids()]
+        finished = []
+        for record in pending:
+            log.warning("finishing the interrupted %s of job %s (after step %s)",
+                        record["pending"]["target"], record["id"], record["pending"]["step"])
+            self._finish(record)
+            finished.append(record["id"])
+        if unclean:
+            with self.store.read() as r:
+                running = [j["id"] for j in r.jobs() if j["state"] == JobState.RUNNING.value and j.get("where")]
+            for job_id in running:
+                self.rebuild_manifest(job_id)
+        return finished
+
+    def rebuild_manifest(self, job_id: str) -> dict:
+        """Make a job's manifest equal to its tree (keeps hashes that still match)."""
+        record = self.require(job_id)
+        where = self.location(record)
+        files = dict(self.tree.walk_files(*where)) if where else {}
+        files.pop(RECEIPT_FILE, None)
+        files.pop(RECEIPT_FILE + ".tmp", None)
+
+        def fn(w):
+            old = dict(w.manifest(job_id))
+            w.delete_manifest_prefix(job_id)
+            total = 0
+            for path, st in files.items():
+                entry = [st.st_size, st.st_mtime_ns, st.st_ino, None]
+                prev = old.get(path)
+                if prev and prev[:3] == entry[:3]:
+                    entry[3] = prev[3]
+                w.put_manifest(job_id, path, entry)
+                total += st.st_size
+            rec = w.job(job_id)
+            rec["usage"] = {"bytes": total, "files": len(files)}
+            w.put_job(rec)
+            return [rec]
+        return self._commit(fn)[0]
+
+    # -- views --------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = collections.Counter()
+        with self.store.read() as r:
+            for record in r.jobs():
+                counts[record["state"]] += 1
+        return dict(counts)
+
+    def manifest_entries(self, job_id: str) -> list[tuple[str, list]]:
+        self.manifest.flush()
+        with self.store.read() as r:
+            return list(r.manifest(job_id))
+
+    def job_document(self, job_id: str) -> dict:
+        """The ``.job`` file: the whole record, with readable times."""
+        self.manifest.flush()
+        record = dict(self.require(job_id))
+        for key in ("created", "ended", "state_since", "expires_at", "purged_at"):
+            record[key + "_iso"] = iso(record.get(key))
+        return record

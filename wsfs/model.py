@@ -1,0 +1,71 @@
+"""Jobs, their states and the transition table. Pure: no I/O, no clock.
+
+The table ``TRANSITIONS`` is the only place that says which state may follow
+which; every path that changes a job's state (``.state``, ``.wsfs/control``,
+the CLI, the sweeper, recovery) asks ``check_transition``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from .errors import BadJobIdError, InvalidTransitionError
+
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class JobState(str, enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CRASHED = "crashed"
+    ARCHIVED = "archived"
+
+    def __str__(self) -> str:  # so f"{state}" gives the word
+        return self.value
+
+
+S = JobState
+
+# SPEC §4.  "resume" is the command that leads failed/crashed back to running.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.CRASHED}),
+    S.COMPLETED: frozenset({S.ARCHIVED}),
+    S.FAILED: frozenset({S.ARCHIVED, S.RUNNING}),
+    S.CANCELLED: frozenset({S.ARCHIVED}),
+    S.CRASHED: frozenset({S.ARCHIVED, S.RUNNING}),
+    S.ARCHIVED: frozenset(),
+}
+
+#: States in which the workspace is sealed (read-only) and has a receipt.
+ENDED_STATES = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.CRASHED})
+#: States whose tree lives in quarantine/ rather than workspaces/.
+QUARANTINED_STATES = frozenset({S.CRASHED})
+
+
+def check_transition(current: JobState, target: JobState) -> None:
+    """Raise ``InvalidTransitionError`` unless ``current -> target`` is allowed."""
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransitionError(f"cannot go from {current.value} to {target.value}")
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+        raise BadJobIdError(
+            f"bad job id {job_id!r}: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return job_id
+
+
+class AreaKind(str, enum.Enum):
+    """What becomes of an area at completion (SPEC §9)."""
+
+    INPUT = "input"      # kept, not hashed into the receipt's outputs
+    KEEP = "keep"        # kept and hashed: the results
+    SCRATCH = "scratch"  # deleted (renamed into the trash) at completion
+
+
+#: The default template: name -> {area: kind}.
+DEFAULT_TEMPLATE = {"input": AreaKind.INPUT, "output": AreaKind.KEEP, "temp": AreaKind.SCRATCH}

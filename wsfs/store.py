@@ -1,0 +1,376 @@
+"""The LMDB store: every job record, manifest entry and event of a data dir.
+
+This docstring is THE description of the stored format.  Bump
+``SCHEMA_VERSION`` on any incompatible change; a store with a version this
+code does not know is refused (``StoreError``), never guessed at.
+
+Environment: ``DATA/store/`` (``data.mdb``, ``lock.mdb``), one per process,
+opened with ``max_dbs`` for the named sub-databases below.  Every commit is
+synchronous (``sync=True``): a write transaction that returned is on disk.
+Writes that happen per file (manifest entries) are therefore batched by the
+caller (``lifecycle.ManifestWriter``) into one transaction per batch.
+
+Sub-databases (keys are bytes; values msgpack unless said otherwise):
+
+``meta``
+    ``b"schema"``  -> int, ``SCHEMA_VERSION``.
+    ``b"mount"``   -> ``{"state": "live"|"clean", "pid", "since", "mountpoint"}``;
+                      ``live`` while a daemon serves the store.  A mount that
+                      finds ``live`` knows the previous one crashed (SPEC §7).
+    ``b"event_seq"`` -> int, the last event sequence number used.
+    ``b"counters"`` -> ``{name: int}``: rejected writes, failed removals ...
+``jobs``
+    job id (ASCII) -> the job record, a dict (see ``new_record``).  Records
+    are never deleted: an id is used once, even after archive or purge.
+``manifest``
+    job id + ``b"\\0"`` + path (``AREA/rel/path``, UTF-8 with surrogateescape)
+    -> ``[size, mtime_ns, ino, sha256 (32 bytes) or None]``.  One entry per
+    regular file in the job's tree.  ``sha256`` is valid only while the file's
+    (size, mtime_ns, ino) equal the stored ones.  Invariant: the record's
+    ``usage`` equals the sum over the job's entries once the caller's pending
+    batch is flushed.
+``events``
+    8-byte big-endian sequence number -> ``{"seq", "t", "kind", "job", ...}``.
+    Only the newest ``MAX_EVENTS`` are kept.
+``expiry``
+    8-byte big-endian time in milliseconds + job id -> ``b""``.  One key per job
+    that has a retention deadline; written in the same transaction as the
+    record, so the sweeper finds due jobs by a range scan (cost O(due)).
+``pending``
+    job id -> ``b""`` for every job with a transition in flight (the record's
+    ``pending`` says which and how far).  Recovery finishes each on mount.
+
+Threading: any thread may open a read transaction; write transactions are
+serialized by ``_write_lock`` (LMDB allows one writer) and stay on their
+thread.  When the map is full the writer doubles it under ``_gate``, which
+every transaction holds shared (py-lmdb: ``set_mapsize`` needs no live
+transaction in the process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import lmdb
+import msgpack
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+MAX_EVENTS = 10_000
+INITIAL_MAP_SIZE = 1 << 30  # grows by doubling on MapFullError
+_DBS = (b"meta", b"jobs", b"manifest", b"events", b"expiry", b"pending")
+_U64 = struct.Struct(">Q")
+
+
+def pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False)
+
+
+def manifest_key(job_id: str, path: str) -> bytes:
+    return job_id.encode() + b"\0" + path.encode("utf-8", "surrogateescape")
+
+
+def expiry_key(when: float, job_id: str) -> bytes:
+    return _U64.pack(max(int(when * 1000), 0)) + job_id.encode()
+
+
+class RWLock:
+    """Many readers or one writer; writers are not starved by new readers."""
+
+    __slots__ = ("_cond", "_readers", "_writer", "_waiting_writers", "__weakref__")
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Reader:
+    """Read access inside one LMDB read transaction."""
+
+    def __init__(self, store: "Store", txn: lmdb.Transaction):
+        self._store = store
+        self.txn = txn
+
+    def _get(self, db: bytes, key: bytes):
+        raw = self.txn.get(key, db=self._store.dbs[db])
+        return None if raw is None else unpack(raw)
+
+    def job(self, job_id: str) -> dict | None:
+        return self._get(b"jobs", job_id.encode())
+
+    def meta(self, name: str, default=None):
+        value = self._get(b"meta", name.encode())
+        return default if value is None else value
+
+    def jobs(self) -> Iterator[dict]:
+        with self.txn.cursor(db=self._store.dbs[b"jobs"]) as cursor:
+            for _key, raw in cursor:
+                yield unpack(raw)
+
+    def job_ids(self) -> Iterator[str]:
+        with self.txn.cursor(db=self._store.dbs[b"jobs"]) as cursor:
+            for key in cursor.iternext(keys=True, values=False):
+                yield key.decode()
+
+    def manifest(self, job_id: str) -> Iterator[tuple[str, list]]:
+        """(path, [size, mtime_ns, ino, sha256]) for a job, sorted by path."""
+        prefix = job_id.encode() + b"\0"
+        with self.txn.cursor(db=self._store.dbs[b"manifest"]) as cursor:
+            if not cursor.set_range(prefix):
+                return
+            for key, raw in cursor:
+                if not key.startswith(prefix):
+                    break
+                yield key[len(prefix):].decode("utf-8", "surrogateescape"), unpack(raw)
+
+    def manifest_entry(self, job_id: str, path: str) -> list | None:
+        return self._get(b"manifest", manifest_key(job_id, path))
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[dict]:
+        """Events with seq > since, oldest first; the newest ``limit`` if given."""
+        out: list[dict] = []
+        with self.txn.cursor(db=self._store.dbs[b"events"]) as cursor:
+            if limit is not None:
+                if not cursor.last():
+                    return out
+                for key, raw in cursor.iterprev():
+                    if _U64.unpack(key)[0] <= since or len(out) >= limit:
+                        break
+                    out.append(unpack(raw))
+                out.reverse()
+                return out
+            if cursor.set_range(_U64.pack(since + 1)):
+                out.extend(unpack(raw) for _key, raw in cursor)
+        return out
+
+    def due(self, now: float) -> Iterator[tuple[float, str]]:
+        """(deadline, job id) of every expiry key at or before ``now``."""
+        end = _U64.pack(int(now * 1000))
+        with self.txn.cursor(db=self._store.dbs[b"expiry"]) as cursor:
+            if not cursor.first():
+                return
+            for key in cursor.iternext(keys=True, values=False):
+                if key[:8] > end:
+                    break
+                yield _U64.unpack(key[:8])[0] / 1000, key[8:].decode()
+
+    def pending_ids(self) -> list[str]:
+        with self.txn.cursor(db=self._store.dbs[b"pending"]) as cursor:
+            return [key.decode() for key in cursor.iternext(keys=True, values=False)]
+
+
+class Writer(Reader):
+    """Read and write access inside one LMDB write transaction."""
+
+    def _put(self, db: bytes, key: bytes, value) -> None:
+        self.txn.put(key, pack(value), db=self._store.dbs[db])
+
+    def put_meta(self, name: str, value) -> None:
+        self._put(b"meta", name.encode(), value)
+
+    def put_job(self, record: dict) -> None:
+        """Store a record; keep its expiry and pending index keys in step."""
+        old = self.job(record["id"])
+        old_expiry = old.get("expires_at") if old else None
+        if old_expiry != record.get("expires_at"):
+            if old_expiry is not None:
+                self.txn.delete(expiry_key(old_expiry, record["id"]), db=self._store.dbs[b"expiry"])
+            if record.get("expires_at") is not None:
+                self.txn.put(expiry_key(record["expires_at"], record["id"]), b"", db=self._store.dbs[b"expiry"])
+        pending_db = self._store.dbs[b"pending"]
+        if record.get("pending"):
+            self.txn.put(record["id"].encode(), b"", db=pending_db)
+        elif old and old.get("pending"):
+            self.txn.delete(record["id"].encode(), db=pending_db)
+        self._put(b"jobs", record["id"].encode(), record)
+
+    def put_manifest(self, job_id: str, path: str, entry: list) -> list | None:
+        """Store an entry; return the one it replaced."""
+        key = manifest_key(job_id, path)
+        db = self._store.dbs[b"manifest"]
+        old = self.txn.get(key, db=db)
+        self.txn.put(key, pack(entry), db=db)
+        return None if old is None else unpack(old)
+
+    def delete_manifest(self, job_id: str, path: str) -> list | None:
+        key = manifest_key(job_id, path)
+        db = self._store.dbs[b"manifest"]
+        old = self.txn.get(key, db=db)
+        if old is not None:
+            self.txn.delete(key, db=db)
+        return None if old is None else unpack(old)
+
+    def delete_manifest_prefix(self, job_id: str, prefix: str = "") -> list[tuple[str, list]]:
+        """Delete every entry of a job under ``prefix`` (a dir path, or all); return them."""
+        removed = []
+        for path, entry in list(self.manifest(job_id)):
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
+                removed.append((path, entry))
+                self.txn.delete(manifest_key(job_id, path), db=self._store.dbs[b"manifest"])
+        return removed
+
+    def add_event(self, kind: str, job: str | None = None, **fields) -> dict:
+        seq = self.meta("event_seq", 0) + 1
+        self.put_meta("event_seq", seq)
+        event = {"seq": seq, "t": round(self._store.clock(), 6), "kind": kind}
+        if job is not None:
+            event["job"] = job
+        event.update({k: v for k, v in fields.items() if v is not None})
+        db = self._store.dbs[b"events"]
+        self.txn.put(_U64.pack(seq), pack(event), db=db)
+        if seq > MAX_EVENTS:
+            self.txn.delete(_U64.pack(seq - MAX_EVENTS), db=db)
+        return event
+
+    def bump_counter(self, name: str, by: int = 1) -> None:
+        counters = self.meta("counters", {})
+        counters[name] = counters.get(name, 0) + by
+        self.put_meta("counters", counters)
+
+
+class Store:
+    """One LMDB environment (SPEC §1: one per process)."""
+
+    def __init__(self, path: str, *, readonly: bool = False, clock=time.time,
+                 map_size: int = INITIAL_MAP_SIZE):
+        self.path = path
+        self.readonly = readonly
+        self.clock = clock
+        self._write_lock = threading.Lock()
+        self._gate = RWLock()
+        if not readonly:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                path, map_size=map_size, max_dbs=len(_DBS) + 2, subdir=True,
+                readonly=readonly, lock=not readonly, sync=True, metasync=True,
+                max_readers=512, max_spare_txns=64, create=not readonly,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from None
+        if not readonly:
+            self.env.reader_check()  # free slots of readers that died (SPEC §1 trap list)
+        self.dbs = {}
+        with self.env.begin(write=not readonly) as txn:
+            for name in _DBS:
+                try:
+                    self.dbs[name] = self.env.open_db(name, txn=txn, create=not readonly)
+                except lmdb.NotFoundError:
+                    raise StoreError(f"{path} is not a wsfs store (no {name.decode()} table)") from None
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        with self.read() as r:
+            version = r.meta("schema")
+        if version is None:
+            if self.readonly:
+                raise StoreError(f"{self.path} is an empty store")
+            with self.write() as w:
+                w.put_meta("schema", SCHEMA_VERSION)
+        elif version != SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}; this wsfs knows {SCHEMA_VERSION}"
+            )
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Reader]:
+        with self._gate.shared():
+            with self.env.begin(buffers=False) as txn:
+                yield Reader(self, txn)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Writer]:
+        """A write transaction, committed (and synced) when the block ends.
+
+        Unlike ``transact`` it cannot retry after growing the map: use it
+        only for small writes (``MapFullError`` grows the map for next time).
+        """
+        if self.readonly:
+            raise StoreError("the store is open read-only")
+        try:
+            with self._write_lock, self._gate.shared():
+                with self.env.begin(write=True) as txn:
+                    yield Writer(self, txn)
+        except lmdb.MapFullError:
+            self._grow()
+            raise
+
+    def transact(self, fn, on_commit=None):
+        """Run ``fn(writer)`` in a write transaction and return its result.
+
+        On ``MapFullError`` the map is doubled and ``fn`` runs again, so
+        ``fn`` must do nothing but store work.  ``on_commit(result)`` runs
+        after the commit while the write lock is still held, so caches
+        updated there see commits in their true order.
+        """
+        if self.readonly:
+            raise StoreError("the store is open read-only")
+        while True:
+            with self._write_lock:
+                try:
+                    with self._gate.shared():
+                        with self.env.begin(write=True) as txn:
+                            result = fn(Writer(self, txn))
+                except lmdb.MapFullError:
+                    pass
+                else:
+                    if on_commit is not None:
+                        on_commit(result)
+                    return result
+            self._grow()
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            size = self.env.info()["map_size"] * 2
+            self.env.set_mapsize(size)
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def stale_readers(self) -> int:
+        """Reader slots held by dead processes, freed by this call."""
+        return self.env.reader_check()

@@ -1,0 +1,414 @@
+"""The data dir's trees, reached only through directory fds (SPEC §2, §12).
+
+Layout of a data dir::
+
+    DATA/store/          the LMDB environment (store.py)
+    DATA/jobs/ID/        a job's tree: its areas and receipt.json
+    DATA/quarantine/ID/  the tree of a crashed job
+    DATA/shared/         the shared area
+    DATA/trash/          trees waiting for background deletion
+
+Every operation names a *root* (one of ``ROOTS``) and a relative path.  The
+parent directory is opened with ``openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`` from the root's fd, or, where
+the kernel has no ``openat2``, walked one component at a time with
+``O_PATH | O_NOFOLLOW | O_DIRECTORY``.  The last component is then used with
+an ``*at`` call that does not follow it.  So a symlink planted anywhere in the
+data dir, even swapped in during the call, is never followed out of it: the
+call fails (``ELOOP``/``ENOTDIR``) instead.
+
+Threading: a ``Tree`` holds only the root fds, opened once; every method is
+safe from any thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import stat
+import uuid
+
+from .errors import UnsafePathError
+
+ROOTS = ("jobs", "quarantine", "shared", "trash")
+NAME_MAX = 255
+
+_SYS_OPENAT2 = 437  # same number on every Linux architecture
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
+_RESOLVE = 0x02 | 0x04 | 0x08  # NO_MAGICLINKS | NO_SYMLINKS | BENEATH
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def check_name(name: str) -> str:
+    """Refuse a path component that must never reach the backing store."""
+    if (not name or name in (".", "..") or "/" in name or "\0" in name
+            or len(name.encode("utf-8", "surrogateescape")) > NAME_MAX):
+        raise UnsafePathError(f"bad file name {name[:64]!r}", errno=errno.EINVAL)
+    return name
+
+
+def split(rel: str) -> list[str]:
+    """``"a/b/c"`` -> ``["a", "b", "c"]``, each component checked."""
+    return [check_name(part) for part in rel.split("/")] if rel else []
+
+
+class Tree:
+    """The data dir, opened once; every access goes through ``openat``-family calls."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, mode=0o755, exist_ok=True)
+        self.data_fd = os.open(self.data_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.root_fds: dict[str, int] = {}
+        for root in ROOTS:
+            try:
+                os.mkdir(root, 0o1777 if root == "shared" else 0o700, dir_fd=self.data_fd)
+                if root == "shared":
+                    os.chmod(root, 0o1777, dir_fd=self.data_fd)  # mkdir applies the umask
+            except FileExistsError:
+                pass
+            self.root_fds[root] = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                          dir_fd=self.data_fd)
+        self._has_openat2 = self._probe_openat2()
+
+    def close(self) -> None:
+        for fd in self.root_fds.values():
+            os.close(fd)
+        os.close(self.data_fd)
+        self.root_fds.clear()
+
+    # -- the walker ---------------------------------------------------------
+
+    def _probe_openat2(self) -> bool:
+        try:
+            os.close(self._openat2(self.data_fd, ".", os.O_PATH | os.O_DIRECTORY))
+            return True
+        except OSError as exc:
+            return exc.errno not in (errno.ENOSYS, errno.EPERM)  # EPERM: seccomp filters
+
+    @staticmethod
+    def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+        how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE)
+        fd = _libc.syscall(_SYS_OPENAT2, dir_fd, path.encode("utf-8", "surrogateescape"),
+                           ctypes.byref(how), ctypes.sizeof(how))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return fd
+
+    def open_dir(self, root: str, parts: list[str], *, use_openat2: bool | None = None) -> int:
+        """An ``O_PATH`` fd of the directory ``parts`` below ``root``; caller closes it."""
+        base = self.root_fds[root]
+        if not parts:
+            return os.dup(base)
+        if self._has_openat2 if use_openat2 is None else use_openat2:
+            try:
+                return self._openat2(base, "/".join(parts), os.O_PATH | os.O_DIRECTORY)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:  # RESOLVE_BENEATH saw an escape attempt
+                    raise UnsafePathError(f"path leaves the data dir: {'/'.join(parts)}") from None
+                raise
+        fd = os.dup(base)
+        try:
+            for part in parts:
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def parent(self, root: str, rel: str):
+        """Yield ``(dir_fd, name)`` for the last component of ``rel``."""
+        parts = split(rel)
+        if not parts:
+            raise UnsafePathError("no file name", errno=errno.EINVAL)
+        fd = self.open_dir(root, parts[:-1])
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    # -- operations; each takes (root, rel) -----------------------------------
+
+    def lstat(self, root: str, rel: str) -> os.stat_result:
+        if not rel:
+            return os.stat(self.root_fds[root])
+        with self.parent(root, rel) as (fd, name):
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    def open(self, root: str, rel: str, flags: int, mode: int = 0o666) -> int:
+        with self.parent(root, rel) as (fd, name):
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+
+    def listdir(self, root: str, rel: str) -> list[str]:
+        dfd = self.open_dir(root, split(rel))
+        try:
+            # O_PATH fds cannot be read; reopen "." for reading, still beneath.
+            rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            return os.listdir(rfd)
+        finally:
+            os.close(rfd)
+
+    def scandir(self, root: str, rel: str) -> list[tuple[str, int, int]]:
+        """(name, inode, file type bits) of a directory's entries, from getdents alone."""
+        dfd = self.open_dir(root, split(rel))
+        try:
+            rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        out = []
+        try:
+            with os.scandir(rfd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        kind = stat.S_IFDIR
+                    elif entry.is_symlink():
+                        kind = stat.S_IFLNK
+                    elif entry.is_file(follow_symlinks=False):
+                        kind = stat.S_IFREG
+                    else:
+                        kind = 0
+                    out.append((entry.name, entry.inode(), kind))
+        finally:
+            os.close(rfd)
+        return out
+
+    def mkdir(self, root: str, rel: str, mode: int = 0o755) -> None:
+        with self.parent(root, rel) as (fd, name):
+            os.mkdir(name, mode, dir_fd=fd)
+
+    def rmdir(self, root: str, rel: str) -> None:
+        with self.parent(root, rel) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
+
+    def unlink(self, root: str, rel: str) -> None:
+        with self.parent(root, rel) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+
+    def symlink(self, root: str, rel: str, target: str) -> None:
+        # The target is stored as text; the daemon itself never resolves it.
+        with self.parent(root, rel) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+
+    def readlink(self, root: str, rel: str) -> str:
+        with self.parent(root, rel) as (fd, name):
+            return os.readlink(name, dir_fd=fd)
+
+    def mknod(self, root: str, rel: str, mode: int) -> None:
+        """Regular files, FIFOs and sockets only: device nodes are never made (SPEC §12)."""
+        if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, 0):
+            raise OSError(errno.EPERM, "wsfs makes no device nodes")
+        with self.parent(root, rel) as (fd, name):
+            os.mknod(name, mode, dir_fd=fd)
+
+    def link(self, root: str, src: str, dst: str) -> None:
+        with self.parent(root, src) as (sfd, sname), self.parent(root, dst) as (dfd, dname):
+            os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+
+    def rename(self, src_root: str, src: str, dst_root: str, dst: str, flags: int = 0) -> None:
+        with self.parent(src_root, src) as (sfd, sname), self.parent(dst_root, dst) as (dfd, dname):
+            if not flags:
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+                return
+            if _SYS_RENAMEAT2 is None:
+                raise OSError(errno.EINVAL, "rename flags are not supported here")
+            ret = _libc.syscall(_SYS_RENAMEAT2, sfd, sname.encode("utf-8", "surrogateescape"),
+                                dfd, dname.encode("utf-8", "surrogateescape"), ctypes.c_uint(flags))
+            if ret < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+
+    def chmod(self, root: str, rel: str, mode: int) -> None:
+        if not rel:
+            raise OSError(errno.EPERM, "cannot change a root")
+        with self.parent(root, rel) as (fd, name):
+            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            if stat.S_ISLNK(os.fstat(pfd).st_mode):
+                raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
+            # The magic link names exactly the inode we checked: no race.
+            os.chmod(f"/proc/self/fd/{pfd}", mode)
+        finally:
+            os.close(pfd)
+
+    def chown(self, root: str, rel: str, uid: int, gid: int) -> None:
+        with self.parent(root, rel) as (fd, name):
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+    def utime(self, root: str, rel: str, ns: tuple[int, int] | None) -> None:
+        with self.parent(root, rel) as (fd, name):
+            if ns is None:
+                os.utime(name, dir_fd=fd, follow_symlinks=False)
+            else:
+                os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+
+    def truncate(self, root: str, rel: str, length: int) -> None:
+        fd = self.open(root, rel, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _xattr_fd(self, root: str, rel: str):
+        try:
+            if not rel:
+                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fds[root])
+            else:
+                fd = self.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink: Linux allows no user xattrs on it
+                raise OSError(errno.EPERM, "no extended attributes on a symlink") from None
+            raise
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def getxattr(self, root: str, rel: str, attr: str) -> bytes:
+        with self._xattr_fd(root, rel) as fd:
+            return os.getxattr(fd, attr)
+
+    def setxattr(self, root: str, rel: str, attr: str, value: bytes, flags: int) -> None:
+        with self._xattr_fd(root, rel) as fd:
+            os.setxattr(fd, attr, value, flags)
+
+    def listxattr(self, root: str, rel: str) -> list[str]:
+        with self._xattr_fd(root, rel) as fd:
+            return os.listxattr(fd)
+
+    def removexattr(self, root: str, rel: str, attr: str) -> None:
+        with self._xattr_fd(root, rel) as fd:
+            os.removexattr(fd, attr)
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.data_dir)
+
+    # -- whole trees -----------------------------------------------------------
+
+    def exists(self, root: str, rel: str) -> bool:
+        try:
+            self.lstat(root, rel)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def move_to_trash(self, root: str, rel: str, label: str) -> str | None:
+        """Rename a tree into the trash (a rename: instant, whatever its size).
+
+        Returns the trash name, or None when there was nothing to move.
+        """
+        trash_name = f"{label}.{uuid.uuid4().hex[:12]}"
+        try:
+            self.rename(root, rel, "trash", trash_name)
+        except FileNotFoundError:
+            return None
+        return trash_name
+
+    def remove_tree(self, root: str, rel: str, on_error=None) -> int:
+        """Delete a tree without following any symlink; return files not removed.
+
+        ``on_error(path, exc)`` is called for each entry that could not be removed.
+        """
+        failures = 0
+        try:
+            dfd = self.open_dir(root, split(rel)) if rel else os.dup(self.root_fds[root])
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            if exc.errno != errno.ENOTDIR:
+                raise
+            # A file (or symlink) rather than a directory.
+            try:
+                self.unlink(root, rel)
+            except OSError as err:
+                failures += 1
+                if on_error:
+                    on_error(rel, err)
+            return failures
+        try:
+            failures += self._remove_contents(dfd, rel, on_error)
+        finally:
+            os.close(dfd)
+        if rel:
+            try:
+                self.rmdir(root, rel)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                failures += 1
+                if on_error:
+                    on_error(rel, err)
+        return failures
+
+    def _remove_contents(self, dfd: int, label: str, on_error) -> int:
+        failures = 0
+        rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            with os.scandir(rfd) as entries:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        finally:
+            os.close(rfd)
+        for name, is_dir in names:
+            path = f"{label}/{name}"
+            try:
+                if is_dir:
+                    sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                    try:
+                        failures += self._remove_contents(sub, path, on_error)
+                    finally:
+                        os.close(sub)
+                    os.rmdir(name, dir_fd=dfd)
+                else:
+                    os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                failures += 1
+                if on_error:
+                    on_error(path, err)
+        return failures
+
+    def walk_files(self, root: str, rel: str):
+        """Yield (path below rel, stat_result) of every regular file, depth first, sorted."""
+        try:
+            dfd = self.open_dir(root, split(rel))
+        except FileNotFoundError:
+            return
+        try:
+            yield from self._walk(dfd, "")
+        finally:
+            os.close(dfd)
+
+    def _walk(self, dfd: int, prefix: str):
+        rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            names = sorted(os.listdir(rfd))
+        finally:
+            os.close(rfd)
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            path = f"{prefix}{name}"
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                try:
+                    yield from self._walk(sub, path + "/")
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(st.st_mode):
+                yield path, st
