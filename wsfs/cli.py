@@ -195,7 +195,8 @@ def _list_rows(records):
     for r in records:
         expiry = r.get("expires_at")
         rows.append([
-            r["id"], r["state"] + (" (hidden)" if r.get("hidden") else ""), r.get("stage") or "-",
+            r["id"], r["state"] + (" (purged)" if r.get("purged_at") else " (hidden)" if r.get("hidden") else ""),
+            r.get("stage") or "-",
             format_duration(now - r["created"]),
             f"{format_size(r['usage']['bytes'])}/{r['usage']['files']}f",
             "-" if expiry is None else ("due" if expiry <= now else "in " + format_duration(expiry - now)),
@@ -370,6 +371,77 @@ def run(job, template, quota, command, mount):
     except WsfsClientError as exc:
         click.echo(f"wsfs: could not end job {ws.job}: {exc}", err=True)
     sys.exit(128 - status if status < 0 else status)
+
+
+def _control_job(mount, verb: str, job: str) -> None:
+    m = live_mount(mount)
+    try:
+        m.control(f"{verb} {job}", job=job)
+    except WsfsClientError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument("job")
+@mount_option
+def restore(job, mount):
+    """Bring back a job that retention hid (its files were kept); its retention starts over.
+
+    \b
+    Example:
+      wsfs restore render-42
+    """
+    _control_job(mount, "restore", job)
+    click.echo(f"{job}: restored")
+
+
+@main.command()
+@click.argument("job")
+@mount_option
+def resume(job, mount):
+    """Run a failed or crashed job again: its tree comes back to workspaces/, unsealed, files kept.
+
+    \b
+    Example:
+      wsfs resume transcode-7
+    """
+    _control_job(mount, "resume", job)
+    click.echo(f"{job}: running again")
+
+
+@main.command()
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be done, and why; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@mount_option
+def sweep(dry_run, as_json, mount):
+    """Run the retention sweep now: hide expired jobs, purge hidden ones, crash orphaned ones.
+
+    \b
+    Example:
+      wsfs sweep --dry-run
+    """
+    m = live_mount(mount)
+    before = max((e["seq"] for e in m.events()), default=0)
+    try:
+        m.control("sweep dry-run" if dry_run else "sweep")
+    except WsfsClientError as exc:
+        fail(str(exc))
+    reports = [e for e in m.events() if e["kind"] == "sweep" and e["seq"] > before and e["dry_run"] == dry_run]
+    if not reports:
+        fail("the sweep ran but its report was not found in .wsfs/events")
+    report = reports[0]
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    verb = {"hide": "would hide", "purge": "would purge", "skip": "would skip", "crash": "would crash"} \
+        if dry_run else {"hide": "hidden", "purge": "purged", "skip": "skipped", "crash": "crashed"}
+    for action in report["actions"]:
+        line = f"{action['job']}: {verb.get(action['action'], action['action'])} ({action['why']})"
+        if action.get("error"):
+            line += f": FAILED: {action['error']}"
+        click.echo(line)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(report["counts"].items())) or "nothing due"
+    click.echo(f"sweep{' (dry run)' if dry_run else ''}: {counts} in {report['duration_ms']:.1f} ms")
 
 
 @main.command(name="config")

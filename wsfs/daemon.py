@@ -30,6 +30,7 @@ from . import __version__
 from .config import Config
 from .errors import StoreError
 from .lifecycle import JobService
+from .retention import Sweeper
 from .store import Store
 from .tree import Tree
 
@@ -79,23 +80,39 @@ def fusermount(mountpoint: str, *, lazy: bool = False) -> subprocess.CompletedPr
     return subprocess.run(args, capture_output=True, text=True)
 
 
+def probe_mount(mountpoint: str) -> str | None:
+    """``"alive"``, ``"stale"`` (its daemon is gone) or None when nothing is mounted there.
+
+    statfs is always answered by the daemon (the kernel caches no statfs),
+    so unlike stat it tells a dead mount at once.
+    """
+    if mount_entry(mountpoint) is None:
+        return None
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return "stale"
+        raise
+    return "alive"
+
+
 def check_mountpoint(mountpoint: str) -> None:
     """Refuse a mount point we must not use; clear a stale one left by a killed daemon."""
-    try:
-        os.stat(mountpoint)
-    except FileNotFoundError:
-        raise MountError(f"mount point {mountpoint} does not exist (mkdir it first)") from None
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not os.path.lexists(mountpoint):
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir it first)")
+    state = probe_mount(mountpoint)
+    if state == "stale":
         log.warning("clearing the stale mount at %s (its daemon is gone)", mountpoint)
         result = fusermount(mountpoint, lazy=True)
         if result.returncode != 0:
-            raise MountError(f"cannot clear the stale mount at {mountpoint}: {result.stderr.strip()}") from None
+            raise MountError(f"cannot clear the stale mount at {mountpoint}: {result.stderr.strip()}")
+    elif state == "alive":
+        if is_wsfs_mount(mountpoint):
+            raise MountError(f"{mountpoint} is already a wsfs mount (wsfs unmount {mountpoint} first)")
+        raise MountError(f"{mountpoint} is already a mount point ({mount_entry(mountpoint)[0]})")
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
-    if is_wsfs_mount(mountpoint):
-        raise MountError(f"{mountpoint} is already a wsfs mount (wsfs unmount {mountpoint} first)")
     if os.listdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not empty")
 
@@ -167,6 +184,7 @@ class Daemon:
                                  "mountpoint": self.mountpoint})
             if unclean:
                 w.add_event("recovered", None, pid=previous.get("pid"))
+        self.sweeper = Sweeper(self.service, mountpoint=self.mountpoint)
         finished = self.service.recover(unclean)
         if finished:
             log.warning("finished %d interrupted transition(s): %s", len(finished), ", ".join(finished))
@@ -174,6 +192,7 @@ class Daemon:
     def start_threads(self) -> None:
         self._thread("wsfs-manifest", lambda: self.service.manifest.run(self.stop))
         self._thread("wsfs-trash", self._empty_trash_loop)
+        self._thread("wsfs-sweeper", lambda: self.sweeper.run(self.stop, self.config.sweep_interval))
         self._thread("wsfs-ready", self._announce_ready)
 
     def _thread(self, name: str, target) -> None:
@@ -227,14 +246,11 @@ class Daemon:
         return len(names)
 
     def status(self) -> dict:
-        counts: dict[str, int] = {}
-        used_bytes = used_files = 0
+        self.service.manifest.flush()
         with self.store.read() as r:
-            for record in r.jobs():
-                counts[record["state"]] = counts.get(record["state"], 0) + 1
-                used_bytes += record["usage"]["bytes"]
-                used_files += record["usage"]["files"]
+            totals = r.totals()
             counters = r.meta("counters", {})
+        counts, used_bytes, used_files = totals["states"], totals["bytes"], totals["files"]
         st = self.tree.statvfs()
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": self.mountpoint,
@@ -242,12 +258,16 @@ class Daemon:
             "jobs": counts, "used": {"bytes": used_bytes, "files": used_files},
             "free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
             "trash_entries": len(self.tree.listdir("trash", "")),
-            "counters": counters, "last_sweep": None,
+            "counters": counters, "last_sweep": self.sweeper.last,
         }
+
+    def sweep(self, dry_run: bool = False) -> dict:
+        return self.sweeper.sweep(dry_run=dry_run).as_dict()
 
     def close(self, clean: bool) -> None:
         self.stop.set()
         self.service.trash_wake.set()
+        self.sweeper.wake.set()
         for thread in self.threads:
             thread.join(timeout=10)
         self.service.manifest.flush()
@@ -272,7 +292,8 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
         daemon.open()
     except StoreError as exc:
         raise MountError(str(exc)) from None
-    ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status)
+    ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep)
+    daemon.sweeper._open_jobs = ops.open_jobs
     daemon.start_threads()
     options = dict(foreground=True, nothreads=False, fsname=FSNAME, subtype=FSNAME, default_permissions=True,
                    nosuid=True, nodev=True, raw_fi=True, debug=debug, max_threads=MAX_THREADS)
@@ -335,13 +356,11 @@ def spawn(mountpoint: str, data_dir: str, config_file: str | None, *, allow_othe
 
 def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
     """Unmount and wait for the daemon to finish its clean shutdown."""
-    if not is_wsfs_mount(mountpoint):
-        try:
-            os.stat(mountpoint)
-        except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
-                fusermount(mountpoint, lazy=True)
-                return
+    state = probe_mount(mountpoint)
+    if state == "stale":
+        fusermount(mountpoint, lazy=True)
+        return
+    if state is None or not is_wsfs_mount(mountpoint):
         raise MountError(f"{mountpoint} is not a wsfs mount")
     pid = _daemon_pid(mountpoint)
     result = fusermount(mountpoint, lazy=lazy)

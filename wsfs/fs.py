@@ -147,6 +147,11 @@ class WsfsOperations(Operations):
             conn.max_write = 1 << 20
             conn.max_readahead = 1 << 20
 
+    def open_jobs(self) -> set[str]:
+        """Jobs with a file open through the mount (the sweeper does not purge those)."""
+        with self._handles_lock:
+            return {h.node.job for h in self._handles.values() if h.node.job is not None and h.fd >= 0}
+
     # -- path resolution ----------------------------------------------------
 
     def _resolve(self, path: str) -> Node:
@@ -196,6 +201,17 @@ class WsfsOperations(Operations):
         if for_change and node.readonly:
             raise FuseOSError(errno.EROFS)
         return node
+
+    def _limited(self, node: Node) -> bool:
+        """Does this job have a quota or max_files to meter?  (Most have neither: no cost then.)"""
+        if node.job is None or node.area_path is None:
+            return False
+        record = self.service.require(node.job)
+        return bool(record.get("quota") or record.get("max_files"))
+
+    def _charge(self, node: Node, dbytes: int = 0, dfiles: int = 0) -> None:
+        if self._limited(node):
+            self.service.usage.charge(node.job, dbytes, dfiles)
 
     def _changing(self, node: Node):
         """Context for a change to a backing path: seal check and transition ordering."""
@@ -440,7 +456,12 @@ class WsfsOperations(Operations):
             raise NotAllowedError("only the areas live at a job's root")
         flags = (fi.flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT
         with self._changing(node):
-            fd = self.tree.open(node.root, node.rel, flags, mode & 0o7777)
+            self._charge(node, 0, 1)
+            try:
+                fd = self.tree.open(node.root, node.rel, flags, mode & 0o7777)
+            except BaseException:
+                self._charge(node, 0, -1)
+                raise
             try:
                 if self._as_root and (uid, gid) != (0, 0):
                     os.fchown(fd, uid, gid)
@@ -470,7 +491,17 @@ class WsfsOperations(Operations):
         if node.job is None:
             return os.pwrite(handle.fd, data, offset)
         with self.service.mutation(node.job), handle.lock:
-            written = os.pwrite(handle.fd, data, offset)
+            if self._limited(node):
+                size = os.fstat(handle.fd).st_size
+                growth = max(offset + len(data) - size, 0)
+                self.service.usage.charge(node.job, growth)
+                try:
+                    written = os.pwrite(handle.fd, data, offset)
+                except BaseException:
+                    self.service.usage.charge(node.job, -growth)
+                    raise
+            else:
+                written = os.pwrite(handle.fd, data, offset)
             handle.dirty = True
             if handle.hasher is not None:
                 if offset == handle.next_offset:
@@ -499,6 +530,8 @@ class WsfsOperations(Operations):
                 return self._truncate_virtual(handle.node)
             node = handle.node
             with self._changing(node), handle.lock:
+                if self._limited(node):
+                    self._charge(node, length - os.fstat(handle.fd).st_size)
                 os.ftruncate(handle.fd, length)
                 handle.dirty = True
                 self._forget_hashes(handle.ino)
@@ -508,6 +541,8 @@ class WsfsOperations(Operations):
             return self._truncate_virtual(node)
         node = self._backing(path, for_change=True)
         with self._changing(node):
+            if self._limited(node):
+                self._charge(node, length - self.tree.lstat(node.root, node.rel).st_size)
             self.tree.truncate(node.root, node.rel, length)
             if node.area_path is not None:
                 st = self.tree.lstat(node.root, node.rel)
@@ -578,6 +613,8 @@ class WsfsOperations(Operations):
         if handle.fd < 0:
             raise FuseOSError(errno.EOPNOTSUPP)
         with self._changing(handle.node), handle.lock:
+            if self._limited(handle.node) and not mode & 1:  # FALLOC_FL_KEEP_SIZE grows no file
+                self._charge(handle.node, max(offset + size - os.fstat(handle.fd).st_size, 0))
             if _libc.fallocate(handle.fd, mode, offset, size) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
@@ -593,7 +630,10 @@ class WsfsOperations(Operations):
         if node.area_path is None and node.job is not None:
             raise NotAllowedError("the control files stay")
         with self._changing(node):
+            gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
             self.tree.unlink(node.root, node.rel)
+            if gone is not None and stat.S_ISREG(gone.st_mode):
+                self._charge(node, -gone.st_size, -1)
             if node.area_path is not None:
                 self.service.manifest.delete(node.job, node.area_path)
         return 0
@@ -608,7 +648,15 @@ class WsfsOperations(Operations):
         if src.root != dst.root or src.job != dst.job:
             raise FuseOSError(errno.EXDEV)
         with self._changing(src):
+            replaced = None
+            if self._limited(dst) and not flags & 2:
+                try:
+                    replaced = self.tree.lstat(dst.root, dst.rel)
+                except FileNotFoundError:
+                    pass
             self.tree.rename(src.root, src.rel, dst.root, dst.rel, flags)
+            if replaced is not None and stat.S_ISREG(replaced.st_mode):
+                self._charge(dst, -replaced.st_size, -1)
             if src.job is not None:
                 self._rename_in_manifest(src, dst, flags)
         return 0
@@ -639,6 +687,10 @@ class WsfsOperations(Operations):
         if old.root != new.root or old.job != new.job:
             raise FuseOSError(errno.EXDEV)
         with self._changing(new):
+            if self._limited(new):
+                linked = self.tree.lstat(old.root, old.rel)
+                if stat.S_ISREG(linked.st_mode):
+                    self._charge(new, linked.st_size, 1)
             self.tree.link(new.root, old.rel, new.rel)
             if new.area_path is not None:
                 st = self.tree.lstat(new.root, new.rel)
@@ -669,6 +721,8 @@ class WsfsOperations(Operations):
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
         with self._changing(node):
+            if stat.S_ISREG(mode):
+                self._charge(node, 0, 1)
             self.tree.mknod(node.root, node.rel, mode)
             self._give_to_caller(node, uid, gid)
             if node.area_path is not None and stat.S_ISREG(mode):

@@ -45,6 +45,7 @@ import psutil
 
 from . import control
 from .config import Config, Template, default_config
+from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
                      QuotaError, SealedError, WsfsError)
 from .model import ENDED_STATES, AreaKind, JobState, check_transition, validate_job_id
@@ -57,7 +58,14 @@ RECORD_VERSION = 1
 RECEIPT_FILE = "receipt.json"
 RECEIPT_VERSION = 1
 ENDING_STEPS = ("intent", "scratch", "sealed", "receipt", "done")
+CRASH_STEPS = ("intent", "quarantine", "sealed", "receipt", "done")
 ARCHIVE_STEPS = ("intent", "tree", "done")
+
+
+def steps_for(target: JobState) -> tuple[str, ...]:
+    if target == JobState.ARCHIVED:
+        return ARCHIVE_STEPS
+    return CRASH_STEPS if target == JobState.CRASHED else ENDING_STEPS
 CACHE_SIZE = 8192
 HASH_CHUNK = 1 << 20
 
@@ -185,6 +193,7 @@ class JobService:
         self.config = config or default_config()
         self.clock = clock
         self.manifest = ManifestWriter(self)
+        self.usage = UsageMeter(self)
         self._cache: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
         self._locks: weakref.WeakValueDictionary[str, RWLock] = weakref.WeakValueDictionary()
@@ -336,7 +345,8 @@ class JobService:
         if free < need:
             raise NoSpaceError(f"only {free} bytes free on the data dir; min_free is {need}")
         if self.config.max_jobs:
-            live = sum(self.counts().get(s, 0) for s in ("running", "completed", "failed", "cancelled", "crashed"))
+            with self.store.read() as r:
+                live = r.totals()["live"]
             if live >= self.config.max_jobs:
                 raise QuotaError(f"max_jobs ({self.config.max_jobs}) live workspaces reached")
 
@@ -436,6 +446,8 @@ class JobService:
             check_transition(current, target)
             if target == JobState.RUNNING:
                 raise NotAllowedError("use resume to run a job again")
+            if record.get("hidden"):
+                raise NotAllowedError(f"job {job_id} is hidden: restore it first")
             self.manifest.flush()
             now = self.clock()
             pending = {"target": target.value, "reason": reason, "at": now, "step": "intent", "from": current.value}
@@ -452,7 +464,7 @@ class JobService:
         """Run the remaining steps of a recorded transition (idempotent)."""
         pending = record["pending"]
         target = JobState(pending["target"])
-        steps = ARCHIVE_STEPS if target == JobState.ARCHIVED else ENDING_STEPS
+        steps = steps_for(target)
         for step in steps[steps.index(pending["step"]) + 1:]:
             record = getattr(self, f"_step_{step}")(record, target)
             self._fault_point(step)
@@ -479,6 +491,18 @@ class JobService:
                     record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
                     record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
         return self._set_step(job_id, "scratch", drop_entries)
+
+    def _step_quarantine(self, record: dict, target: JobState) -> dict:
+        """A crashed job's tree moves to quarantine/ (SPEC §7); idempotent."""
+        job_id = record["id"]
+        if record.get("where") == "jobs" and self.tree.exists("jobs", job_id):
+            self.tree.rename("jobs", job_id, "quarantine", job_id)
+        log.warning("job %s crashed (%s): its tree is in quarantine/", job_id, record["pending"]["reason"])
+
+        def moved(record, w):
+            if record.get("where"):
+                record["where"] = "quarantine"
+        return self._set_step(job_id, "quarantine", moved)
 
     def _step_sealed(self, record: dict, target: JobState) -> dict:
         def seal(record, w):
@@ -569,6 +593,7 @@ class JobService:
 
     def _step_done(self, record: dict, target: JobState) -> dict:
         pending = record["pending"]
+        self.usage.forget(record["id"])
 
         def finish(record, w):
             now = pending["at"]
@@ -607,6 +632,7 @@ class JobService:
                 if self.tree.move_to_trash("jobs", f"{job_id}/{RECEIPT_FILE}", f"{job_id}.receipt"):
                     self.trash_wake.set()
             now = self.clock()
+            self.usage.forget(job_id)
 
             def change(record, w):
                 record["state"] = JobState.RUNNING.value
@@ -620,30 +646,66 @@ class JobService:
     def restore(self, job_id: str) -> dict:
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
-            if not record.get("hidden"):
-                raise NotAllowedError(f"job {job_id} is not hidden")
+            if not record.get("hidden") or not record.get("where"):
+                raise NotAllowedError(f"job {job_id} is not hidden" if record.get("where")
+                                      else f"job {job_id} has no tree left to restore")
+            now = self.clock()
+            after = self.template(record).expiry_after(JobState(record["state"]))
 
             def change(record, w):
                 record["hidden"] = False
+                record["expires_at"] = None if after is None else now + after  # a fresh retention period
             return self._update(job_id, change, ("restored", {}))
+
+    # -- retention: hide and purge (the sweeper decides when) ---------------------
+
+    def hide(self, job_id: str, now: float) -> dict:
+        """Expired: gone from the view, data kept until the grace ends (SPEC §4)."""
+        grace = self.template(self.require(job_id)).grace
+        with self.lock(job_id).exclusive():
+            def change(record, w):
+                record["hidden"] = True
+                record["expires_at"] = now + grace
+            return self._update(job_id, change, ("hidden", {"purge_at": now + grace}))
+
+    def purge(self, job_id: str, now: float) -> dict:
+        """Grace over: the tree goes to the trash, the record stays with its purge time."""
+        with self.lock(job_id).exclusive():
+            record = self.require(job_id)
+            where = self.location(record)
+            if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.purged"):
+                self.trash_wake.set()
+
+            def change(record, w):
+                w.delete_manifest_prefix(job_id)
+                record.update(where=None, purged_at=now, expires_at=None)
+            return self._update(job_id, change, ("purged", {"state": record["state"]}))
 
     # -- recovery ---------------------------------------------------------------
 
     def recover(self, unclean: bool) -> list[str]:
-        """Finish interrupted transitions; after a crash rebuild running jobs' manifests."""
+        """Finish interrupted transitions; after a daemon crash, quarantine running jobs (SPEC §7).
+
+        With ``on_crash = "resume"`` running jobs stay running instead.  Either
+        way their manifests are rebuilt from their trees, since the last batch
+        of manifest changes may not have reached the store.
+        """
         with self.store.read() as r:
             pending = [r.job(j) for j in r.pending_ids()]
         finished = []
         for record in pending:
             log.warning("finishing the interrupted %s of job %s (after step %s)",
                         record["pending"]["target"], record["id"], record["pending"]["step"])
-            self._finish(record)
+            with self.lock(record["id"]).exclusive():
+                self._finish(record)
             finished.append(record["id"])
         if unclean:
             with self.store.read() as r:
                 running = [j["id"] for j in r.jobs() if j["state"] == JobState.RUNNING.value and j.get("where")]
             for job_id in running:
                 self.rebuild_manifest(job_id)
+                if self.config.on_crash == "quarantine":
+                    self.transition(job_id, JobState.CRASHED, "the wsfs daemon crashed")
         return finished
 
     def rebuild_manifest(self, job_id: str) -> dict:
@@ -669,16 +731,16 @@ class JobService:
             rec["usage"] = {"bytes": total, "files": len(files)}
             w.put_job(rec)
             return [rec]
-        return self._commit(fn)[0]
+        self.manifest.flush()
+        record = self._commit(fn)[0]
+        self.usage.forget(job_id)
+        return record
 
     # -- views --------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = collections.Counter()
         with self.store.read() as r:
-            for record in r.jobs():
-                counts[record["state"]] += 1
-        return dict(counts)
+            return dict(r.totals()["states"])
 
     def manifest_entries(self, job_id: str) -> list[tuple[str, list]]:
         self.manifest.flush()

@@ -19,6 +19,10 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
                       finds ``live`` knows the previous one crashed (SPEC §7).
     ``b"event_seq"`` -> int, the last event sequence number used.
     ``b"counters"`` -> ``{name: int}``: rejected writes, failed removals ...
+    ``b"totals"``  -> ``{"states": {state: n}, "live": n, "bytes": n, "files": n}``:
+                      kept in step by ``put_job`` so status and ``max_jobs``
+                      cost O(1), not O(jobs).  ``live`` counts records whose
+                      tree exists (``where`` set).
 ``jobs``
     job id (ASCII) -> the job record, a dict (see ``new_record``).  Records
     are never deleted: an id is used once, even after archive or purge.
@@ -39,6 +43,9 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
 ``pending``
     job id -> ``b""`` for every job with a transition in flight (the record's
     ``pending`` says which and how far).  Recovery finishes each on mount.
+``owners``
+    job id -> ``{"pid", "create_time"}`` for every running job with an owner
+    process, so the sweeper's liveness check costs O(owned jobs).
 
 Threading: any thread may open a read transaction; write transactions are
 serialized by ``_write_lock`` (LMDB allows one writer) and stay on their
@@ -64,7 +71,7 @@ from .errors import StoreError
 SCHEMA_VERSION = 1
 MAX_EVENTS = 10_000
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling on MapFullError
-_DBS = (b"meta", b"jobs", b"manifest", b"events", b"expiry", b"pending")
+_DBS = (b"meta", b"jobs", b"manifest", b"events", b"expiry", b"pending", b"owners")
 _U64 = struct.Struct(">Q")
 
 
@@ -195,6 +202,13 @@ class Reader:
                     break
                 yield _U64.unpack(key[:8])[0] / 1000, key[8:].decode()
 
+    def owners(self) -> list[tuple[str, dict]]:
+        with self.txn.cursor(db=self._store.dbs[b"owners"]) as cursor:
+            return [(key.decode(), unpack(raw)) for key, raw in cursor]
+
+    def totals(self) -> dict:
+        return self.meta("totals", None) or {"states": {}, "live": 0, "bytes": 0, "files": 0}
+
     def pending_ids(self) -> list[str]:
         with self.txn.cursor(db=self._store.dbs[b"pending"]) as cursor:
             return [key.decode() for key in cursor.iternext(keys=True, values=False)]
@@ -218,12 +232,34 @@ class Writer(Reader):
                 self.txn.delete(expiry_key(old_expiry, record["id"]), db=self._store.dbs[b"expiry"])
             if record.get("expires_at") is not None:
                 self.txn.put(expiry_key(record["expires_at"], record["id"]), b"", db=self._store.dbs[b"expiry"])
+        key = record["id"].encode()
         pending_db = self._store.dbs[b"pending"]
         if record.get("pending"):
-            self.txn.put(record["id"].encode(), b"", db=pending_db)
+            self.txn.put(key, b"", db=pending_db)
         elif old and old.get("pending"):
-            self.txn.delete(record["id"].encode(), db=pending_db)
-        self._put(b"jobs", record["id"].encode(), record)
+            self.txn.delete(key, db=pending_db)
+        owners_db = self._store.dbs[b"owners"]
+        owner = record.get("owner") if record["state"] == "running" and not record.get("pending") else None
+        if owner:
+            self.txn.put(key, pack(owner), db=owners_db)
+        elif old and old.get("owner"):
+            self.txn.delete(key, db=owners_db)
+        self._count(old, record)
+        self._put(b"jobs", key, record)
+
+    def _count(self, old: dict | None, new: dict) -> None:
+        totals = self.totals()
+        states = totals["states"]
+        for record, sign in ((old, -1), (new, 1)):
+            if record is None:
+                continue
+            states[record["state"]] = states.get(record["state"], 0) + sign
+            if record.get("where"):
+                totals["live"] += sign
+                totals["bytes"] += sign * record["usage"]["bytes"]
+                totals["files"] += sign * record["usage"]["files"]
+        totals["states"] = {k: v for k, v in states.items() if v}
+        self.put_meta("totals", totals)
 
     def put_manifest(self, job_id: str, path: str, entry: list) -> list | None:
         """Store an entry; return the one it replaced."""

@@ -1,0 +1,187 @@
+"""The sweeper: retention (hide, then purge) and owner liveness (SPEC §4, §7).
+
+One pass (``sweep``) does, at time ``now``:
+
+1. Due jobs, from the store's expiry index (a range scan up to ``now``, so
+   the cost grows with the number due, not the number of jobs).  A visible
+   job whose deadline passed is *hidden* (its new deadline is the end of the
+   grace); a hidden one is *purged*, unless a process still has its tree
+   open, in which case it is *skipped* and tried again next pass.
+2. Owners, from the store's owners index: a running job whose owner process
+   is gone, or is another process that reused the pid (create times
+   differ), is *crashed*: its tree goes to quarantine/.
+
+``dry_run`` computes the same plan and changes nothing.  Each planned action
+carries why (state, age, policy), so ``wsfs sweep --dry-run`` can say it.
+
+Threading: ``run`` is the ``wsfs-sweeper`` thread; ``sweep`` may also be
+called from a FUSE thread (``sweep`` on ``.wsfs/control``).  ``_lock``
+makes passes one at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+
+import psutil
+
+from .lifecycle import JobService
+from .model import JobState
+from .units import format_duration
+
+log = logging.getLogger("wsfs.retention")
+
+OWNER_TIME_SLACK = 0.05  # psutil's create_time is rounded to the clock tick
+
+
+@dataclasses.dataclass
+class Action:
+    job: str
+    action: str          # hide | purge | skip | crash
+    why: str
+    done: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass
+class SweepReport:
+    at: float
+    dry_run: bool
+    actions: list[Action]
+    duration_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        counts: dict[str, int] = {}
+        for a in self.actions:
+            counts[a.action] = counts.get(a.action, 0) + 1
+        return {"at": self.at, "dry_run": self.dry_run, "duration_ms": round(self.duration_ms, 3),
+                "counts": counts, "actions": [a.as_dict() for a in self.actions]}
+
+
+def owner_alive(owner: dict) -> bool:
+    """Is the process that registered as owner still the same, living process?"""
+    try:
+        proc = psutil.Process(owner["pid"])
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - owner["create_time"]) <= OWNER_TIME_SLACK
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True  # exists, and we cannot tell more: never crash a job on a guess
+
+
+class Sweeper:
+    def __init__(self, service: JobService, *, mountpoint: str | None = None, open_jobs=None):
+        self.service = service
+        self.mountpoint = mountpoint
+        self._open_jobs = open_jobs or (lambda: set())  # jobs with files open through the mount
+        self._lock = threading.Lock()
+        self.last: dict | None = None
+        self.wake = threading.Event()
+
+    def _busy_jobs(self) -> set[str]:
+        """Jobs whose tree a process holds: open through the mount, or cwd/open files inside."""
+        busy = set(self._open_jobs())
+        prefixes = [os.path.join(self.service.tree.data_dir, d) + os.sep for d in ("jobs", "quarantine")]
+        if self.mountpoint:
+            prefixes += [os.path.join(self.mountpoint, d) + os.sep for d in ("workspaces", "quarantine")]
+        for proc in psutil.process_iter():
+            try:
+                paths = [proc.cwd()] + [f.path for f in proc.open_files()]
+            except (psutil.Error, OSError):
+                continue
+            for path in paths:
+                for prefix in prefixes:
+                    if path.startswith(prefix):
+                        busy.add(path[len(prefix):].split(os.sep, 1)[0])
+        return busy
+
+    def plan(self, now: float) -> list[Action]:
+        service = self.service
+        actions: list[Action] = []
+        with service.store.read() as r:
+            due = list(r.due(now))
+            owners = r.owners()
+        busy: set[str] | None = None
+        for deadline, job_id in due:
+            record = service.get(job_id)
+            if record is None or record.get("pending"):
+                continue
+            state = record["state"]
+            age = format_duration(now - record["state_since"])
+            template = service.template(record)
+            if not record.get("hidden"):
+                policy = format_duration(template.expiry_after(JobState(state)))
+                grace = format_duration(template.grace)
+                actions.append(Action(job_id, "hide", f"{state} for {age}, policy {state}={policy}, grace {grace}"))
+                if template.grace == 0:
+                    actions.append(Action(job_id, "purge", "grace is 0: purged at expiry"))
+            else:
+                actions.append(Action(job_id, "purge",
+                                      f"{state} for {age}, hidden for {format_duration(now - deadline + template.grace)}"
+                                      f" (grace {format_duration(template.grace)})"))
+        for action in actions:
+            if action.action == "purge":
+                busy = self._busy_jobs() if busy is None else busy
+                if action.job in busy:
+                    action.action, action.why = "skip", "a process still has files open in its tree; retried next sweep"
+        for job_id, owner in owners:
+            if not owner_alive(owner):
+                actions.append(Action(job_id, "crash", f"owner pid {owner['pid']} is gone"))
+        return actions
+
+    def sweep(self, now: float | None = None, dry_run: bool = False, announce: bool = True) -> SweepReport:
+        """One pass; ``announce`` records a ``sweep`` event even when nothing was due."""
+        with self._lock:
+            started = time.perf_counter()
+            now = self.service.clock() if now is None else now
+            actions = self.plan(now)
+            if not dry_run:
+                for action in actions:
+                    self._apply(action, now)
+            report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000)
+            summary = report.as_dict()
+            if announce or actions:
+                self._record(summary)
+            if not dry_run:
+                self.last = {k: v for k, v in summary.items() if k != "actions"}
+            return report
+
+    def _apply(self, action: Action, now: float) -> None:
+        service = self.service
+        try:
+            if action.action == "hide":
+                service.hide(action.job, now)
+            elif action.action == "purge":
+                service.purge(action.job, now)
+            elif action.action == "crash":
+                service.transition(action.job, JobState.CRASHED, action.why)
+            elif action.action == "skip":
+                self.service._commit(lambda w: (w.add_event("skipped", action.job, why=action.why), [])[1])
+            action.done = action.action != "skip"
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the pass
+            action.error = str(exc)
+            log.exception("sweep: could not %s job %s", action.action, action.job)
+
+    def _record(self, summary: dict) -> None:
+        def fn(w):
+            w.add_event("sweep", None, dry_run=summary["dry_run"], counts=summary["counts"],
+                        duration_ms=summary["duration_ms"], actions=summary["actions"][:200])
+            return []
+        self.service._commit(fn)
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        while not stop.is_set():
+            self.wake.wait(interval)
+            self.wake.clear()
+            if stop.is_set():
+                break
+            self.sweep(announce=False)
