@@ -429,6 +429,8 @@ class WsfsOperations(Operations):
         if node.readonly:
             raise FuseOSError(errno.EROFS)
         with self._changing(node):
+            if flags & os.O_TRUNC and self._limited(node):
+                self._charge(node, -self.tree.lstat(node.root, node.rel).st_size)
             fd = self.tree.open(node.root, node.rel, flags)
             st = os.fstat(fd)
             handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
@@ -588,6 +590,9 @@ class WsfsOperations(Operations):
     def _record_file(self, handle: Handle) -> None:
         """Manifest entry for a file closed after writing (SPEC §8: never per write)."""
         node = handle.node
+        record = self.service.get(node.job)
+        if record is None or self.service.is_sealed(record):
+            return  # ended meanwhile: the receipt step already recorded the file as it is
         st = os.fstat(handle.fd)
         try:
             current = self.tree.lstat(node.root, node.rel)
