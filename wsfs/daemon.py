@@ -191,6 +191,7 @@ class Daemon:
 
     def start_threads(self) -> None:
         self._thread("wsfs-manifest", lambda: self.service.manifest.run(self.stop))
+        self._thread("wsfs-hasher", lambda: self.hasher.run(self.stop))
         self._thread("wsfs-trash", self._empty_trash_loop)
         self._thread("wsfs-sweeper", lambda: self.sweeper.run(self.stop, self.config.sweep_interval))
         self._thread("wsfs-ready", self._announce_ready)
@@ -294,6 +295,7 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
         raise MountError(str(exc)) from None
     ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep)
     daemon.sweeper._open_jobs = ops.open_jobs
+    daemon.hasher = ops.hasher
     daemon.start_threads()
     options = dict(foreground=True, nothreads=False, fsname=FSNAME, subtype=FSNAME, default_permissions=True,
                    nosuid=True, nodev=True, raw_fi=True, debug=debug, max_threads=MAX_THREADS)

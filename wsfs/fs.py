@@ -36,6 +36,7 @@ import time
 from . import __version__
 from .binding import FuseOSError, Operations, fuse_get_context
 from .errors import NotAllowedError, WsfsError
+from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
 from .tree import Tree
 
@@ -100,8 +101,7 @@ class Handle:
     data: bytes = b""
     writable: bool = False
     dirty: bool = False
-    hasher: "hashlib._Hash | None" = None
-    next_offset: int = 0
+    stream: StreamHash | None = None  # the running sha256, while written front to back
     ino: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -129,6 +129,7 @@ class WsfsOperations(Operations):
         self._handles_lock = threading.Lock()
         self._fh_counter = itertools.count(1)
         self._writers: dict[int, set[Handle]] = {}  # backing inode -> open writable handles
+        self.hasher = Hasher()  # its thread is started by the daemon
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
@@ -405,9 +406,9 @@ class WsfsOperations(Operations):
             if handle.writable and handle.fd >= 0:
                 writers = self._writers.setdefault(handle.ino, set())
                 if writers:  # two writers: neither can hash front to back
-                    handle.hasher = None
-                    for other in writers:
-                        other.hasher = None
+                    for h in [handle, *writers]:
+                        if h.stream is not None:
+                            h.stream.invalidate()
                 writers.add(handle)
         fi.fh = fh
         return 0
@@ -435,7 +436,7 @@ class WsfsOperations(Operations):
             st = os.fstat(fd)
             handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
             if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
-                handle.hasher = hashlib.sha256()
+                handle.stream = self._stream(fd)
             if flags & os.O_TRUNC and node.area_path is not None:
                 handle.dirty = True
             return self._register(fi, handle)
@@ -473,7 +474,7 @@ class WsfsOperations(Operations):
                 raise
             handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
             if node.area_path is not None:
-                handle.hasher = hashlib.sha256() if st.st_size == 0 else None
+                handle.stream = self._stream(fd) if st.st_size == 0 else None
                 self.service.manifest.put(node.job, node.area_path, st)
             return self._register(fi, handle)
 
@@ -505,12 +506,8 @@ class WsfsOperations(Operations):
             else:
                 written = os.pwrite(handle.fd, data, offset)
             handle.dirty = True
-            if handle.hasher is not None:
-                if offset == handle.next_offset:
-                    handle.hasher.update(data[:written] if written < len(data) else data)
-                    handle.next_offset += written
-                else:
-                    handle.hasher = None
+            if handle.stream is not None and handle.stream.advance(offset, written):
+                self.hasher.poke()
         return written
 
     def _write_virtual(self, handle: Handle, data: bytes) -> int:
@@ -561,7 +558,8 @@ class WsfsOperations(Operations):
     def _forget_hashes(self, ino: int) -> None:
         with self._handles_lock:
             for handle in self._writers.get(ino, ()):
-                handle.hasher = None
+                if handle.stream is not None:
+                    handle.stream.invalidate()
 
     @op
     def flush(self, path, fi):
@@ -584,8 +582,16 @@ class WsfsOperations(Operations):
             if handle.dirty and node.area_path is not None:
                 self._record_file(handle)
         finally:
+            if handle.stream is not None:
+                self.hasher.forget(handle.stream)
+                handle.stream.close()
             os.close(handle.fd)
         return 0
+
+    def _stream(self, fd: int) -> StreamHash:
+        stream = StreamHash(fd)
+        self.hasher.track(stream)
+        return stream
 
     def _record_file(self, handle: Handle) -> None:
         """Manifest entry for a file closed after writing (SPEC §8: never per write)."""
@@ -600,9 +606,7 @@ class WsfsOperations(Operations):
             return  # unlinked or its directory moved: its entry went with it
         if current.st_ino != st.st_ino:
             return
-        sha = None
-        if handle.hasher is not None and handle.next_offset == st.st_size:
-            sha = handle.hasher.digest()
+        sha = handle.stream.finish(st.st_size) if handle.stream is not None else None
         self.service.manifest.put(node.job, node.area_path, st, sha)
 
     @op
