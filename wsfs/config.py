@@ -37,6 +37,7 @@ DEFAULT_CONFIG_FILE = "/etc/wsfs/wsfs.toml"
 RETENTION_STATES = ("completed", "failed", "cancelled", "crashed")
 DEFAULT_RETENTION = {"completed": None, "failed": 7 * 86400.0, "cancelled": 86400.0, "crashed": 7 * 86400.0}
 DEFAULT_GRACE = 86400.0
+MAX_DURATION = 1000 * 365 * 86400.0
 
 
 class ConfigError(Exception):
@@ -100,11 +101,18 @@ class _Reader:
 
     def duration(self, value, key: str) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:
-            return parse_duration(value)
-        except (ValueError, TypeError) as exc:
-            raise self.fail(key, str(exc)) from None
+            if value < 0:
+                raise self.fail(key, f"a duration is >= 0, got {value!r}")
+            parsed = float(value)
+        else:
+            try:
+                parsed = parse_duration(value)
+            except (ValueError, TypeError) as exc:
+                raise self.fail(key, str(exc)) from None
+        # nan, inf and huge values would break the expiry index's 64-bit millisecond keys.
+        if parsed is not None and not parsed <= MAX_DURATION:
+            raise self.fail(key, f"a duration is at most 1000 years (or 'never'), got {value!r}")
+        return parsed
 
     def size(self, value, key: str) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -136,6 +144,8 @@ class _Reader:
         return out, grace
 
 
+# Files the daemon writes at a job's root (lifecycle.RECEIPT_FILE and its tmp): no area takes their name.
+RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
 _TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention", "templates"}
 _TEMPLATE_KEYS = {"areas", "retention", "quota", "max_files"}
 
@@ -190,8 +200,8 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
                 raise r.fail(key + ".areas", "expected a table like { output = \"keep\", temp = \"scratch\" }")
             areas = {}
             for area, kind in table["areas"].items():
-                if not JOB_ID_RE.fullmatch(area) or area.startswith("."):
-                    raise r.fail(f"{key}.areas.{area}", "an area name is letters, digits, . _ -")
+                if not JOB_ID_RE.fullmatch(area) or area.startswith(".") or area in RESERVED_ROOT_NAMES:
+                    raise r.fail(f"{key}.areas.{area}", "an area name is letters, digits, . _ - (not receipt.json)")
                 try:
                     areas[area] = AreaKind(kind)
                 except ValueError:

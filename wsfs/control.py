@@ -20,8 +20,9 @@ MAX_REASON_CHARS = 1024
 MAX_PID = 1 << 22  # the kernel's ceiling for pid_max
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# A reason is free text on one line: no control characters at all.
-_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+# A reason is free text on one line: no control characters at all (C0, DEL and C1,
+# whose CSI \x9b would reach a terminal through `wsfs events`).
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 ENDING_WORDS = {"completed": JobState.COMPLETED, "failed": JobState.FAILED, "cancelled": JobState.CANCELLED}
 
@@ -38,6 +39,7 @@ class Command:
     pid: int | None = None
     options: tuple[tuple[str, object], ...] = ()
     dry_run: bool = False
+    repair: bool = False
 
     def option(self, name: str, default=None):
         return dict(self.options).get(name, default)
@@ -100,13 +102,13 @@ def parse_state_command(data: bytes) -> Command:
 _CREATE_OPTIONS = {
     "template": lambda v: _TOKEN_RE.fullmatch(v) and v,
     "quota": parse_size,
-    "max_files": lambda v: v.isdigit() and int(v),
+    "max_files": lambda v: v.isascii() and v.isdigit() and int(v) < 1 << 63 and int(v),
     "owner": _pid,
 }
 
 
 def parse_control_command(data: bytes) -> Command:
-    """Parse a ``.wsfs/control`` write (SPEC §10)."""
+    """Parse a ``.wsfs/control`` write (SPEC §10): create, restore, resume, sweep, doctor."""
     text = _decode_line(data)
     verb, *rest = text.split()
     if verb == "create":
@@ -134,4 +136,8 @@ def parse_control_command(data: bytes) -> Command:
         if rest not in ([], ["dry-run"]):
             raise BadCommandError("usage: sweep [dry-run]")
         return Command("sweep", dry_run=bool(rest))
-    raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, restore, resume or sweep")
+    if verb == "doctor":
+        if rest not in ([], ["repair"]):
+            raise BadCommandError("usage: doctor [repair]")
+        return Command("doctor", repair=bool(rest))
+    raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, restore, resume, sweep or doctor")

@@ -84,6 +84,21 @@ class StreamHash:
             finally:
                 self.close()
 
+    def digest_so_far(self, size: int) -> bytes | None:
+        """The digest if the hasher already covered all ``size`` bytes; never waits for it.
+
+        The stream stays open: a later write may still continue it.
+        """
+        with self.lock:
+            if self.valid and self.written == size and self.hashed == size:
+                return self.digest_state.copy().digest()
+            return None
+
+    @property
+    def pending(self) -> bool:
+        """Valid, but not yet hashed as far as written: ``finish`` would still have work."""
+        return self.valid and self.hashed < self.written
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

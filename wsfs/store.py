@@ -325,13 +325,15 @@ class Store:
             )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
-        if not readonly:
-            self.env.reader_check()  # free slots of readers that died (SPEC §1 trap list)
+        # Free slots of readers that died (SPEC §1 trap list); `wsfs doctor` reports how many.
+        self.freed_readers = 0 if readonly else self.env.reader_check()
         self.dbs = {}
         with self.env.begin(write=not readonly) as txn:
             for name in _DBS:
                 try:
-                    self.dbs[name] = self.env.open_db(name, txn=txn, create=not readonly)
+                    # py-lmdb 3: a handle opened inside a read-only transaction does not outlive it
+                    # (mdb_get: Invalid argument later); without txn= it opens its own and keeps it.
+                    self.dbs[name] = self.env.open_db(name, txn=None if readonly else txn, create=not readonly)
                 except lmdb.NotFoundError:
                     raise StoreError(f"{path} is not a wsfs store (no {name.decode()} table)") from None
         self._check_schema()

@@ -6,12 +6,14 @@ Used by the control grammar and the config; pure.  Size suffixes are binary
 
 from __future__ import annotations
 
+import decimal
 import re
 
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?", re.IGNORECASE)
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?", re.IGNORECASE | re.ASCII)
+MAX_SIZE = (1 << 63) - 1  # stored as a msgpack int; beyond any disk anyway
 _SIZE_MULT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.ASCII)
 _DURATION_MULT = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -21,7 +23,12 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 512M, 10G, 1T or a byte count)")
     number, suffix = match.groups()
-    return int(float(number) * _SIZE_MULT[suffix.upper()])
+    mult = _SIZE_MULT[suffix.upper()]
+    # Decimal, not float: exact above 2**53, and no OverflowError on a huge number.
+    size = int(decimal.Decimal(number) * mult)
+    if size > MAX_SIZE:
+        raise ValueError(f"size too large: {str(text)[:40]!r}")
+    return size
 
 
 def parse_duration(text: str) -> float | None:
@@ -33,7 +40,10 @@ def parse_duration(text: str) -> float | None:
     if not match:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 24h, 7d or never)")
     number, unit = match.groups()
-    return float(number) * _DURATION_MULT[unit]
+    seconds = float(number) * _DURATION_MULT[unit]
+    if seconds == float("inf"):  # hundreds of digits overflow a float
+        raise ValueError(f"duration too large: {text[:40]!r}")
+    return seconds
 
 
 def format_size(n: int | float) -> str:
