@@ -9,6 +9,7 @@ VENV        := .venv
 VENV_STAMP  := $(VENV)/.installed
 WSFS        := $(VENV)/bin/wsfs
 PYTEST_ARGS ?= -q
+BENCH_ARGS  ?=
 
 # Root gets system-wide defaults, everyone else per-user ones (SPEC §2).
 ifeq ($(shell id -u),0)
@@ -19,10 +20,22 @@ MOUNT ?= $(HOME)/wsfs
 DATA  ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/wsfs
 endif
 
+# `make install` (SPEC §11): the package in its own virtualenv under PREFIX,
+# the units where systemd looks for any PREFIX, the sample config once.
+# DESTDIR stages everything under another root (packaging, tests).
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(SYSCONFDIR)/systemd/system
+INSTALL_LIB := $(DESTDIR)$(PREFIX)/lib/wsfs
+INSTALL_BIN := $(DESTDIR)$(PREFIX)/bin
+INSTALL_DOC := $(DESTDIR)$(PREFIX)/share/doc/wsfs
+INSTALL_COMPLETION := $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+UNITS := wsfs.service wsfs@.service
+
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help system-deps venv run stop test clean
+.PHONY: help system-deps venv run stop test bench clean install uninstall
 
 help:
 	@echo "wsfs make targets:"
@@ -31,12 +44,16 @@ help:
 	@echo "  make run           mount wsfs at MOUNT=$(MOUNT) with DATA=$(DATA)"
 	@echo "  make stop          unmount MOUNT"
 	@echo "  make test          run the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
+	@echo "  make bench         benchmark wsfs against the bare disk and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
+	@echo "  make install       install wsfs, its systemd units and /etc/wsfs/wsfs.toml (PREFIX=$(PREFIX), DESTDIR=$(DESTDIR))"
+	@echo "  make uninstall     remove what make install put in place (keeps data dirs and an edited config)"
 	@echo "  make clean         remove .venv, build artefacts and caches"
 
 system-deps:
 	@PATH="$$PATH:/usr/sbin:/sbin"; need=""; \
 	command -v fusermount3 >/dev/null 2>&1 || need="$$need fuse3"; \
 	ldconfig -p 2>/dev/null | grep -q libfuse3.so.3 || need="$$need libfuse3-3"; \
+	if [ -n "$(NEED_SYSTEMD_ANALYZE)" ]; then command -v systemd-analyze >/dev/null 2>&1 || need="$$need systemd"; fi; \
 	if [ ! -x $(VENV)/bin/python ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		need="$$need python3 python3-venv"; \
 	fi; \
@@ -97,9 +114,81 @@ stop:
 		echo "stop: $(MOUNT) is not mounted"; \
 	fi
 
+# The tests run `systemd-analyze verify` on the units: the systemd package brings it
+# (a target-specific variable, so system-deps sees it only for `make test`).
+test: NEED_SYSTEMD_ANALYZE := yes
 test: system-deps venv
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+install: system-deps
+	@set -e; \
+	echo "install: wsfs into $(INSTALL_LIB)/venv"; \
+	rm -rf "$(INSTALL_LIB)/venv"; \
+	mkdir -p "$(INSTALL_LIB)"; \
+	$(PYTHON) -m venv "$(INSTALL_LIB)/venv"; \
+	"$(INSTALL_LIB)/venv/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location "$(CURDIR)"; \
+	install -d "$(INSTALL_BIN)"; \
+	printf '%s\n' '#!/bin/sh' \
+		'# wsfs, put here by `make install`: the package lives in its own virtualenv.' \
+		'here=$$(dirname "$$(readlink -f "$$0")")' \
+		'exec "$$here/../lib/wsfs/venv/bin/python" -I -m wsfs "$$@"' > "$(INSTALL_BIN)/wsfs"; \
+	chmod 0755 "$(INSTALL_BIN)/wsfs"; \
+	echo "install: $(INSTALL_BIN)/wsfs"; \
+	install -d "$(DESTDIR)$(UNITDIR)"; \
+	for unit in $(UNITS); do \
+		sed -e 's|/usr/local/bin/wsfs|$(PREFIX)/bin/wsfs|g' -e 's|/usr/local/share/doc/wsfs|$(PREFIX)/share/doc/wsfs|g' \
+			"systemd/$$unit" > "$(DESTDIR)$(UNITDIR)/$$unit"; \
+		chmod 0644 "$(DESTDIR)$(UNITDIR)/$$unit"; \
+		echo "install: $(DESTDIR)$(UNITDIR)/$$unit"; \
+	done; \
+	install -d "$(DESTDIR)$(SYSCONFDIR)/wsfs"; \
+	if [ -e "$(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml" ]; then \
+		echo "install: kept the existing $(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml"; \
+	else \
+		install -m 0644 etc/wsfs.toml "$(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml"; \
+		echo "install: $(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml (the commented sample)"; \
+	fi; \
+	install -d "$(INSTALL_DOC)" "$(INSTALL_COMPLETION)"; \
+	install -m 0644 README.md docs/service.md "$(INSTALL_DOC)/"; \
+	_WSFS_COMPLETE=bash_source "$(INSTALL_BIN)/wsfs" > "$(INSTALL_COMPLETION)/wsfs"; \
+	"$(INSTALL_BIN)/wsfs" --version
+	@echo ""
+	@echo "Next: edit $(SYSCONFDIR)/wsfs/wsfs.toml, then"
+	@echo "  systemctl daemon-reload && systemctl enable --now wsfs"
+	@echo "(after an upgrade: systemctl restart wsfs)"
+
+uninstall:
+	@set -e; \
+	rm -rf "$(INSTALL_LIB)" "$(INSTALL_DOC)"; \
+	rm -f "$(INSTALL_BIN)/wsfs" "$(INSTALL_COMPLETION)/wsfs"; \
+	for unit in $(UNITS); do rm -f "$(DESTDIR)$(UNITDIR)/$$unit"; done; \
+	config="$(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml"; \
+	if [ -e "$$config" ] && ! cmp -s etc/wsfs.toml "$$config"; then \
+		echo "uninstall: kept $$config (it was edited)"; \
+	else \
+		rm -f "$$config"; rmdir "$(DESTDIR)$(SYSCONFDIR)/wsfs" 2>/dev/null || true; \
+	fi; \
+	echo "uninstall: removed wsfs from $(DESTDIR)$(PREFIX) and its units from $(DESTDIR)$(UNITDIR)"; \
+	echo "uninstall: data dirs (/var/lib/wsfs*) are kept; stop running mounts first (systemctl disable --now wsfs)"
+
+# Writes bench/results.json and prints the table; see bench/run.py for the workloads.
+# BENCH_ARGS: --quick (small sizes), --runs N, --only 1,3, --dir DIR (default /var/tmp/wsfs-bench),
+# --profile 1,3,4 (py-spy the daemon instead; installs py-spy into the venv).
+bench: system-deps venv
+	@PATH="$$PATH:/usr/sbin:/sbin"; \
+	if ! command -v bindfs >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -ne 0 ] && [ -z "$(SUDO)" ]; then \
+			echo "bench: bindfs is missing; run as root or install sudo" >&2; exit 1; \
+		fi; \
+		echo "bench: installing bindfs"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y bindfs || exit $$?; \
+	fi
+	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
+	@case "$(BENCH_ARGS)" in *--profile*) \
+		[ -x $(VENV)/bin/py-spy ] || $(VENV)/bin/python -m pip install -q py-spy;; esac
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -65,3 +65,39 @@ class FUSE(mfusepy.FUSE):
 
     def rename_fuse_3(self, old, new, flags):
         return self.operations.rename(_decode(self, old), _decode(self, new), flags)
+
+
+# fuse_invalidate_path (libfuse >= 3.1): the kernel drops its cached attributes of a path.
+_invalidate_path = getattr(mfusepy._libfuse, "fuse_invalidate_path", None)
+if _invalidate_path is not None:
+    _invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    _invalidate_path.restype = ctypes.c_int
+
+
+_fuse_ptr = None  # the session's struct fuse, saved by remember_session() during init
+
+
+def remember_session() -> None:
+    """Save this mount's ``struct fuse``: call from ``init``, which runs in a libfuse thread."""
+    global _fuse_ptr
+    context = mfusepy._libfuse.fuse_get_context()
+    if context and context.contents.fuse:
+        _fuse_ptr = context.contents.fuse
+
+
+def invalidate_path(path: str) -> None:
+    """Make the kernel ask again about ``path`` instead of trusting its cache until attr_timeout.
+
+    Works from any thread once ``remember_session`` ran (the sweeper's hide and purge too).  It
+    sends FUSE_NOTIFY_INVAL_INODE, which takes no lock a request in flight could hold, so it is
+    safe inside a handler.  A path the kernel never looked up has nothing cached: that -ENOENT
+    is ignored.
+    """
+    if _invalidate_path is None:
+        return
+    fuse = _fuse_ptr
+    if fuse is None:
+        context = mfusepy._libfuse.fuse_get_context()
+        fuse = context.contents.fuse if context else None
+    if fuse:
+        _invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))

@@ -1,6 +1,16 @@
 """The ``wsfs`` command: sugar over the mount (SPEC §10).
 
 Exit codes: 0 done, 1 error, 2 usage (click's own, and bad config).
+
+Data commands take ``--json``; tables and event lines are coloured only on
+a terminal (click strips the styles in a pipe); logs get journald's ``<N>``
+priority prefixes when stderr is the journal.  ``doctor`` goes through the
+mount when a daemon serves it, else it locks the data dir and opens the
+store itself (``wsfs.doctor``).
+
+Threading: one thread, except ``sweep`` on a terminal with purges due: a
+``wsfs-control`` thread writes the command while the main thread counts
+``purged`` events into the progress bar.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,13 +46,30 @@ class JournalFormatter(logging.Formatter):
         return f"<{self.PRIORITY.get(record.levelno, 6)}>" + super().format(record)
 
 
+def stderr_is_journal() -> bool:
+    """Is stderr the journal?  systemd sets ``JOURNAL_STREAM=DEV:INODE`` for a service's stderr.
+
+    Children inherit the variable, so it is compared with stderr itself
+    (systemd.exec(5)): a shell started from a service gets no ``<N>`` prefixes.
+    """
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return dev.isdigit() and ino.isdigit() and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    # mfusepy logs every errno it returns, with a traceback, at debug level: a refused write is
+    # no event worth a traceback.  Its warnings and errors still come through.
+    logging.getLogger("fuse").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def mount_option(func):
@@ -55,6 +83,15 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
+def complete_jobs(ctx, _param, incomplete: str) -> list[str]:
+    """Shell completion of job ids, from the mount's ``.wsfs/jobs`` (nothing when it is not mounted)."""
+    try:
+        records = Mount(ctx.params.get("mount")).jobs()
+    except (OSError, ValueError):
+        return []
+    return sorted(r["id"] for r in records if r["id"].startswith(incomplete))
+
+
 def live_mount(path) -> Mount:
     try:
         return Mount(path).check()
@@ -64,14 +101,18 @@ def live_mount(path) -> Mount:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsfs")
-@click.option("--log-level", default="info", show_default=True,
+@click.option("--log-level", default="info", show_default=True, envvar="WSFS_LOG_LEVEL",
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="How much the daemon and commands log.")
+              help="How much the daemon and commands log (also $WSFS_LOG_LEVEL).")
 def main(log_level):
     """wsfs: a workspace filesystem for batch jobs.
 
     Mount it, `mkdir workspaces/JOB`, let any program write there, and
     `echo completed > workspaces/JOB/.state`.
+
+    \b
+    Shell completion (bash; zsh and fish alike with zsh_source, fish_source):
+      eval "$(_WSFS_COMPLETE=bash_source wsfs)"
     """
     setup_logging(log_level)
 
@@ -128,10 +169,10 @@ def unmount(mountpoint, lazy):
 
     mountpoint = mountpoint or str(resolve_mount(None))
     try:
-        daemon.unmount(mountpoint, lazy=lazy)
+        message = daemon.unmount(mountpoint, lazy=lazy)
     except MountError as exc:
         fail(str(exc))
-    click.echo(f"unmounted {mountpoint}")
+    click.echo(message)
 
 
 # -- jobs ---------------------------------------------------------------------------
@@ -163,8 +204,9 @@ def _copy_inputs(paths, dest: Path) -> None:
 @click.option("--max-files", type=int, default=None, help="Files the job may hold.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(exists=True),
               help="A file or directory to copy into input/ (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print {job, path} as JSON instead of the path.")
 @mount_option
-def create(job, template, quota, max_files, inputs, mount):
+def create(job, template, quota, max_files, inputs, as_json, mount):
     """Create a job's workspace and print its path (an id is generated when JOB is omitted).
 
     \b
@@ -186,6 +228,9 @@ def create(job, template, quota, max_files, inputs, mount):
             except WsfsClientError:
                 pass
             fail(f"{reason}; job {ws.job} marked failed")
+    if as_json:
+        click.echo(json.dumps({"job": ws.job, "path": str(ws.path)}, sort_keys=True))
+        return
     click.echo(str(ws.path))
 
 
@@ -265,7 +310,7 @@ def list_jobs(states, show_all, as_json, mount):
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
 @mount_option
 def show(job, as_json, mount):
@@ -303,7 +348,7 @@ def show(job, as_json, mount):
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @click.argument("word", type=click.Choice(["completed", "failed", "cancelled", "archived", "stage", "owner"]))
 @click.argument("reason", nargs=-1)
 @mount_option
@@ -382,7 +427,7 @@ def _control_job(mount, verb: str, job: str) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @mount_option
 def restore(job, mount):
     """Bring back a job that retention hid (its files were kept); its retention starts over.
@@ -396,7 +441,7 @@ def restore(job, mount):
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", shell_complete=complete_jobs)
 @mount_option
 def resume(job, mount):
     """Run a failed or crashed job again: its tree comes back to workspaces/, unsealed, files kept.
@@ -422,8 +467,12 @@ def sweep(dry_run, as_json, mount):
     """
     m = live_mount(mount)
     before = max((e["seq"] for e in m.events()), default=0)
+    purges = 0 if dry_run else _due_purges(m)
     try:
-        m.control("sweep dry-run" if dry_run else "sweep")
+        if purges and interactive():
+            _control_with_progress(m, "sweep", before, purges, "purging")
+        else:
+            m.control("sweep dry-run" if dry_run else "sweep")
     except WsfsClientError as exc:
         fail(str(exc))
     reports = [e for e in m.events() if e["kind"] == "sweep" and e["seq"] > before and e["dry_run"] == dry_run]
@@ -442,6 +491,303 @@ def sweep(dry_run, as_json, mount):
         click.echo(line)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report["counts"].items())) or "nothing due"
     click.echo(f"sweep{' (dry run)' if dry_run else ''}: {counts} in {report['duration_ms']:.1f} ms")
+
+
+def interactive() -> bool:
+    """Progress bars only for a person watching (stderr is a terminal)."""
+    return sys.stderr.isatty()
+
+
+def _due_purges(m: Mount) -> int:
+    """Hidden jobs whose grace is over: what the next sweep purges (from ``.wsfs/jobs``)."""
+    now = time.time()
+    try:
+        return sum(1 for r in m.jobs() if r.get("hidden") and r.get("where") and r.get("expires_at") is not None
+                   and r["expires_at"] <= now)
+    except (OSError, ValueError):
+        return 0
+
+
+def _control_with_progress(m: Mount, line: str, before: int, total: int, label: str) -> None:
+    """Write a control command from a thread; meanwhile count its ``purged`` events into a progress bar."""
+    outcome: dict = {}
+
+    def work():
+        try:
+            m.control(line)
+        except WsfsClientError as exc:
+            outcome["error"] = exc
+    worker = threading.Thread(target=work, name="wsfs-control", daemon=True)
+    worker.start()
+    done = 0
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+        while worker.is_alive():
+            worker.join(0.2)
+            try:
+                seen = sum(1 for e in m.events() if e["seq"] > before and e["kind"] == "purged")
+            except (OSError, ValueError):
+                continue
+            if min(seen, total) > done:
+                bar.update(min(seen, total) - done)
+                done = min(seen, total)
+        bar.update(total - done)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The whole of .wsfs/status as JSON.")
+@mount_option
+def status(as_json, mount):
+    """Show the daemon's status: version, uptime, jobs by state, usage, free space, last sweep, counters.
+
+    \b
+    Example:
+      wsfs status --json | jq .jobs
+    """
+    st = live_mount(mount).status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    jobs = ", ".join(f"{n} {s}" for s, n in sorted(st.get("jobs", {}).items())) or "none"
+    used = st.get("used", {})
+    counters = st.get("counters", {})
+    last = st.get("last_sweep")
+    if last:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(last.get("counts", {}).items())) or "nothing due"
+        last_text = f"{format_duration(time.time() - last['at'])} ago: {counts}"
+    else:
+        last_text = f"not yet (every {format_duration(st.get('sweep_interval_s'))})"
+    lines = [
+        ("wsfs", f"{st.get('version')} on {st.get('mountpoint')} (pid {st.get('pid')}, "
+                 f"up {format_duration(st.get('uptime_s', 0))})"),
+        ("data", st.get("data_dir")),
+        ("jobs", jobs),
+        ("used", f"{format_size(used.get('bytes', 0))} in {used.get('files', 0)} files"),
+        ("free", f"{format_size(st.get('free_bytes', 0))} of {format_size(st.get('total_bytes', 0))}"),
+        ("last sweep", last_text),
+        ("rejected", f"{counters.get('rejected_writes', 0)} writes"),
+        ("failed", f"{counters.get('failed_removals', 0)} removals"),
+        ("trash", f"{st.get('trash_entries', 0)} entries waiting"),
+    ]
+    for key, value in lines:
+        click.echo(f"{key:>10}  {value}")
+
+
+EVENT_COLOURS = {"rejected": "red", "crashed": "magenta", "purged": "yellow", "hidden": "yellow",
+                 "transition": "green", "created": "cyan", "doctor": "blue", "recovered": "magenta"}
+FOLLOW_INTERVAL = 0.5
+
+
+def _event_detail(event: dict) -> str:
+    kind = event["kind"]
+    extra = {k: v for k, v in event.items() if k not in ("seq", "t", "kind", "job")}
+    if kind == "transition":
+        text = f"{extra.pop('from', '?')} -> {extra.pop('to', '?')}"
+        reason = extra.pop("reason", None)
+        return text + (f" ({reason})" if reason else "")
+    if kind == "created":
+        return f"template {extra.get('template')}, uid {extra.get('uid')}"
+    if kind == "stage":
+        return f"stage {extra.get('stage')}"
+    if kind == "rejected":
+        return f"{extra.get('via')} {extra.get('command')!r}: {extra.get('errno')}: {extra.get('reason')}"
+    if kind == "sweep":
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(extra.get("counts", {}).items())) or "nothing due"
+        return f"{'dry run: ' if extra.get('dry_run') else ''}{counts} in {extra.get('duration_ms', 0):.1f} ms"
+    if kind == "doctor":
+        text = f"{extra.get('problems', 0)} problem(s)"
+        if extra.get("repair"):
+            text += f", {len(extra.get('actions', []))} repair(s), {extra.get('remaining', 0)} left"
+        return text
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(extra.items()))
+
+
+def event_line(event: dict) -> str:
+    """One readable line: local time, kind, job, details."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["t"]))
+    kind = click.style(f"{event['kind']:<10}", fg=EVENT_COLOURS.get(event["kind"]))
+    return f"{when}  {kind}  {event.get('job') or '-':<16}  {_event_detail(event)}".rstrip()
+
+
+@main.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--job", default=None, shell_complete=complete_jobs, help="Only this job's events.")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many of the latest events to print first (0: all the mount keeps).")
+@click.option("--json", "as_json", is_flag=True, help="The raw JSON lines of .wsfs/events.")
+@mount_option
+def events(follow, job, lines, as_json, mount):
+    """Print the mount's latest events: creations, transitions, sweeps, rejected writes ...
+
+    \b
+    Examples:
+      wsfs events --job render-42
+      wsfs events --follow --json | jq -c 'select(.kind == "rejected")'
+    """
+    m = live_mount(mount)
+
+    def show(batch):
+        for event in batch:
+            if job is None or event.get("job") == job:
+                click.echo(json.dumps(event, sort_keys=True) if as_json else event_line(event))
+
+    def read():
+        try:
+            return m.events()
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read {m.path}/.wsfs/events: {getattr(exc, 'strerror', None) or exc}")
+
+    batch = read()
+    last = batch[-1]["seq"] if batch else 0
+    if job is not None:
+        batch = [e for e in batch if e.get("job") == job]
+    show(batch[-lines:] if lines else batch)
+    if not follow:
+        return
+    try:
+        while True:
+            time.sleep(FOLLOW_INTERVAL)
+            new = [e for e in read() if e["seq"] > last]
+            if not new:
+                continue
+            if last and new[0]["seq"] > last + 1:
+                click.echo(f"wsfs: {new[0]['seq'] - last - 1} events came and went between two reads", err=True)
+            last = new[-1]["seq"]
+            show(new)
+    except KeyboardInterrupt:
+        pass
+
+
+def _finding_line(finding: dict) -> str:
+    kind = click.style(finding["kind"], fg="yellow")
+    return f"{kind}: {finding['job']}: {finding['detail']}" if finding.get("job") else f"{kind}: {finding['detail']}"
+
+
+def _doctor_offline(data_dir: str, config_file: str | None, repair: bool) -> dict:
+    """``doctor`` with no daemon: take the data dir's lock, open the store ourselves."""
+    from . import daemon as daemon_mod
+    from . import doctor as doctor_mod
+    from .errors import StoreError
+    from .lifecycle import JobService
+    from .store import Store
+    from .tree import Tree
+
+    store_path = os.path.join(data_dir, "store")
+    if not os.path.exists(os.path.join(store_path, "data.mdb")):
+        fail(f"{data_dir} is not a wsfs data dir (it has no store/)")
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    try:
+        lock_fd = daemon_mod.lock_data_dir(data_dir)
+    except MountError:
+        fail(_served_by(data_dir, store_path))
+    except OSError as exc:
+        fail(f"cannot lock {data_dir}: {exc.strerror}")
+    try:
+        tree = Tree(data_dir)
+        try:
+            store = Store(store_path)
+        except StoreError as exc:
+            tree.close()
+            fail(str(exc))
+        service = JobService(store, tree, config)
+        try:
+            report = doctor_mod.run(service, repair_too=repair)
+        finally:
+            service.manifest.flush()
+            store.close()
+            tree.close()
+    finally:
+        os.close(lock_fd)
+    return report.as_dict(limit=1 << 30)
+
+
+def _served_by(data_dir: str, store_path: str) -> str:
+    from .store import Store
+
+    mount = {}
+    try:
+        store = Store(store_path, readonly=True)
+        try:
+            with store.read() as r:
+                mount = r.meta("mount", {})
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - only for a better message
+        pass
+    where = mount.get("mountpoint")
+    return (f"data dir {data_dir} is in use by a running wsfs daemon (pid {mount.get('pid', '?')}"
+            f"{', mounted on ' + where if where else ''}): "
+            + (f"run `wsfs doctor --mount {where}`" if where else "run wsfs doctor through its mount (--mount)"))
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what was found, and say what was done.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Check this data dir with no daemon running (doctor takes its lock).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="With --data: the TOML config (templates for adopted trees).")
+@mount_option
+def doctor(repair, as_json, data_dir, config_file, mount):
+    """Compare the store with the data dir: orphan trees, missing trees, manifests, trash, reader slots.
+
+    Through the mount when a daemon serves it (the daemon does the work),
+    else on the data dir directly (--data, default $WSFS_DATA or the default
+    data dir).  Exit 0 when everything is clean, 1 when problems were found
+    (even when --repair fixed them; run it again to check).
+
+    \b
+    Examples:
+      wsfs doctor
+      wsfs doctor --repair
+      wsfs doctor --data /var/lib/wsfs     # with the daemon stopped
+    """
+    m = Mount(mount)
+    live = False
+    if data_dir is None:
+        try:
+            m.check()
+            live = True
+        except WsfsClientError:
+            data_dir = os.environ.get("WSFS_DATA") or default_data_dir()
+            if not os.path.exists(os.path.join(data_dir, "store", "data.mdb")):
+                fail(f"{m.path} is not a mounted wsfs and {data_dir} has no store: give --mount or --data")
+    if live:
+        before = max((e["seq"] for e in m.events()), default=0)
+        try:
+            m.control("doctor repair" if repair else "doctor")
+        except WsfsClientError as exc:
+            fail(str(exc))
+        reports = [e for e in m.events() if e["kind"] == "doctor" and e["seq"] > before and e["repair"] == repair]
+        if not reports:
+            fail("doctor ran but its report was not found in .wsfs/events")
+        report = reports[0]
+    else:
+        report = _doctor_offline(data_dir, config_file, repair)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for finding in report["findings"]:
+            click.echo(_finding_line(finding))
+        if len(report["findings"]) < report["problems"]:
+            click.echo(f"... and {report['problems'] - len(report['findings'])} more (see --json)")
+        for action in report["actions"]:
+            click.echo(f"{click.style('repaired', fg='green')}: {action}")
+        if not report["problems"]:
+            click.echo(click.style("doctor: clean", fg="green"))
+        else:
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(report["counts"].items()))
+            line = f"doctor: {report['problems']} problem(s) ({counts})"
+            if report["repair"]:
+                line += f"; after repair {report['remaining']} left"
+            else:
+                line += "; `wsfs doctor --repair` fixes them"
+            click.echo(line)
+    sys.exit(1 if report["problems"] else 0)
 
 
 @main.command(name="config")

@@ -86,14 +86,16 @@ class Mount:
         try:
             os.write(fd, data)
         except OSError as exc:
-            raise WsfsClientError(self._reason(job, exc), exc.errno) from None
+            raise WsfsClientError(self._reason(job, exc, line), exc.errno) from None
         finally:
             os.close(fd)
 
-    def _reason(self, job: str | None, exc: OSError) -> str:
+    def _reason(self, job: str | None, exc: OSError, line: str = "") -> str:
         try:
             for event in reversed(self.events()):
-                if event.get("kind") == "rejected" and (job is None or event.get("job") == job):
+                # A command that did not parse names no job: its own text finds it.
+                if event.get("kind") == "rejected" and (job is None or event.get("job") == job
+                                                        or event.get("command") == line.strip()):
                     return f"{event['reason']} ({exc.strerror})"
         except (OSError, ValueError):
             pass
@@ -193,7 +195,10 @@ class Workspace:
         if exc is None:
             self.complete()
         else:
-            text = " ".join(f"{exc_type.__name__}: {exc}".split())[:1000]
+            # One line without control characters, or the daemon refuses it (SPEC §5) and the
+            # job stays running while the caller gets our error instead of theirs.
+            text = "".join(c if c.isprintable() else " " for c in f"{exc_type.__name__}: {exc}")
+            text = " ".join(text.split())[:1000]
             self.fail(text)
         return False
 

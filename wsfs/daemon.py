@@ -11,6 +11,19 @@ A crash skips the last steps on purpose: the store stays ``live``, the next
 mount sees it and recovers, and the mount point is never unmounted under a
 job that is still writing (an empty mount point invites writes to the wrong
 disk).
+
+systemd (``Type=notify``, SPEC §11): one datagram each to ``$NOTIFY_SOCKET``.
+``READY=1`` once a stat through the mount answers, then ``STATUS=`` (job
+counts and usage) whenever it changes, from the ``wsfs-ready`` thread;
+``STOPPING=1`` as soon as the FUSE loop has returned (libfuse owns SIGTERM,
+so that is the first moment Python knows), then a last ``STATUS=``.
+
+Threads: libfuse's workers call the operations; ``wsfs-manifest``,
+``wsfs-hasher``, ``wsfs-trash``, ``wsfs-sweeper`` and ``wsfs-ready`` are
+ours, all daemon threads looping on ``stop``.  At shutdown the sweeper
+finishes the action in flight and starts no other; the store is marked
+clean only when every thread has stopped.  ``doctor`` runs on the FUSE
+thread that took the control write, one at a time (``_doctor_lock``).
 """
 
 from __future__ import annotations
@@ -30,9 +43,11 @@ from . import __version__
 from .config import Config
 from .errors import StoreError
 from .lifecycle import JobService
+from .model import JobState
 from .retention import Sweeper
 from .store import Store
 from .tree import Tree
+from .units import format_size
 
 log = logging.getLogger("wsfs.daemon")
 
@@ -41,6 +56,8 @@ LOG_FILE = "wsfs.log"
 LOCK_FILE = "lock"
 READY_TIMEOUT = 30.0
 MAX_THREADS = 16  # libfuse's worker threads; the GIL makes more of them useless
+STATUS_INTERVAL = 2.0  # how often systemd's STATUS= line is refreshed (only sent when it changed)
+JOIN_TIMEOUT = 60.0  # a worker still busy after this at shutdown leaves the store "live" (recovered next mount)
 
 
 class MountError(Exception):
@@ -99,8 +116,8 @@ def probe_mount(mountpoint: str) -> str | None:
 
 def check_mountpoint(mountpoint: str) -> None:
     """Refuse a mount point we must not use; clear a stale one left by a killed daemon."""
-    if not os.path.lexists(mountpoint):
-        raise MountError(f"mount point {mountpoint} does not exist (mkdir it first)")
+    # Probe first: once the kernel's cached attributes expire, a stale mount point's own lstat
+    # fails (ENOTCONN), so lexists() would call it missing (SPEC §7: mount over it must work).
     state = probe_mount(mountpoint)
     if state == "stale":
         log.warning("clearing the stale mount at %s (its daemon is gone)", mountpoint)
@@ -111,6 +128,8 @@ def check_mountpoint(mountpoint: str) -> None:
         if is_wsfs_mount(mountpoint):
             raise MountError(f"{mountpoint} is already a wsfs mount (wsfs unmount {mountpoint} first)")
         raise MountError(f"{mountpoint} is already a mount point ({mount_entry(mountpoint)[0]})")
+    if not os.path.lexists(mountpoint):
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir it first)")
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.listdir(mountpoint):
@@ -168,7 +187,9 @@ class Daemon:
         self.started = time.time()
         self.store: Store | None = None
         self.service: JobService | None = None
-        self.failed_removals = 0
+        self.open_jobs = lambda: set()  # jobs with files open through the mount (set by serve)
+        self._trash_lock = threading.Lock()  # the trash thread and `doctor` empty the trash one at a time
+        self._doctor_lock = threading.Lock()
 
     def open(self) -> None:
         self.tree = Tree(self.data_dir)
@@ -209,6 +230,11 @@ class Daemon:
         self.threads.append(thread)
 
     def _announce_ready(self) -> None:
+        """The ``wsfs-ready`` thread: READY=1 once the mount answers, then STATUS= while it runs.
+
+        READY=1 goes out only after a stat through the mount itself succeeded,
+        so a unit ordered ``After=wsfs.service`` finds the mount usable.
+        """
         deadline = time.monotonic() + READY_TIMEOUT
         while not self.stop.is_set() and time.monotonic() < deadline:
             if is_wsfs_mount(self.mountpoint):
@@ -218,13 +244,29 @@ class Daemon:
                     pass
                 else:
                     log.info("wsfs %s mounted %s on %s", __version__, self.data_dir, self.mountpoint)
-                    sd_notify("READY=1\nSTATUS=" + self._status_line())
+                    line = self.status_line()
+                    sd_notify(f"READY=1\nSTATUS={line}")
+                    if os.environ.get("NOTIFY_SOCKET"):
+                        self._status_loop(line)
                     return
             self.stop.wait(0.05)
 
-    def _status_line(self) -> str:
-        counts = self.service.counts()
-        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+    def _status_loop(self, sent: str) -> None:
+        """Refresh systemd's STATUS= (``systemctl status`` shows it) when the numbers change."""
+        while not self.stop.wait(STATUS_INTERVAL):
+            line = self.status_line()
+            if line != sent:
+                sd_notify(f"STATUS={line}")
+                sent = line
+
+    def status_line(self) -> str:
+        """``2 running, 1 completed; 1.5M in 12 files``: one line for systemd's STATUS=."""
+        with self.store.read() as r:
+            totals = r.totals()
+        order = [s.value for s in JobState]
+        counts = sorted(totals["states"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+        jobs = ", ".join(f"{n} {s}" for s, n in counts) or "no jobs"
+        return f"{jobs}; {format_size(totals['bytes'])} in {totals['files']} files"
 
     def _empty_trash_loop(self) -> None:
         while not self.stop.is_set():
@@ -233,18 +275,21 @@ class Daemon:
             self.service.trash_wake.clear()
 
     def empty_trash(self) -> int:
-        """Delete everything in the trash; return the entries removed."""
-        names = self.tree.listdir("trash", "")
-        failures = 0
-        for name in names:
-            def report(path, exc):
-                log.error("could not remove %s from the trash: %s", path, exc)
-            failures += self.tree.remove_tree("trash", name, on_error=report)
-        if failures:
-            self.failed_removals += failures
-            with self.store.write() as w:
-                w.bump_counter("failed_removals", failures)
-        return len(names)
+        """Delete everything in the trash; return the entries removed.  Stops early when wsfs stops."""
+        with self._trash_lock:
+            names = self.tree.listdir("trash", "")
+            failures = 0
+            for name in names:
+                if self.stop.is_set():
+                    break  # the rest is deleted by the next mount
+
+                def report(path, exc):
+                    log.error("could not remove %s from the trash: %s", path, exc)
+                failures += self.tree.remove_tree("trash", name, on_error=report)
+            if failures:
+                with self.store.write() as w:
+                    w.bump_counter("failed_removals", failures)
+            return len(names)
 
     def status(self) -> dict:
         self.service.manifest.flush()
@@ -259,18 +304,53 @@ class Daemon:
             "jobs": counts, "used": {"bytes": used_bytes, "files": used_files},
             "free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
             "trash_entries": len(self.tree.listdir("trash", "")),
-            "counters": counters, "last_sweep": self.sweeper.last,
+            "counters": {"rejected_writes": 0, "failed_removals": 0, **counters},
+            "last_sweep": self.sweeper.last,
+            "started": self.started, "live_jobs": totals["live"],
+            "sweep_interval_s": self.config.sweep_interval, "config": self.config.source,
         }
 
     def sweep(self, dry_run: bool = False) -> dict:
         return self.sweeper.sweep(dry_run=dry_run).as_dict()
 
-    def close(self, clean: bool) -> None:
+    def doctor(self, repair: bool = False) -> dict:
+        """``doctor [repair]`` on the control file: the report is recorded as a ``doctor`` event.
+
+        The trash is emptied first, so what the report lists there is what
+        could not be deleted, not what the trash thread had not reached yet.
+        """
+        from . import doctor
+
+        with self._doctor_lock:
+            self.empty_trash()
+            report = doctor.run(self.service, repair_too=repair, live=True, busy=self.open_jobs())
+            summary = report.as_dict()
+            if report.findings:
+                log.warning("doctor%s: %d problem(s): %s", " repair" if repair else "", len(report.findings),
+                            "; ".join(f.line() for f in report.findings[:20]))
+            for action in report.actions:
+                log.warning("doctor repair: %s", action)
+            self.service._commit(lambda w: (w.add_event("doctor", None, **summary), [])[1])
+            return summary
+
+    def close(self, clean: bool) -> bool:
+        """Stop the threads, flush, and mark the store clean; returns whether it could.
+
+        A worker still busy after ``JOIN_TIMEOUT`` (a transition that will not
+        end) leaves the store ``live``: the next mount recovers, as after a crash.
+        """
         self.stop.set()
+        self.sweeper.stopping.set()
         self.service.trash_wake.set()
         self.sweeper.wake.set()
+        deadline = time.monotonic() + JOIN_TIMEOUT
         for thread in self.threads:
-            thread.join(timeout=10)
+            thread.join(timeout=max(deadline - time.monotonic(), 0.1))
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        if stuck:
+            log.error("thread(s) %s did not stop within %.0fs: leaving the store for recovery",
+                      ", ".join(stuck), JOIN_TIMEOUT)
+            return False
         self.service.manifest.flush()
         if clean:
             with self.store.write() as w:
@@ -278,6 +358,7 @@ class Daemon:
                                      "mountpoint": self.mountpoint})
         self.store.close()
         self.tree.close()
+        return clean
 
 
 def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool = False, debug: bool = False) -> int:
@@ -293,12 +374,15 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
         daemon.open()
     except StoreError as exc:
         raise MountError(str(exc)) from None
-    ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep)
+    ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep,
+                         doctor=daemon.doctor)
+    daemon.open_jobs = ops.open_jobs
     daemon.sweeper._open_jobs = ops.open_jobs
     daemon.hasher = ops.hasher
     daemon.start_threads()
     options = dict(foreground=True, nothreads=False, fsname=FSNAME, subtype=FSNAME, default_permissions=True,
-                   nosuid=True, nodev=True, raw_fi=True, debug=debug, max_threads=MAX_THREADS)
+                   nosuid=True, nodev=True, raw_fi=True, debug=debug, max_threads=MAX_THREADS,
+                   max_idle_threads=MAX_THREADS)  # libfuse 3.14 warns about its own default (-1)
     if allow_other:
         options["allow_other"] = True
     clean = False
@@ -312,10 +396,13 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
         if not clean:
             log.error("the FUSE loop failed: %s", exc)
     finally:
-        sd_notify("STOPPING=1")
-        daemon.close(clean)
+        # libfuse owns SIGTERM (STYLE: no Python handler before FUSE()), so the first moment we
+        # know we are stopping is here: the loop has returned and libfuse has unmounted.
+        sd_notify("STOPPING=1\nSTATUS=stopping: finishing transitions, closing the store")
+        clean = daemon.close(clean)
         os.close(lock_fd)
     log.info("wsfs stopped (%s)", "clean" if clean else "unclean")
+    sd_notify(f"STATUS=stopped ({'clean' if clean else 'unclean: the next mount recovers'})")
     return 0 if clean else 1
 
 
@@ -356,27 +443,45 @@ def spawn(mountpoint: str, data_dir: str, config_file: str | None, *, allow_othe
     raise MountError(f"the mount did not answer within {READY_TIMEOUT:.0f}s (see {log_path})")
 
 
-def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> None:
-    """Unmount and wait for the daemon to finish its clean shutdown."""
+def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> str:
+    """Unmount and wait for the daemon to finish its clean shutdown.
+
+    Returns the line to tell the user: unmounted (the daemon has closed its
+    store), a stale mount (its daemon was gone) cleared, or, with ``lazy`` on
+    a busy mount, detached: gone from the tree now, while the daemon serves
+    the open files until they are closed and then stops as cleanly.  A busy
+    mount without ``lazy`` raises ``MountError`` naming the processes that
+    hold it; nothing is changed then.
+    """
     state = probe_mount(mountpoint)
     if state == "stale":
         fusermount(mountpoint, lazy=True)
-        return
+        return f"cleared the stale mount at {mountpoint} (its daemon was gone)"
     if state is None or not is_wsfs_mount(mountpoint):
         raise MountError(f"{mountpoint} is not a wsfs mount")
     pid = _daemon_pid(mountpoint)
-    result = fusermount(mountpoint, lazy=lazy)
+    result = fusermount(mountpoint)
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
-        if "busy" in message.lower():
-            holders = _holders(mountpoint)
-            raise MountError(f"{mountpoint} is busy{': held by ' + holders if holders else ''}"
-                             f" (close those files, or use --lazy)")
-        raise MountError(message)
+        if "busy" not in message.lower():
+            raise MountError(message)
+        holders = _holders(mountpoint)
+        held = f": held by {holders}" if holders else ""
+        if not lazy:
+            raise MountError(f"cannot unmount {mountpoint}: it is busy{held}. Close those files (or cd out), "
+                             "or detach it now with --lazy")
+        result = fusermount(mountpoint, lazy=True)
+        if result.returncode != 0:
+            raise MountError(result.stderr.strip() or "fusermount3 -uz failed")
+        return (f"detached {mountpoint}{held}; the daemon stops cleanly once those files are closed")
     if pid:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
+        if _alive(pid):
+            raise MountError(f"{mountpoint} is unmounted, but its daemon (pid {pid}) is still finishing after "
+                             f"{timeout:.0f}s; its log says why")
+    return f"unmounted {mountpoint}"
 
 
 def _daemon_pid(mountpoint: str) -> int | None:

@@ -34,10 +34,11 @@ import threading
 import time
 
 from . import __version__
-from .binding import FuseOSError, Operations, fuse_get_context
+from .binding import FuseOSError, Operations, fuse_get_context, invalidate_path, remember_session
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
+from .model import is_hidden_name
 from .tree import Tree
 
 log = logging.getLogger("wsfs.fs")
@@ -120,16 +121,18 @@ class WsfsOperations(Operations):
 
     use_ns = True
 
-    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None):
+    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None, doctor=None):
         self.service = service
         self.tree = tree
         self._sweep = sweep
+        self._doctor = doctor
         self._status = status or (lambda: {})
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._fh_counter = itertools.count(1)
         self._writers: dict[int, set[Handle]] = {}  # backing inode -> open writable handles
         self.hasher = Hasher()  # its thread is started by the daemon
+        service.view_changed = self._forget_cached_job
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
@@ -137,9 +140,13 @@ class WsfsOperations(Operations):
     # -- libfuse setup ------------------------------------------------------
 
     def init_with_config(self, conn, config):
+        remember_session()
         if config is not None:
             config.use_ino = 1          # hard links show one inode; tools like du, tar, cp -a rely on it
-            config.hard_remove = 1      # unlink really unlinks; open fds keep working
+            # hard_remove stays off: the kernel sends fstat() without the file handle (libfuse #62),
+            # so an unlinked open file must keep a name (libfuse's .fuse_hiddenXXX, which wsfs
+            # hides from listings and manifests and libfuse unlinks at release).
+            config.hard_remove = 0
             config.nullpath_ok = 1      # calls on open files come by handle, not path
             config.negative_timeout = 0  # a job made through .wsfs/control must appear at once
             config.entry_timeout = 1.0
@@ -192,6 +199,8 @@ class WsfsOperations(Operations):
         return Node("real", job=job, root=root, rel=f"{job}/{area_path}", area_path=area_path, readonly=readonly)
 
     def _backing(self, path: str, *, for_change: bool = False) -> Node:
+        if for_change and path.count("/") == 1 and path.strip("/") not in TOP_DIRS:
+            raise NotAllowedError("only workspaces/, quarantine/, shared/ and .wsfs/ live at the top")
         node = self._resolve(path)
         if node.kind == "absent":
             if for_change:
@@ -339,7 +348,7 @@ class WsfsOperations(Operations):
             if RECEIPT_FILE in present:
                 entries.append((RECEIPT_FILE, *present[RECEIPT_FILE]))
         elif node.kind == "real":
-            entries += self.tree.scandir(node.root, node.rel)
+            entries += [e for e in self.tree.scandir(node.root, node.rel) if not is_hidden_name(e[0])]
         else:
             raise FuseOSError(errno.ENOTDIR)
         return [(name, {"st_ino": ino, "st_mode": kind}, 0) for name, ino, kind in entries]
@@ -516,10 +525,24 @@ class WsfsOperations(Operations):
         if node.name == STATE_FILE:
             self.service.write_state(node.job, data, uid)
         elif node.name == "control":
-            self.service.write_control(data, uid, gid, sweep=self._sweep)
+            self.service.write_control(data, uid, gid, sweep=self._sweep, doctor=self._doctor)
         else:
             raise FuseOSError(errno.EACCES)
         return len(data)
+
+    def _forget_cached_job(self, job: str) -> None:
+        """A job's tree appeared, moved or went (ended, archived, hidden, purged, quarantined, resumed).
+
+        The kernel's cache (entry and attr timeouts) would otherwise keep a looked-up path
+        alive, or missing, for up to a second after the change (SPEC §3, §6).
+        """
+        record = self.service.get(job)
+        if record is None:
+            return
+        for top in ("workspaces", "quarantine"):
+            root = f"/{top}/{job}"
+            for path in [f"{root}/{area}" for area in record["areas"]] + [root]:
+                invalidate_path(path)
 
     @op
     def truncate(self, path, length, fh=None):
@@ -563,6 +586,17 @@ class WsfsOperations(Operations):
 
     @op
     def flush(self, path, fi):
+        # close() waits for FLUSH but not for RELEASE, which the kernel sends later on its own
+        # (fuse_release -> fuse_file_put, async): record a written file here, so that .manifest
+        # is current when close() returns (SPEC §8).  The job's lock orders this against a
+        # transition, as a write is.  close() never waits for sha256: if the hasher is still
+        # behind, the entry has no hash yet and release (which finishes it) records again.
+        handle = self._handle(fi)
+        node = handle.node
+        if handle.dirty and handle.fd >= 0 and node.area_path is not None:
+            with self.service.lock(node.job).shared(), handle.lock:
+                self._record_file(handle, final=False)
+                handle.dirty = handle.stream is not None and handle.stream.pending
         return 0
 
     @op
@@ -580,7 +614,9 @@ class WsfsOperations(Operations):
         try:
             node = handle.node
             if handle.dirty and node.area_path is not None:
-                self._record_file(handle)
+                # Under the job's lock, as flush: a transition either sees this entry or seals first.
+                with self.service.lock(node.job).shared():
+                    self._record_file(handle)
         finally:
             if handle.stream is not None:
                 self.hasher.forget(handle.stream)
@@ -593,9 +629,11 @@ class WsfsOperations(Operations):
         self.hasher.track(stream)
         return stream
 
-    def _record_file(self, handle: Handle) -> None:
+    def _record_file(self, handle: Handle, final: bool = True) -> None:
         """Manifest entry for a file closed after writing (SPEC §8: never per write)."""
         node = handle.node
+        if is_hidden_name(node.area_path.rsplit("/", 1)[-1]):
+            return  # unlinked while open: it left the manifest when it was unlinked
         record = self.service.get(node.job)
         if record is None or self.service.is_sealed(record):
             return  # ended meanwhile: the receipt step already recorded the file as it is
@@ -606,7 +644,9 @@ class WsfsOperations(Operations):
             return  # unlinked or its directory moved: its entry went with it
         if current.st_ino != st.st_ino:
             return
-        sha = handle.stream.finish(st.st_size) if handle.stream is not None else None
+        sha = None
+        if handle.stream is not None:
+            sha = (handle.stream.finish if final else handle.stream.digest_so_far)(st.st_size)
         self.service.manifest.put(node.job, node.area_path, st, sha)
 
     @op
@@ -672,7 +712,9 @@ class WsfsOperations(Operations):
 
     def _rename_in_manifest(self, src: Node, dst: Node, flags: int) -> None:
         manifest = self.service.manifest
-        if flags & 2:  # RENAME_EXCHANGE: swap through a name no file can have
+        if is_hidden_name(dst.area_path.rsplit("/", 1)[-1]):
+            manifest.delete(src.job, src.area_path)  # libfuse hiding an unlinked open file
+        elif flags & 2:  # RENAME_EXCHANGE: swap through a name no file can have
             marker = "\0swap"
             manifest.rename(src.job, src.area_path, marker)
             manifest.rename(src.job, dst.area_path, src.area_path)
@@ -783,6 +825,11 @@ class WsfsOperations(Operations):
                     atime = {UTIME_NOW: now, UTIME_OMIT: st.st_atime_ns}.get(atime, atime)
                     mtime = {UTIME_NOW: now, UTIME_OMIT: st.st_mtime_ns}.get(mtime, mtime)
                 self.tree.utime(node.root, node.rel, (atime, mtime))
+            if node.area_path is not None:
+                # `cp -p`, `touch -d`, shutil.copystat: the manifest's mtime follows (SPEC §3 .manifest).
+                st = self.tree.lstat(node.root, node.rel)
+                if stat.S_ISREG(st.st_mode):
+                    self.service.manifest.retime(node.job, node.area_path, st)
         return 0
 
     @op

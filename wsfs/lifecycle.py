@@ -48,7 +48,7 @@ from .config import Config, Template, default_config
 from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
                      QuotaError, SealedError, WsfsError)
-from .model import ENDED_STATES, AreaKind, JobState, check_transition, validate_job_id
+from .model import ENDED_STATES, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
 from .store import RWLock, Store
 from .tree import Tree
 
@@ -68,6 +68,11 @@ def steps_for(target: JobState) -> tuple[str, ...]:
     return CRASH_STEPS if target == JobState.CRASHED else ENDING_STEPS
 CACHE_SIZE = 8192
 HASH_CHUNK = 1 << 20
+
+
+def _due(record: dict, now: float) -> bool:
+    """Has the record's deadline passed, at the expiry index's millisecond grain?"""
+    return record.get("expires_at") is not None and int(record["expires_at"] * 1000) <= int(now * 1000)
 
 
 def iso(t: float | None) -> str | None:
@@ -122,6 +127,10 @@ class ManifestWriter:
     def rename(self, job: str, src: str, dst: str) -> None:
         self._queue(("rename", job, src, dst))
 
+    def retime(self, job: str, path: str, st: os.stat_result) -> None:
+        """A new mtime (utimens) on an unchanged file: the entry and its sha256 stay valid."""
+        self._queue(("retime", job, path, st.st_size, st.st_mtime_ns, st.st_ino))
+
     def _queue(self, op: tuple) -> None:
         with self._lock:
             self._ops.append(op)
@@ -156,13 +165,19 @@ class ManifestWriter:
             elif kind == "delete":
                 for _path, old in w.delete_manifest_prefix(job, op[2]):
                     account(job, old, None)
+            elif kind == "retime":
+                entry = w.manifest_entry(job, op[2])
+                if entry is not None and entry[0] == op[3] and entry[2] == op[5]:
+                    entry[1] = op[4]
+                    w.put_manifest(job, op[2], entry)
             else:  # rename: what is at dst goes, what is under src moves
                 src, dst = op[2], op[3]
                 for _path, old in w.delete_manifest_prefix(job, dst):
                     account(job, old, None)
                 for path, entry in w.delete_manifest_prefix(job, src):
+                    account(job, entry, None)  # a move, not a new file: it leaves src ...
                     new_path = dst + path[len(src):]
-                    account(job, w.put_manifest(job, new_path, entry), entry)
+                    account(job, w.put_manifest(job, new_path, entry), entry)  # ... and lands at dst
         records = []
         for job, (dbytes, dfiles) in deltas.items():
             record = w.job(job)
@@ -200,6 +215,9 @@ class JobService:
         self._locks_guard = threading.Lock()
         self._create_lock = threading.Lock()
         self.trash_wake = threading.Event()
+        # Called with a job id whenever its tree appears, moves or goes (the FUSE layer
+        # drops the kernel's cached entries for it); set by fs.WsfsOperations.
+        self.view_changed = lambda job_id: None
         fault = os.environ.get("WSFS_FAULT", "")
         self._fault = fault.partition("after:")[2] or None
 
@@ -254,8 +272,9 @@ class JobService:
             return self.config.template(record["template"])
         except KeyError:
             # A template removed from the config: the record's own areas still hold.
+            default = self.config.template("default")
             return Template(record["template"], {a: AreaKind(k) for a, k in record["areas"].items()},
-                            dict(self.config.template("default").retention), 86400.0, 0, 0)
+                            dict(default.retention), default.grace, 0, 0)
 
     def lock(self, job_id: str) -> RWLock:
         with self._locks_guard:
@@ -387,8 +406,12 @@ class JobService:
             self._reject(job_id, ".state", data, exc)
             raise
 
-    def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None) -> str | None:
-        """Apply one ``.wsfs/control`` write (SPEC §10)."""
+    def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None) -> str | None:
+        """Apply one ``.wsfs/control`` write (SPEC §10).
+
+        ``sweep(dry_run=)`` and ``doctor(repair=)`` are the daemon's: they
+        record their report as an event, which is how the CLI reads it.
+        """
         try:
             command = control.parse_control_command(data)
             if command.verb == "create":
@@ -407,6 +430,12 @@ class JobService:
                 if sweep is None:
                     raise WsfsError("no sweeper runs here", errno=errno.ENOSYS)
                 return sweep(dry_run=command.dry_run)
+            elif command.verb == "doctor":
+                if doctor is None:
+                    raise WsfsError("no doctor runs here", errno=errno.ENOSYS)
+                if command.repair and uid not in (0, os.getuid()):
+                    raise NotAllowedError("doctor repair is for root (or the user the daemon runs as)")
+                return doctor(repair=command.repair)
         except WsfsError as exc:
             self._reject(getattr(locals().get("command"), "job", None), "control", data, exc)
             raise
@@ -515,11 +544,17 @@ class JobService:
         keep = set(self.template(record).keep_areas())
         with self.store.read() as r:
             entries = dict(r.manifest(job_id))
-        hashed = {}
+        hashed, gone = {}, []
         for path, entry in entries.items():
             if path.split("/", 1)[0] not in keep:
                 continue
-            hashed[path] = self._verified_entry(root, f"{rel}/{path}", entry)
+            verified = self._verified_entry(root, f"{rel}/{path}", entry)
+            if verified is None:  # listed, but removed behind the daemon's back: no output, no entry
+                gone.append(path)
+            else:
+                hashed[path] = verified
+        for path in gone:
+            del entries[path]
         entries.update(hashed)
         ordered = sorted(entries.items())
         outputs = [{"path": p, "size": e[0], "sha256": e[3].hex()} for p, e in ordered if p in hashed]
@@ -543,17 +578,22 @@ class JobService:
         self._write_file_atomically(root, f"{rel}/{RECEIPT_FILE}", data)
 
         def store_hashes(record, w):
+            for path in gone:
+                old = w.delete_manifest(job_id, path)
+                if old is not None:
+                    record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
+                    record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
             for path, entry in hashed.items():
                 w.put_manifest(job_id, path, entry)
             record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
         return self._set_step(job_id, "receipt", store_hashes)
 
-    def _verified_entry(self, root: str, rel: str, entry: list) -> list:
-        """The entry with a sha256 that matches the file as it is now."""
+    def _verified_entry(self, root: str, rel: str, entry: list) -> list | None:
+        """The entry with a sha256 that matches the file as it is now; None when the file is gone."""
         try:
             fd = self.tree.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
-            return entry
+            return None
         try:
             st = os.fstat(fd)
             current = [st.st_size, st.st_mtime_ns, st.st_ino]
@@ -609,8 +649,10 @@ class JobService:
             else:  # archived
                 record["expires_at"] = None
             record["pending"] = None
-        return self._update(record["id"], finish, ("transition", {
+        record = self._update(record["id"], finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
+        self.view_changed(record["id"])
+        return record
 
     def _fault_point(self, step: str) -> None:
         if self._fault == step:
@@ -633,15 +675,20 @@ class JobService:
                     self.trash_wake.set()
             now = self.clock()
             self.usage.forget(job_id)
+            from .retention import owner_alive  # retention imports this module
+            owner = record.get("owner")
+            owner = owner if owner and owner_alive(owner) else None  # a gone owner would crash it again
 
             def change(record, w):
                 record["state"] = JobState.RUNNING.value
                 record["state_since"] = now
                 record["history"].append({"state": "running", "at": now, "reason": "resumed"})
                 record.update(sealed=False, where="jobs", ended=None, expires_at=None, reason=None,
-                              receipt_sha256=None)
-            return self._update(job_id, change, ("transition", {"from": record["state"], "to": "running",
-                                                                 "reason": "resumed"}))
+                              receipt_sha256=None, owner=owner)
+            record = self._update(job_id, change, ("transition", {"from": record["state"], "to": "running",
+                                                                   "reason": "resumed"}))
+        self.view_changed(job_id)
+        return record
 
     def restore(self, job_id: str) -> dict:
         with self.lock(job_id).exclusive():
@@ -655,7 +702,9 @@ class JobService:
             def change(record, w):
                 record["hidden"] = False
                 record["expires_at"] = None if after is None else now + after  # a fresh retention period
-            return self._update(job_id, change, ("restored", {}))
+            record = self._update(job_id, change, ("restored", {}))
+        self.view_changed(job_id)
+        return record
 
     # -- retention: hide and purge (the sweeper decides when) ---------------------
 
@@ -664,14 +713,20 @@ class JobService:
         grace = self.template(self.require(job_id)).grace
         with self.lock(job_id).exclusive():
             def change(record, w):
+                if record.get("hidden") or not _due(record, now):
+                    raise NotAllowedError(f"job {job_id} is no longer due to be hidden")  # resumed meanwhile
                 record["hidden"] = True
                 record["expires_at"] = now + grace
-            return self._update(job_id, change, ("hidden", {"purge_at": now + grace}))
+            record = self._update(job_id, change, ("hidden", {"purge_at": now + grace}))
+        self.view_changed(job_id)
+        return record
 
     def purge(self, job_id: str, now: float) -> dict:
         """Grace over: the tree goes to the trash, the record stays with its purge time."""
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
+            if not record.get("hidden") or not _due(record, now):
+                raise NotAllowedError(f"job {job_id} is no longer due to be purged")  # restored meanwhile
             where = self.location(record)
             if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.purged"):
                 self.trash_wake.set()
@@ -679,7 +734,9 @@ class JobService:
             def change(record, w):
                 w.delete_manifest_prefix(job_id)
                 record.update(where=None, purged_at=now, expires_at=None)
-            return self._update(job_id, change, ("purged", {"state": record["state"]}))
+            record = self._update(job_id, change, ("purged", {"state": record["state"]}))
+        self.view_changed(job_id)
+        return record
 
     # -- recovery ---------------------------------------------------------------
 
@@ -708,13 +765,22 @@ class JobService:
                     self.transition(job_id, JobState.CRASHED, "the wsfs daemon crashed")
         return finished
 
+    def tree_files(self, record: dict) -> dict[str, os.stat_result]:
+        """The files of a job's tree that belong in its manifest: AREA/path -> stat.
+
+        Not the receipt, and not libfuse's ``.fuse_hidden*`` names of unlinked
+        files still open (they left the manifest when they were unlinked).
+        """
+        where = self.location(record)
+        if where is None:
+            return {}
+        return {path: st for path, st in self.tree.walk_files(*where)
+                if path not in (RECEIPT_FILE, RECEIPT_FILE + ".tmp")
+                and not is_hidden_name(path.rsplit("/", 1)[-1])}
+
     def rebuild_manifest(self, job_id: str) -> dict:
         """Make a job's manifest equal to its tree (keeps hashes that still match)."""
-        record = self.require(job_id)
-        where = self.location(record)
-        files = dict(self.tree.walk_files(*where)) if where else {}
-        files.pop(RECEIPT_FILE, None)
-        files.pop(RECEIPT_FILE + ".tmp", None)
+        files = self.tree_files(self.require(job_id))
 
         def fn(w):
             old = dict(w.manifest(job_id))

@@ -59,6 +59,15 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
+#: libfuse's names for unlinked files that are still open (wsfs runs without
+#: hard_remove, see fs.py): hidden from listings, never in a manifest.
+HIDDEN_PREFIX = ".fuse_hidden"
+
+
+def is_hidden_name(name: str) -> bool:
+    return name.startswith(HIDDEN_PREFIX)
+
+
 class AreaKind(str, enum.Enum):
     """What becomes of an area at completion (SPEC §9)."""
 

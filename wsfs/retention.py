@@ -29,6 +29,7 @@ import time
 
 import psutil
 
+from .errors import WsfsError
 from .lifecycle import JobService
 from .model import JobState
 from .units import format_duration
@@ -86,6 +87,7 @@ class Sweeper:
         self._lock = threading.Lock()
         self.last: dict | None = None
         self.wake = threading.Event()
+        self.stopping = threading.Event()  # set by the daemon at shutdown: no new action starts
 
     def _busy_jobs(self) -> set[str]:
         """Jobs whose tree a process holds: open through the mount, or cwd/open files inside."""
@@ -146,6 +148,9 @@ class Sweeper:
             actions = self.plan(now)
             if not dry_run:
                 for action in actions:
+                    if self.stopping.is_set():  # the one in flight finished; the rest waits for the next mount
+                        action.error = "not done: wsfs is stopping"
+                        continue
                     self._apply(action, now)
             report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000)
             summary = report.as_dict()
@@ -167,6 +172,9 @@ class Sweeper:
             elif action.action == "skip":
                 self.service._commit(lambda w: (w.add_event("skipped", action.job, why=action.why), [])[1])
             action.done = action.action != "skip"
+        except WsfsError as exc:  # the job changed since the plan (restored, resumed): not an error
+            action.error = str(exc)
+            log.warning("sweep: did not %s job %s: %s", action.action, action.job, exc)
         except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the pass
             action.error = str(exc)
             log.exception("sweep: could not %s job %s", action.action, action.job)

@@ -279,11 +279,22 @@ class Writer(Reader):
 
     def delete_manifest_prefix(self, job_id: str, prefix: str = "") -> list[tuple[str, list]]:
         """Delete every entry of a job under ``prefix`` (a dir path, or all); return them."""
+        db = self._store.dbs[b"manifest"]
         removed = []
-        for path, entry in list(self.manifest(job_id)):
-            if not prefix or path == prefix or path.startswith(prefix + "/"):
-                removed.append((path, entry))
-                self.txn.delete(manifest_key(job_id, path), db=self._store.dbs[b"manifest"])
+        if prefix:
+            old = self.txn.get(manifest_key(job_id, prefix), db=db)
+            if old is not None:
+                self.txn.delete(manifest_key(job_id, prefix), db=db)
+                removed.append((prefix, unpack(old)))
+        # A range scan of the keys under prefix/ only: unlinking in a big job stays cheap.
+        start = manifest_key(job_id, prefix + "/" if prefix else "")
+        with self.txn.cursor(db=db) as cursor:
+            if cursor.set_range(start):
+                while cursor.key().startswith(start):
+                    key = cursor.key()
+                    removed.append((key[len(job_id) + 1:].decode("utf-8", "surrogateescape"), unpack(cursor.value())))
+                    if not cursor.delete():
+                        break
         return removed
 
     def add_event(self, kind: str, job: str | None = None, **fields) -> dict:

@@ -47,9 +47,11 @@ class _OpenHow(ctypes.Structure):
 
 def check_name(name: str) -> str:
     """Refuse a path component that must never reach the backing store."""
-    if (not name or name in (".", "..") or "/" in name or "\0" in name
-            or len(name.encode("utf-8", "surrogateescape")) > NAME_MAX):
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise UnsafePathError(f"bad file name {name[:64]!r}", errno=errno.EINVAL)
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        # What the backing filesystem would say (the kernel lets FUSE names up to 1024 bytes through).
+        raise UnsafePathError(f"file name longer than {NAME_MAX} bytes: {name[:64]!r}...", errno=errno.ENAMETOOLONG)
     return name
 
 

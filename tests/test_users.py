@@ -1,0 +1,171 @@
+"""Several users on one mount (SPEC §12): root runs it with ``--allow-other``.
+
+An unprivileged user (``nobody``, through ``setpriv``) makes and ends its own
+job, and the files it makes are its own, through the mount and on disk; it
+cannot write into, end or read another user's job unless the modes let it.
+
+The tmp dirs above the mount point are root's (0700), so the user's commands
+run with their cwd already inside the mount and use relative paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+from conftest import MountedWsfs, sh
+
+pytestmark = pytest.mark.mount
+
+NOBODY = 65534
+_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
+
+
+def daemon_problems(m: MountedWsfs) -> list[str]:
+    """``m.daemon_errors()`` without the traceback mfusepy attaches to the DEBUG line of every
+    errno it returns (EACCES, EPERM ...): those are answers, not errors."""
+    problems, previous = [], ""
+    for line in m.log_text().splitlines():
+        record = _LOG_RECORD.match(line)
+        if record and record.group(1) in ("ERROR", "CRITICAL"):
+            problems.append(line)
+        elif line.startswith("Traceback"):
+            before = _LOG_RECORD.match(previous)
+            if not (before and before.group(1) == "DEBUG" and " fuse[" in previous):
+                problems.append(line)
+        previous = line
+    return problems
+
+
+def as_nobody(command: str, cwd) -> subprocess.CompletedProcess:
+    """A bash command line run as uid/gid 65534 with no supplementary groups."""
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           "bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def owner(path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid
+
+
+@pytest.fixture
+def shared_mount(mount_factory) -> MountedWsfs:
+    m = mount_factory(allow_other=True)
+    if as_nobody("true", "/").returncode != 0:
+        pytest.skip("setpriv cannot switch to uid 65534 here")
+    return m
+
+
+def test_a_user_makes_owns_and_ends_its_own_job(shared_mount):
+    m = shared_mount
+    result = as_nobody("set -e; id -u; mkdir workspaces/userjob; cd workspaces/userjob; "
+                       "echo data > output/f; mkdir -p temp/sub/deeper; echo t > temp/sub/deeper/t; "
+                       "ln -s f output/link; mkfifo temp/fifo; ln output/f output/hard; cat output/f", cwd=m.mnt)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NOBODY}\ndata\n"
+    job, backing = m.ws / "userjob", m.data / "jobs" / "userjob"
+    made = ["", "input", "output", "temp", "output/f", "output/link", "output/hard", "temp/sub",
+            "temp/sub/deeper", "temp/sub/deeper/t", "temp/fifo"]
+    for rel in made:
+        assert (rel, owner(job / rel)) == (rel, (NOBODY, NOBODY))  # through the mount
+        assert (rel, owner(backing / rel)) == (rel, (NOBODY, NOBODY))  # and on disk
+    for name in (".state", ".job", ".manifest"):
+        assert owner(job / name) == (NOBODY, NOBODY)
+    document = json.loads((job / ".job").read_text())
+    assert (document["uid"], document["gid"]) == (NOBODY, NOBODY)
+    # The user ends its own job.
+    result = as_nobody("echo completed > workspaces/userjob/.state && cat workspaces/userjob/.state", cwd=m.mnt)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "completed\n"
+    assert not (job / "temp").exists()
+    assert (job / "output" / "f").read_text() == "data\n"
+    # Sealed now, for its owner too.
+    result = as_nobody("echo more >> workspaces/userjob/output/f", cwd=m.mnt)
+    assert result.returncode == 1 and "Read-only file system" in result.stderr
+    assert daemon_problems(m) == []
+
+
+def test_a_job_made_through_control_belongs_to_its_maker(shared_mount):
+    m = shared_mount
+    result = as_nobody("echo 'create viactl' > .wsfs/control && echo x > workspaces/viactl/input/x", cwd=m.mnt)
+    assert result.returncode == 0, result.stderr
+    assert owner(m.ws / "viactl") == owner(m.data / "jobs" / "viactl") == (NOBODY, NOBODY)
+    assert owner(m.data / "jobs" / "viactl" / "input" / "x") == (NOBODY, NOBODY)
+    assert json.loads((m.ws / "viactl" / ".job").read_text())["uid"] == NOBODY
+    assert daemon_problems(m) == []
+
+
+def test_a_user_cannot_write_end_or_read_roots_job(shared_mount):
+    m = shared_mount
+    job = m.ws / "rootjob"
+    os.mkdir(job)
+    assert owner(job / "output") == (0, 0)
+    assert stat.S_IMODE(os.stat(job / "output").st_mode) == 0o755
+    (job / "output" / "public.txt").write_text("anyone may read\n")
+    os.chmod(job / "output" / "public.txt", 0o644)
+    (job / "output" / "secret.txt").write_text("root only\n")
+    os.chmod(job / "output" / "secret.txt", 0o600)
+    refused = {
+        "echo x > workspaces/rootjob/output/new": "Permission denied",
+        "mkdir workspaces/rootjob/output/dir": "Permission denied",
+        "echo x >> workspaces/rootjob/output/public.txt": "Permission denied",
+        "rm -f workspaces/rootjob/output/public.txt": "Permission denied",
+        "mv workspaces/rootjob/output/public.txt workspaces/rootjob/output/moved": "Permission denied",
+        "echo completed > workspaces/rootjob/.state": "Permission denied",
+        "echo 'failed boom' > workspaces/rootjob/.state": "Permission denied",
+        "cat workspaces/rootjob/output/secret.txt": "Permission denied",
+        "echo x > workspaces/rootjob/temp/t": "Permission denied",
+    }
+    for command, message in refused.items():
+        result = as_nobody(command, cwd=m.mnt)
+        assert (command, result.returncode) == (command, 1)
+        assert message in result.stderr, (command, result.stderr)
+    # What the modes allow still works.
+    result = as_nobody("cat workspaces/rootjob/output/public.txt && cat workspaces/rootjob/.state", cwd=m.mnt)
+    assert result.returncode == 0 and result.stdout == "anyone may read\nrunning\n"
+    # Nothing changed.
+    assert (job / ".state").read_text() == "running\n"
+    assert sorted(os.listdir(job / "output")) == ["public.txt", "secret.txt"]
+    assert os.listdir(job / "temp") == []
+    assert (job / "output" / "public.txt").read_text() == "anyone may read\n"
+    assert not [e for e in json.loads("[" + ",".join((m.mnt / ".wsfs" / "events").read_text().splitlines()) + "]")
+                if e["kind"] != "created"]
+    assert daemon_problems(m) == []
+
+
+def test_a_user_cannot_resume_or_restore_roots_job(shared_mount):
+    m = shared_mount
+    os.mkdir(m.ws / "rj")
+    sh("echo 'failed on purpose' > workspaces/rj/.state", cwd=m.mnt)
+    result = as_nobody("echo 'resume rj' > .wsfs/control", cwd=m.mnt)
+    assert result.returncode == 1 and "Operation not permitted" in result.stderr
+    assert (m.ws / "rj" / ".state").read_text() == "failed\n"
+    assert daemon_problems(m) == []
+
+
+def test_no_device_nodes_and_nodev_nosuid(shared_mount):
+    m = shared_mount
+    os.mkdir(m.ws / "J")
+    for where in (m.ws / "J" / "temp", m.mnt / "shared"):
+        for kind in (stat.S_IFCHR, stat.S_IFBLK):
+            with pytest.raises(OSError) as info:
+                os.mknod(where / "dev", kind | 0o666, os.makedev(1, 3))
+            assert info.value.errno == errno.EPERM
+            assert not os.path.lexists(where / "dev")
+        result = sh("mknod null c 1 3", cwd=where, check=False)
+        assert result.returncode == 1 and "Operation not permitted" in result.stderr
+    assert os.listdir(m.ws / "J" / "temp") == [] and os.listdir(m.mnt / "shared") == []
+    assert not any(stat.S_ISCHR(p.lstat().st_mode) or stat.S_ISBLK(p.lstat().st_mode) for p in m.data.rglob("*"))
+    with open("/proc/self/mounts") as f:
+        entry = [line.split() for line in f if line.split()[1] == str(m.mnt)]
+    assert len(entry) == 1
+    options = entry[0][3].split(",")
+    assert {"nodev", "nosuid", "default_permissions", "allow_other"} <= set(options)
+    assert entry[0][2] == "fuse.wsfs"
+    assert daemon_problems(m) == []
