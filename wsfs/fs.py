@@ -38,7 +38,7 @@ from .binding import FuseOSError, Operations, fuse_get_context, invalidate_path,
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
-from .model import is_hidden_name
+from .model import JOB_ID_RE, is_hidden_name
 from .tree import Tree
 
 log = logging.getLogger("wsfs.fs")
@@ -116,6 +116,13 @@ def _stat_dict(st: os.stat_result) -> dict:
     }
 
 
+def _unlinked_nlink(node: Node, attrs: dict) -> dict:
+    """An unlinked open file keeps libfuse's ``.fuse_hidden*`` name; fstat() must not count it (POSIX: 0)."""
+    if node.rel and is_hidden_name(node.rel.rsplit("/", 1)[-1]):
+        attrs["st_nlink"] = max(attrs["st_nlink"] - 1, 0)
+    return attrs
+
+
 class WsfsOperations(Operations):
     """mfusepy operations over a ``JobService``.  See the module docstring."""
 
@@ -180,7 +187,9 @@ class WsfsOperations(Operations):
         if len(parts) == 1:
             return Node("vdir", name=top)
         job = parts[1]
-        record = self.service.get(job)
+        # A name that is no job id names no job: answered here, before it reaches the store's keys
+        # (a name that is not UTF-8 arrives with surrogates, which no key can hold).
+        record = self.service.get(job) if JOB_ID_RE.fullmatch(job) else None
         root = "jobs" if top == "workspaces" else "quarantine"
         if record is None or record.get("where") != root or record.get("hidden"):
             raise FuseOSError(errno.ENOENT)
@@ -254,7 +263,7 @@ class WsfsOperations(Operations):
         if fh is not None and fh.fh:
             handle = self._handle(fh)
             if handle.fd >= 0:
-                return _stat_dict(os.fstat(handle.fd))
+                return _unlinked_nlink(handle.node, _stat_dict(os.fstat(handle.fd)))
             return self._vfile_attrs(handle.node, len(self._content(handle.node)))
         if path is None:
             raise FuseOSError(errno.ENOENT)
@@ -265,7 +274,7 @@ class WsfsOperations(Operations):
             return self._vfile_attrs(node, 0 if node.name == "control" else len(self._content(node)))
         if node.kind == "absent":
             raise FuseOSError(errno.ENOENT)
-        return _stat_dict(self.tree.lstat(node.root, node.rel))
+        return _unlinked_nlink(node, _stat_dict(self.tree.lstat(node.root, node.rel)))
 
     # -- virtual files ----------------------------------------------------------
 
@@ -297,7 +306,7 @@ class WsfsOperations(Operations):
                 lines.append(json.dumps({
                     k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
                                                "state_since", "expires_at", "hidden", "where", "purged_at",
-                                               "usage", "uid", "reason", "quota", "max_files")
+                                               "usage", "uid", "reason", "quota", "max_files", "publish")
                 }, sort_keys=True).encode() + b"\n")
         return b"".join(lines)
 
@@ -515,7 +524,7 @@ class WsfsOperations(Operations):
             else:
                 written = os.pwrite(handle.fd, data, offset)
             handle.dirty = True
-            if handle.stream is not None and handle.stream.advance(offset, written):
+            if handle.stream is not None and handle.stream.advance(offset, data, written):
                 self.hasher.poke()
         return written
 

@@ -29,31 +29,55 @@ log = logging.getLogger("wsfs.hashing")
 CHUNK = 1 << 20
 
 
-class StreamHash:
-    __slots__ = ("fd", "digest_state", "hashed", "written", "valid", "lock")
+INLINE_MAX = 64 << 10  # a write this small is hashed on the spot: cheaper than a re-read
 
-    def __init__(self, fd: int):
-        # A reading fd of its own: the writer's may be O_WRONLY.  /proc/self/fd
-        # reopens exactly that inode, whatever happens to its name meanwhile.
-        try:
-            self.fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.fd = -1
+
+class StreamHash:
+    __slots__ = ("writer_fd", "fd", "digest_state", "hashed", "written", "valid", "lock")
+
+    def __init__(self, writer_fd: int):
+        self.writer_fd = writer_fd  # the handle's own fd: not ours to close
+        self.fd = -1                # our reading fd, opened when the hasher thread first needs it
         self.digest_state = hashlib.sha256()
         self.hashed = 0
         self.written = 0
-        self.valid = self.fd >= 0
+        self.valid = True
         self.lock = threading.Lock()
 
-    def advance(self, offset: int, length: int) -> bool:
-        """Note a write; False (and invalid from now on) unless it continues the stream."""
+    def advance(self, offset: int, data: bytes, length: int) -> bool:
+        """Note a write of ``data[:length]`` at ``offset``.
+
+        Returns True when bytes were left for the hasher thread; a write that
+        does not continue the stream makes it invalid from now on.  Small
+        writes to a stream that is caught up are hashed here, from ``data``:
+        small files never need the thread, an extra fd or a re-read.
+        """
         if not self.valid:
             return False
         if offset != self.written:
             self.valid = False
             return False
+        if length <= INLINE_MAX and self.hashed == self.written and self.lock.acquire(blocking=False):
+            try:
+                if self.hashed == self.written:
+                    self.digest_state.update(data[:length] if length < len(data) else data)
+                    self.hashed += length
+                    self.written += length
+                    return False
+            finally:
+                self.lock.release()
         self.written += length
-        return True
+        if self.fd < 0:
+            self._open_reader()
+        return self.valid
+
+    def _open_reader(self) -> None:
+        # A reading fd of its own: the writer's may be O_WRONLY.  /proc/self/fd
+        # reopens exactly that inode, whatever happens to its name meanwhile.
+        try:
+            self.fd = os.open(f"/proc/self/fd/{self.writer_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.valid = False
 
     def invalidate(self) -> None:
         self.valid = False
@@ -82,7 +106,7 @@ class StreamHash:
                         return self.digest_state.digest()
                 return None
             finally:
-                self.close()
+                self._close()
 
     def digest_so_far(self, size: int) -> bytes | None:
         """The digest if the hasher already covered all ``size`` bytes; never waits for it.
@@ -100,6 +124,10 @@ class StreamHash:
         return self.valid and self.hashed < self.written
 
     def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
