@@ -35,15 +35,16 @@ UNITS := wsfs.service wsfs@.service
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help system-deps venv run stop test bench clean install uninstall
+.PHONY: help system-deps venv run stop test stress bench clean install uninstall
 
 help:
 	@echo "wsfs make targets:"
-	@echo "  make system-deps   install fuse3 + libfuse3-3 (and python3-venv) via apt if missing"
+	@echo "  make system-deps   install fuse3 + libfuse3-3 (and python3-venv, git) via apt if missing"
 	@echo "  make venv          create .venv and pip install -e '.[test]' (re-runs when pyproject.toml changes)"
 	@echo "  make run           mount wsfs at MOUNT=$(MOUNT) with DATA=$(DATA)"
 	@echo "  make stop          unmount MOUNT"
 	@echo "  make test          run the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
+	@echo "  make stress        the stress suites (tests/test_stress_*.py) at full size: crash matrix, concurrency, fsx ..."
 	@echo "  make bench         benchmark wsfs against the bare disk and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
 	@echo "  make install       install wsfs, its systemd units and /etc/wsfs/wsfs.toml (PREFIX=$(PREFIX), DESTDIR=$(DESTDIR))"
 	@echo "  make uninstall     remove what make install put in place (keeps data dirs and an edited config)"
@@ -53,6 +54,7 @@ system-deps:
 	@PATH="$$PATH:/usr/sbin:/sbin"; need=""; \
 	command -v fusermount3 >/dev/null 2>&1 || need="$$need fuse3"; \
 	ldconfig -p 2>/dev/null | grep -q libfuse3.so.3 || need="$$need libfuse3-3"; \
+	command -v git >/dev/null 2>&1 || need="$$need git"; \
 	if [ -n "$(NEED_SYSTEMD_ANALYZE)" ]; then command -v systemd-analyze >/dev/null 2>&1 || need="$$need systemd"; fi; \
 	if [ ! -x $(VENV)/bin/python ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		need="$$need python3 python3-venv"; \
@@ -120,6 +122,12 @@ test: NEED_SYSTEMD_ANALYZE := yes
 test: system-deps venv
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# WSFS_STRESS=full: 200+ kill points, 100,000 fsx operations, a long concurrency run (about half an hour
+# here).  `make test` runs the same files short and seeded; WSFS_SEED=N replays a run (each prints its seed).
+stress: system-deps venv
+	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
+	WSFS_STRESS=full WSFS_REQUIRE_FUSE=1 $(VENV)/bin/python -m pytest -s $(PYTEST_ARGS) tests/test_stress_*.py
 
 install: system-deps
 	@set -e; \

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """The wsfs benchmark harness (``make bench``): stdlib + psutil only.
 
-    .venv/bin/python bench/run.py [--quick] [--runs N] [--only 1,3] [--json PATH] [--dir DIR]
+    .venv/bin/python bench/run.py [--quick] [--runs N] [--only 1,3] [--json PATH] [--dir DIR] [--src DIR]
     .venv/bin/python bench/run.py --profile 1,3,4 [--profile-seconds 20]   # py-spy on the daemon
+
+``--src DIR`` measures the ``wsfs/`` of another source tree (say ``git archive
+COMMIT | tar -x -C DIR``) instead of this working tree's; the machine line
+names the commit it matches.
 
 Each filesystem workload runs on three systems:
 
@@ -11,8 +15,11 @@ Each filesystem workload runs on three systems:
 * ``bindfs``: a bindfs mount (``bindfs -f SRC MNT``, bindfs' defaults) of a plain directory there.
 
 Runs are interleaved (native, wsfs, bindfs, native, wsfs, bindfs, ...), each
-measurement starts from a settled machine (``sync``; for wsfs also an empty
-trash and an idle daemon), and the table shows the median of the runs.
+measurement starts from a settled machine (``sync``, an empty wsfs trash, and
+every FUSE server idle, so work one deferred never lands on another's
+measurement), and the table shows the median of the runs.  After each
+measurement the harness records the server's CPU time and how long it stayed
+busy afterwards (``server_backlog_s``: wsfs' manifest thread and trash).
 Ratios are *speed* ratios: throughput / throughput, or time(other) / time(wsfs),
 so above 1.00x wsfs is the faster one, and a target "≥0.90×native" reads the
 same for MB/s and for seconds.
@@ -333,22 +340,29 @@ def machine_info(work: Path) -> dict:
 
 
 def code_state() -> dict:
-    """HEAD of the repo, and whether ``SRC/wsfs`` (the code measured) is exactly HEAD's ``wsfs/``."""
+    """Which commit's ``wsfs/`` is measured: HEAD, an older commit (a ``git archive`` in --src), or neither."""
     out = {"src": str(SRC)}
+
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout
+
     try:
-        out["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                       capture_output=True, text=True).stdout.strip()
-        tracked = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", "HEAD", "wsfs/"],
-                                 capture_output=True, text=True).stdout.split()
-        here = sorted(str(p.relative_to(SRC)) for p in (SRC / "wsfs").glob("*.py"))
-        same = sorted(t for t in tracked if t.endswith(".py")) == here
-        for name in here if same else []:
-            head = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{name}"], capture_output=True).stdout
-            if head != (SRC / name).read_bytes():
-                same = False
+        out["head"] = git("rev-parse", "--short", "HEAD").strip()
+        files = sorted(str(p.relative_to(SRC)) for p in (SRC / "wsfs").glob("*.py"))
+        blobs = git("hash-object", *[str(SRC / f) for f in files]).split()
+        mine = dict(zip(files, blobs))
+        for commit in git("rev-list", "-n", "50", "HEAD").split():
+            tree = {}
+            for row in git("ls-tree", commit, "wsfs/").splitlines():
+                meta, _, name = row.partition("\t")
+                if name.endswith(".py"):
+                    tree[name] = meta.split()[2]
+            if tree == mine:
+                out["commit"] = git("rev-parse", "--short", commit).strip()
                 break
-        out["dirty"] = not same
-    except OSError:
+        out["dirty"] = "commit" not in out
+        out.setdefault("commit", out["head"])
+    except (OSError, IndexError):
         pass
     return out
 
@@ -371,7 +385,8 @@ def machine_line(m: dict) -> str:
             f"work dir on {fs.get('type')} ({fs.get('device')}); libfuse {fuse.get('libfuse3', '?')} (wsfs), "
             f"{fuse.get('bindfs', 'bindfs ?')} on {fuse.get('bindfs_libfuse', '?')}; Python {m['python']}; "
             f"wsfs {m['wsfs']} @ {m['git'].get('commit', '?')}"
-            f"{' + uncommitted changes' if m['git'].get('dirty') else ''}")
+            f"{' + uncommitted changes' if m['git'].get('dirty') else ''}"
+            f"{'' if m['git'].get('dirty') or m['git'].get('commit') == m['git'].get('head') else ' (HEAD is ' + m['git'].get('head', '?') + ')'}")
 
 
 # -- file primitives ------------------------------------------------------------------------------------
@@ -1318,9 +1333,17 @@ def py_spy() -> str:
     raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
 
 
+WAIT_FUNCTIONS = ("Condition.wait", "Event.wait", "Thread.join", "Lock.acquire")
+
+
 def aggregate_raw(path: Path, top: int = 20) -> dict:
-    """Shares of daemon samples from py-spy's raw (collapsed) output."""
-    total = 0
+    """Shares of the daemon's busy samples, from py-spy's raw (collapsed) output with --threads.
+
+    Samples whose innermost frame is a wait (``Condition.wait`` ...: py-spy
+    counts timed waits as active) are counted apart, as ``waiting``, and left
+    out of the shares.  Threads without a Python name are libfuse's workers.
+    """
+    total = busy = 0
     by_thread: dict[str, int] = {}
     self_fn: dict[str, int] = {}
     self_line: dict[str, int] = {}
@@ -1332,23 +1355,30 @@ def aggregate_raw(path: Path, top: int = 20) -> dict:
         n = int(count)
         total += n
         frames = stack.split(";")
-        thread = frames[0] if frames and frames[0].startswith(("thread", "process")) else "?"
-        if thread != "?":
+        thread = "?"
+        if frames and frames[0].startswith(("thread ", "process ")):
+            thread = frames[0].split(": ", 1)[1] if ": " in frames[0] else "FUSE worker threads"
             frames = frames[1:]
-        by_thread[thread] = by_thread.get(thread, 0) + n
-        if not frames:
+        if not frames or frames[-1].split(" (")[0] in WAIT_FUNCTIONS:
             continue
+        busy += n
+        by_thread[thread] = by_thread.get(thread, 0) + n
         leaf = frames[-1]
-        self_line[leaf] = self_line.get(leaf, 0) + n
+        self_line[_short_frame(leaf)] = self_line.get(_short_frame(leaf), 0) + n
         fn = _fn_of(leaf)
         self_fn[fn] = self_fn.get(fn, 0) + n
         for f in {_fn_of(fr) for fr in frames}:
             incl_fn[f] = incl_fn.get(f, 0) + n
 
     def share(d):
-        return [(k, round(100 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
-    return {"samples": total, "threads": share(by_thread), "self_functions": share(self_fn),
+        return [(k, round(100 * v / busy, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples": total, "busy_samples": busy, "threads": share(by_thread), "self_functions": share(self_fn),
             "self_lines": share(self_line), "inclusive_functions": share(incl_fn)}
+
+
+def _short_frame(frame: str) -> str:
+    name, sep, where = frame.partition(" (")
+    return f"{name} ({_short(where.rstrip(')'))})" if sep else frame
 
 
 def _fn_of(frame: str) -> str:
@@ -1439,9 +1469,10 @@ def run_profile(bench: Bench, workloads: list[int], seconds: int, native: bool) 
 
 
 def print_profile(p: dict) -> None:
-    print(f"\n== profile of workload {p['workload']}: {p['samples']} samples, {p['loops']} loops in {p['wall_s']}s; "
+    print(f"\n== profile of workload {p['workload']}: {p['busy_samples']} busy of {p['samples']} samples "
+          f"(shares below are of the busy ones), {p['loops']} loops in {p['wall_s']}s; "
           f"daemon CPU user {p['daemon_cpu_user_s']}s sys {p['daemon_cpu_sys_s']}s (raw: {p['raw']})")
-    for title, key in (("threads", "threads"), ("self time by function", "self_functions"),
+    for title, key in (("busy samples by thread", "threads"), ("self time by function", "self_functions"),
                        ("self time by line", "self_lines"), ("inclusive by function", "inclusive_functions")):
         print(f"  -- {title} (% of samples)")
         for name, pct in p[key][:15]:

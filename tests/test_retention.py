@@ -790,3 +790,57 @@ def test_crash_transition_interrupted_at_any_step_is_finished_by_recovery(tmp_pa
     finally:
         core.store.close()
         core.tree.close()
+
+
+# -- the daemon never waits on its own mount ------------------------------------------------------
+# A thread of the daemon blocked in a request to its own mount makes a SIGKILLed daemon unkillable
+# (request_wait_answer waits uninterruptibly once the request was read), so `wsfs mount` after
+# `kill -9` would find the data dir locked forever (SPEC §7).  Seen as a hang in
+# test_recovery_mount's SIGKILL tests; these pin the cause without needing the timing.
+
+
+def _forbid_stat_under(monkeypatch, root: Path) -> list[str]:
+    tried: list[str] = []
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(str(root)):
+            tried.append(os.fspath(path))
+            raise AssertionError(f"the daemon stat()ed {path} inside its own mount")
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(os, "stat", stat)
+    return tried
+
+
+def test_busy_check_does_not_stat_paths_in_the_mount(core, tmp_path, monkeypatch):
+    mnt = tmp_path / "mnt"
+    held = mnt / "workspaces" / "j1" / "output" / "x"
+    held.parent.mkdir(parents=True)
+    held.write_bytes(b"x")
+    sweeper = Sweeper(core, mountpoint=str(mnt))
+    with open(held, "rb"):
+        tried = _forbid_stat_under(monkeypatch, mnt)
+        busy = sweeper._busy_jobs()
+    assert tried == []
+    assert "j1" in busy
+
+
+def test_ready_probe_does_not_stat_the_mount_from_the_daemon(tmp_path, monkeypatch, caplog):
+    import wsfs.daemon
+    from wsfs.config import default_config
+
+    mnt = tmp_path / "mnt"
+    (mnt / ".wsfs").mkdir(parents=True)
+    (mnt / ".wsfs" / "status").write_text("{}")
+    daemon = wsfs.daemon.Daemon(str(mnt), str(tmp_path / "data"), default_config())
+    daemon.open()
+    try:
+        monkeypatch.setattr(wsfs.daemon, "is_wsfs_mount", lambda path: True)
+        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+        tried = _forbid_stat_under(monkeypatch, mnt)
+        with caplog.at_level(logging.INFO, logger="wsfs.daemon"):
+            daemon._announce_ready()
+        assert tried == []
+        assert "mounted" in caplog.text
+    finally:
+        daemon.close(clean=True)

@@ -204,16 +204,34 @@ def _copy_inputs(paths, dest: Path) -> None:
 @click.option("--max-files", type=int, default=None, help="Files the job may hold.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(exists=True),
               help="A file or directory to copy into input/ (repeatable).")
+@click.option("--git", "git_repo", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Make src/ a git worktree of this repository (template dev unless --template).")
+@click.option("--branch", default=None, help="With --git: the new branch (default wsfs/JOB).")
+@click.option("--base", default=None, help="With --git: the commit to start from (default the repo's branch).")
+@click.option("--copy-data", "copy_data", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A data directory to copy into data/ (repeatable).")
+@click.option("--include", "includes", multiple=True, help="With --copy-data: only paths matching this glob.")
+@click.option("--exclude", "excludes", multiple=True, help="With --copy-data: skip paths matching this glob.")
 @click.option("--json", "as_json", is_flag=True, help="Print {job, path} as JSON instead of the path.")
 @mount_option
-def create(job, template, quota, max_files, inputs, as_json, mount):
+def create(job, template, quota, max_files, inputs, git_repo, branch, base, copy_data, includes, excludes,
+           as_json, mount):
     """Create a job's workspace and print its path (an id is generated when JOB is omitted).
 
     \b
-    Example:
+    Examples:
       cd "$(wsfs create render-42 --input scene.blend)"
+      wsfs create feat-x --git ~/proj --copy-data ~/proj/data/knowledge --exclude '*.tmp'
     """
     m = live_mount(mount)
+    if git_repo or copy_data:
+        from .cli_devspace import create_development_workspace
+        create_development_workspace(m, job, template=template, quota=quota, max_files=max_files,
+                                     repo=git_repo, branch=branch, base=base, copy_data=copy_data,
+                                     includes=includes, excludes=excludes, as_json=as_json)
+        return
+    if branch or base or includes or excludes:
+        fail("--branch and --base go with --git; --include and --exclude with --copy-data", 2)
     try:
         ws = m.create(job, template=template, quota=quota, max_files=max_files)
     except WsfsClientError as exc:
@@ -245,8 +263,20 @@ def _list_rows(records):
             format_duration(now - r["created"]),
             f"{format_size(r['usage']['bytes'])}/{r['usage']['files']}f",
             "-" if expiry is None else ("due" if expiry <= now else "in " + format_duration(expiry - now)),
+            _publish_cell(r.get("publish")),
         ])
     return rows
+
+
+def _publish_cell(publish: dict | None) -> str:
+    """The PUBLISH column: -, pending, done, or failed with the attempts made."""
+    if not publish:
+        return "-"
+    if publish["status"] == "failed":
+        return f"FAILED ({publish.get('attempts', 0)} attempts)"
+    if publish["status"] == "pending" and publish.get("attempts"):
+        return f"pending (retry {publish['attempts']})"
+    return publish["status"] + (" (deleted)" if publish.get("deleted_at") else "")
 
 
 STATE_COLOURS = {"running": "cyan", "completed": "green", "failed": "red", "cancelled": "yellow",
@@ -278,19 +308,24 @@ def _records(mount) -> list[dict]:
 @click.option("--state", "states", multiple=True, type=click.Choice(LIVE_STATES + ("archived",)),
               help="Only jobs in this state (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="Archived, hidden and purged jobs too.")
+@click.option("--publish", "publish_states", multiple=True, type=click.Choice(["pending", "done", "failed"]),
+              help="Only jobs whose publishing is in this state (repeatable); any tree or none.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @mount_option
-def list_jobs(states, show_all, as_json, mount):
-    """List jobs with state, stage, age, usage and expiry.
+def list_jobs(states, show_all, publish_states, as_json, mount):
+    """List jobs with state, stage, age, usage, expiry and publishing.
 
     \b
-    Example:
+    Examples:
       wsfs list --state failed
+      wsfs list --publish failed
     """
     records = _records(mount)
+    if publish_states:
+        records = [r for r in records if (r.get("publish") or {}).get("status") in publish_states]
     if states:
         records = [r for r in records if r["state"] in states]
-    elif not show_all:
+    elif not show_all and not publish_states:
         records = [r for r in records if r["state"] in LIVE_STATES and not r.get("hidden") and r.get("where")]
     records.sort(key=lambda r: r["created"])
     if as_json:
@@ -299,7 +334,7 @@ def list_jobs(states, show_all, as_json, mount):
     if not records:
         click.echo("no jobs", err=True)
         return
-    header = ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES"]
+    header = ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PUBLISH"]
     rows = _list_rows(records)
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
@@ -340,7 +375,14 @@ def show(job, as_json, mount):
                                                       else "")),
              ("created", record.get("created_iso") or record.get("created")),
              ("ended", record.get("ended_iso") or record.get("ended") or "-"),
-             ("usage", f"{format_size(record['usage']['bytes'])} in {record['usage']['files']} files")]
+             ("usage", f"{format_size(record['usage']['bytes'])} in {record['usage']['files']} files"),
+             ("publish", _publish_cell(record.get("publish"))
+              + (f": {record['publish']['error']}" if (record.get("publish") or {}).get("error") else ""))]
+    if record.get("git"):  # a development workspace (docs/devspaces.md)
+        git_info = record["git"]
+        lines.append(("git", f"{git_info.get('repo')} on {git_info.get('branch')} from {git_info.get('base')}"))
+    if record.get("origin"):
+        lines.append(("origin", f"cloned from {record['origin']}"))
     for stage in record.get("stages") or []:
         lines.append(("  stage", stage["name"]))
     for key, value in lines:
@@ -351,9 +393,16 @@ def show(job, as_json, mount):
 @click.argument("job", shell_complete=complete_jobs)
 @click.argument("word", type=click.Choice(["completed", "failed", "cancelled", "archived", "stage", "owner"]))
 @click.argument("reason", nargs=-1)
+@click.option("--force", is_flag=True,
+              help="A git workspace with unsaved work: end it anyway, keeping a bundle and a patch first.")
 @mount_option
-def state(job, word, reason, mount):
+def state(job, word, reason, force, mount):
     """Change a job's state (the same as writing WORD to its .state).
+
+    A git workspace (wsfs create --git) is not completed, cancelled or
+    archived while src/ has uncommitted changes or commits on no other branch,
+    unless --force; archiving one prunes its worktree and deletes its branch
+    if merged (docs/devspaces.md).
 
     \b
     Examples:
@@ -361,6 +410,10 @@ def state(job, word, reason, mount):
       wsfs state render-42 failed "out of memory"
     """
     m = live_mount(mount)
+    if word in ("completed", "cancelled", "archived"):
+        from .cli_devspace import end_if_development_workspace
+        if end_if_development_workspace(m, job, word, " ".join(reason) or None, force):
+            return
     try:
         m.set_state(job, word, " ".join(reason) or None)
     except WsfsClientError as exc:
@@ -452,6 +505,63 @@ def resume(job, mount):
     """
     _control_job(mount, "resume", job)
     click.echo(f"{job}: running again")
+
+
+PUBLISH_POLL = 0.2
+
+
+def _publish_record(m: Mount, job: str) -> dict | None:
+    """The job's record: its ``.job`` while it has a workspace, else its line of ``.wsfs/jobs``."""
+    try:
+        with open(m.job_dir(job) / ".job") as f:
+            return json.load(f)
+    except (WsfsClientError, OSError, ValueError):
+        pass
+    return next((r for r in m.jobs() if r["id"] == job), None)
+
+
+@main.command()
+@click.argument("job", shell_complete=complete_jobs)
+@click.option("--retry", is_flag=True, help="Start a failed publish over (or publish a finished one again).")
+@click.option("--no-wait", is_flag=True, help="Return once it is queued instead of waiting for the outcome.")
+@mount_option
+def publish(job, retry, no_wait, mount):
+    """Run publishing now for a completed job (its targets and hooks), and wait for the outcome.
+
+    Exit 0 when everything was published, 1 when it failed (the workspace is
+    kept; --retry starts over).
+
+    \b
+    Examples:
+      wsfs publish render-42
+      wsfs list --publish failed
+      wsfs publish render-42 --retry
+    """
+    m = live_mount(mount)
+    try:
+        m.control(f"publish {job}" + (" retry" if retry else ""), job=job)
+    except WsfsClientError as exc:
+        fail(str(exc))
+    if no_wait:
+        click.echo(f"{job}: publishing queued")
+        return
+    try:
+        while True:
+            record = _publish_record(m, job)
+            publish_ = (record or {}).get("publish") or {}
+            if publish_.get("status") != "pending":
+                break
+            time.sleep(PUBLISH_POLL)
+    except KeyboardInterrupt:
+        fail(f"{job}: still publishing in the background (see wsfs show {job})", 130)
+    for target in publish_.get("targets", []):
+        line = f"  {target['area']}/ -> {target.get('dest') or target['to']} ({target['mode']}): {target['status']}"
+        click.echo(line + (f": {target['error']}" if target.get("error") and target["status"] != "done" else ""))
+    for name, hook in sorted(publish_.get("hooks", {}).items()):
+        click.echo(f"  {name}: {hook['status']}" + (f": {hook['error']}" if hook.get("error") else ""))
+    if publish_.get("status") != "done":
+        fail(f"{job}: publishing {publish_.get('status')}: {publish_.get('error')}")
+    click.echo(f"{job}: published" + (" (workspace deleted)" if publish_.get("deleted_at") else ""))
 
 
 @main.command()
@@ -575,7 +685,8 @@ def status(as_json, mount):
 
 
 EVENT_COLOURS = {"rejected": "red", "crashed": "magenta", "purged": "yellow", "hidden": "yellow",
-                 "transition": "green", "created": "cyan", "doctor": "blue", "recovered": "magenta"}
+                 "transition": "green", "created": "cyan", "doctor": "blue", "recovered": "magenta",
+                 "hook": "blue", "published": "green", "publish-error": "red"}
 FOLLOW_INTERVAL = 0.5
 
 
@@ -595,6 +706,12 @@ def _event_detail(event: dict) -> str:
     if kind == "sweep":
         counts = ", ".join(f"{n} {k}" for k, n in sorted(extra.get("counts", {}).items())) or "nothing due"
         return f"{'dry run: ' if extra.get('dry_run') else ''}{counts} in {extra.get('duration_ms', 0):.1f} ms"
+    if kind == "hook":
+        text = f"{extra.get('hook')}: " + (f"failed: {extra['error']}" if extra.get("error") else "ok")
+        output = (extra.get("output") or "").strip().splitlines()
+        return text + (f" | {output[-1]}" if output else "")
+    if kind == "published":
+        return f"{extra.get('area')}/ -> {extra.get('dest')} ({extra.get('mode')}, {extra.get('outcome')})"
     if kind == "doctor":
         text = f"{extra.get('problems', 0)} problem(s)"
         if extra.get("repair"):
@@ -808,6 +925,8 @@ def show_config(config_file):
         fail(str(exc), 2)
     click.echo(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str))
 
+
+from . import cli_devspace  # noqa: E402,F401 - registers clone, sync, merge, prune-worktrees on main
 
 if __name__ == "__main__":
     main()

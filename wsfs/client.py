@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import secrets
+import urllib.parse
 from pathlib import Path
 
 from .daemon import default_mountpoint
@@ -109,8 +110,12 @@ class Mount:
         self._command(self.job_dir(job) / ".state", line, job=job)
 
     def create(self, job: str | None = None, *, template: str | None = None, quota: str | int | None = None,
-               max_files: int | None = None, owner: int | None = None) -> "Workspace":
-        """Make a job (a generated id when none is given) and return its workspace."""
+               max_files: int | None = None, owner: int | None = None,
+               extra: dict[str, str] | None = None) -> "Workspace":
+        """Make a job (a generated id when none is given) and return its workspace.
+
+        ``extra``: more ``create`` options (``git_repo=`` ...), percent-encoded here.
+        """
         self.check()
         for _attempt in range(5):
             job_id = job or generate_job_id()
@@ -119,6 +124,7 @@ class Mount:
                                 ("owner", owner)):
                 if value is not None:
                     words.append(f"{name}={value}")
+            words += [f"{name}={urllib.parse.quote(str(value), safe='/')}" for name, value in (extra or {}).items()]
             try:
                 self.control(" ".join(words), job=job_id)
             except WsfsClientError as exc:

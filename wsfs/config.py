@@ -21,27 +21,62 @@ raises ``ConfigError`` naming the file and the key; nothing is half-applied.
     areas = { audio = "scratch", video = "scratch", output = "keep" }
     quota = "50G"
     [templates.media.retention]
-    failed = "3d"
+    failed = "3d"                  # completed = "after-publish": delete once published
+
+    [templates.audio]              # publishing (docs/publishing.md, wsfs.publish)
+    areas = { source = "input", work = "scratch", output = "keep" }
+    publish = [{ area = "output", to = "/srv/library/{job}", mode = "move", replace = false }]
+    on_completed = "curl -fsS -X POST https://example/api/done/$WSFS_JOB"   # also on_failed, on_crashed, on_purged
+    publish_retries = 5            # also top level: the default for every template
+    publish_backoff = "30s"        # doubles after each failed attempt
+    hook_timeout = "10m"
+
+    [templates.dev]                # built in (src keep, data input, temp scratch); override here
+    quota = "10G"
+    setup = "python -m venv ../temp/venv"   # run by `wsfs create` as the user, cwd src/
+    max_jobs = 50                  # live workspaces of this template (any template may have one)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import string
 import tomllib
 
 from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState
-from .units import parse_duration, parse_size
+from .units import MAX_SIZE, parse_duration, parse_size
 
 DEFAULT_CONFIG_FILE = "/etc/wsfs/wsfs.toml"
+#: The development template (`wsfs create --git`, docs/devspaces.md): src/ is the git worktree.
+DEV_TEMPLATE_NAME = "dev"
+DEV_TEMPLATE = {"src": AreaKind.KEEP, "data": AreaKind.INPUT, "temp": AreaKind.SCRATCH}
 RETENTION_STATES = ("completed", "failed", "cancelled", "crashed")
 DEFAULT_RETENTION = {"completed": None, "failed": 7 * 86400.0, "cancelled": 86400.0, "crashed": 7 * 86400.0}
 DEFAULT_GRACE = 86400.0
+#: ``completed = "after-publish"``: the workspace goes once publishing succeeded (wsfs.publish).
+AFTER_PUBLISH = "after-publish"
+HOOK_NAMES = ("on_completed", "on_failed", "on_crashed", "on_purged")
+PUBLISH_MODES = ("copy", "move")
+PUBLISH_PLACEHOLDERS = ("job", "template", "date", "owner")
+DEFAULT_PUBLISH_RETRIES = 5
+DEFAULT_PUBLISH_BACKOFF = 30.0
+DEFAULT_HOOK_TIMEOUT = 600.0
 MAX_DURATION = 1000 * 365 * 86400.0
 
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the file and key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishTarget:
+    """One ``publish = [...]`` entry: an area copied (or moved) to ``to`` at completion."""
+
+    area: str
+    to: str               # an absolute path with {job} {template} {date} {owner} placeholders
+    mode: str = "copy"    # or "move": the area leaves the workspace once everything is published
+    replace: bool = False  # an existing destination is replaced (else: an error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +87,25 @@ class Template:
     grace: float
     quota: int
     max_files: int
+    # A shell command run by `wsfs create` as the calling user in the new workspace (wsfs.devspace);
+    # the daemon never runs it.
+    setup: str | None = None
+    # Live workspaces of this template at most (0: no limit of its own; the top-level max_jobs still holds).
+    max_jobs: int = 0
+    # Publishing (wsfs.publish): targets in order, hooks by name (HOOK_NAMES) -> shell command.
+    publish: tuple[PublishTarget, ...] = ()
+    hooks: dict[str, str] = dataclasses.field(default_factory=dict)
+    publish_retries: int = DEFAULT_PUBLISH_RETRIES
+    publish_backoff: float = DEFAULT_PUBLISH_BACKOFF
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+
+    @property
+    def after_publish(self) -> bool:
+        return self.retention.get("completed") == AFTER_PUBLISH
+
+    def publishes(self) -> bool:
+        """Does completion start publishing (targets or an on_completed hook)?"""
+        return bool(self.publish or self.hooks.get("on_completed"))
 
     def scratch_areas(self) -> list[str]:
         return [a for a, kind in self.areas.items() if kind == AreaKind.SCRATCH]
@@ -60,7 +114,8 @@ class Template:
         return [a for a, kind in self.areas.items() if kind == AreaKind.KEEP]
 
     def expiry_after(self, state: JobState) -> float | None:
-        return self.retention.get(state.value)
+        after = self.retention.get(state.value)
+        return None if after == AFTER_PUBLISH else after  # after-publish: no deadline, publishing decides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +129,12 @@ class Config:
     templates: dict[str, Template] = dataclasses.field(default_factory=dict)
 
     def template(self, name: str) -> Template:
+        if name == DEV_TEMPLATE_NAME and name not in self.templates:
+            # Built in, so `wsfs create --git` works with no config; `[templates.dev]` overrides it.
+            dev = dataclasses.replace(self.templates["default"], name=DEV_TEMPLATE_NAME, areas=dict(DEV_TEMPLATE))
+            if getattr(dev, "publish", None):  # the default's targets may name areas dev has not
+                dev = dataclasses.replace(dev, publish=tuple(t for t in dev.publish if t.area in DEV_TEMPLATE))
+            return dev
         return self.templates[name]
 
 
@@ -115,16 +176,17 @@ class _Reader:
         return parsed
 
     def size(self, value, key: str) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SIZE:
             return value
         try:
-            return parse_size(value)
+            return parse_size(value)  # also refuses an integer above MAX_SIZE, naming it
         except (ValueError, TypeError) as exc:
             raise self.fail(key, str(exc)) from None
 
     def count(self, value, key: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(key, f"expected a whole number >= 0, got {value!r}")
+        # tomllib reads integers of any size; the store keeps counts as 64-bit msgpack integers.
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE:
+            raise self.fail(key, f"expected a whole number from 0 to {MAX_SIZE}, got {value!r}")
         return value
 
     def retention(self, table, key: str, base: dict) -> tuple[dict, float | None]:
@@ -134,6 +196,9 @@ class _Reader:
         out = dict(base)
         grace = None
         for name, value in table.items():
+            if name == "completed" and value == AFTER_PUBLISH:
+                out[name] = AFTER_PUBLISH
+                continue
             parsed = self.duration(value, f"{key}.{name}")
             if name == "grace":
                 if parsed is None:
@@ -146,8 +211,12 @@ class _Reader:
 
 # Files the daemon writes at a job's root (lifecycle.RECEIPT_FILE and its tmp): no area takes their name.
 RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
-_TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention", "templates"}
-_TEMPLATE_KEYS = {"areas", "retention", "quota", "max_files"}
+_PUBLISH_SETTINGS = {"publish_retries", "publish_backoff", "hook_timeout"}
+_TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
+             "templates"} | _PUBLISH_SETTINGS
+_TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish"} | set(HOOK_NAMES)
+                  | _PUBLISH_SETTINGS)
+_TARGET_KEYS = {"area", "to", "mode", "replace"}
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:
@@ -183,7 +252,9 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if "retention" in data:
         retention, new_grace = r.retention(data["retention"], "retention", retention)
         grace = DEFAULT_GRACE if new_grace is None else new_grace
-    templates = {"default": _default_template(retention, grace, quota, max_files)}
+    publish_defaults = _publish_settings(r, data, "", {})
+    templates = {"default": dataclasses.replace(_default_template(retention, grace, quota, max_files),
+                                                **publish_defaults)}
     raw_templates = data.get("templates", {})
     if not isinstance(raw_templates, dict):
         raise r.fail("templates", "expected a table of templates")
@@ -194,7 +265,8 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         if not isinstance(table, dict):
             raise r.fail(key, "expected a table")
         r.check_keys(table, _TEMPLATE_KEYS, key + ".")
-        areas = dict(DEFAULT_TEMPLATE) if name == "default" else None
+        areas = dict(DEFAULT_TEMPLATE) if name == "default" else dict(DEV_TEMPLATE) if name == DEV_TEMPLATE_NAME \
+            else None
         if "areas" in table:
             if not isinstance(table["areas"], dict) or not table["areas"]:
                 raise r.fail(key + ".areas", "expected a table like { output = \"keep\", temp = \"scratch\" }")
@@ -216,9 +288,88 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             name, areas, t_retention, t_grace,
             r.size(table["quota"], key + ".quota") if "quota" in table else quota,
             r.count(table["max_files"], key + ".max_files") if "max_files" in table else max_files,
+            _setup_command(r, table, key),
+            max_jobs=r.count(table["max_jobs"], key + ".max_jobs") if "max_jobs" in table else 0,
+            **_publish_settings(r, table, key + ".", publish_defaults, areas),
         )
+    for name, template in templates.items():
+        if template.after_publish and not template.publishes():
+            raise r.fail(f"templates.{name}.retention.completed" if name in raw_templates else "retention.completed",
+                         f"'after-publish' needs something to publish: template {name!r} has no publish targets "
+                         "and no on_completed hook")
     kwargs["templates"] = templates
     return Config(**kwargs)
+
+
+def _setup_command(r: _Reader, table: dict, key: str) -> str | None:
+    if "setup" not in table:
+        return None
+    value = table["setup"]
+    if not isinstance(value, str) or not value.strip():
+        raise r.fail(key + ".setup", "expected a shell command line, e.g. \"python -m venv ../temp/venv\"")
+    return value
+
+
+def _publish_settings(r: _Reader, table: dict, prefix: str, defaults: dict, areas: dict | None = None) -> dict:
+    """Template keyword arguments for publishing: retries, backoff, timeout; with ``areas``, targets and hooks."""
+    out = dict(defaults)
+    if "publish_retries" in table:
+        out["publish_retries"] = r.count(table["publish_retries"], prefix + "publish_retries")
+    for name in ("publish_backoff", "hook_timeout"):
+        if name in table:
+            value = r.duration(table[name], prefix + name)
+            if value is None or value <= 0:
+                raise r.fail(prefix + name, "must be a positive duration")
+            out[name] = value
+    if areas is None:
+        return out
+    hooks = {}
+    for name in HOOK_NAMES:
+        if name in table:
+            value = table[name]
+            if not isinstance(value, str) or not value.strip():
+                raise r.fail(prefix + name, "expected a shell command line, e.g. \"rclone copy $WSFS_OUTPUT remote:\"")
+            hooks[name] = value
+    out["hooks"] = hooks
+    raw = table.get("publish", [])
+    if not isinstance(raw, list):
+        raise r.fail(prefix + "publish", "expected a list like [{ area = \"output\", to = \"/srv/out/{job}\" }]")
+    targets, moved = [], set()
+    for i, entry in enumerate(raw):
+        key = f"{prefix}publish[{i}]"
+        if not isinstance(entry, dict):
+            raise r.fail(key, "expected a table { area = ..., to = ..., mode = ..., replace = ... }")
+        r.check_keys(entry, _TARGET_KEYS, key + ".")
+        area, to = entry.get("area"), entry.get("to")
+        if area not in areas:
+            raise r.fail(key + ".area", f"expected one of the template's areas ({', '.join(areas)}), got {area!r}")
+        if areas[area] == AreaKind.SCRATCH:
+            raise r.fail(key + ".area", f"{area!r} is a scratch area: it is deleted at completion, not published")
+        if not isinstance(to, str) or not to.startswith("/") or to.rstrip("/") == "":
+            raise r.fail(key + ".to", f"expected an absolute path like \"/srv/library/{{job}}\", got {to!r}")
+        try:
+            fields = [f for _text, f, _spec, _conv in string.Formatter().parse(to) if f is not None]
+        except ValueError as exc:
+            raise r.fail(key + ".to", f"bad placeholder: {exc}") from None
+        for field in fields:
+            if field not in PUBLISH_PLACEHOLDERS:
+                raise r.fail(key + ".to", f"unknown placeholder {{{field}}} (known: "
+                             + ", ".join("{" + p + "}" for p in PUBLISH_PLACEHOLDERS) + ")")
+        if ".." in to.split("/"):
+            raise r.fail(key + ".to", "no '..' in a destination")
+        mode = entry.get("mode", "copy")
+        if mode not in PUBLISH_MODES:
+            raise r.fail(key + ".mode", f"expected 'copy' or 'move', got {mode!r}")
+        if mode == "move":
+            if area in moved:
+                raise r.fail(key + ".mode", f"area {area!r} is moved twice")
+            moved.add(area)
+        replace = entry.get("replace", False)
+        if not isinstance(replace, bool):
+            raise r.fail(key + ".replace", f"expected true or false, got {replace!r}")
+        targets.append(PublishTarget(area, to.rstrip("/"), mode, replace))
+    out["publish"] = tuple(targets)
+    return out
 
 
 def load_config(path: str | None) -> Config:

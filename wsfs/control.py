@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 
 from .errors import BadCommandError
 from .model import JobState, validate_job_id
@@ -40,6 +41,8 @@ class Command:
     options: tuple[tuple[str, object], ...] = ()
     dry_run: bool = False
     repair: bool = False
+    retry: bool = False  # publish: start a failed (or finished) publish over
+    source: str | None = None  # clone: the job copied from
 
     def option(self, name: str, default=None):
         return dict(self.options).get(name, default)
@@ -99,35 +102,58 @@ def parse_state_command(data: bytes) -> Command:
     )
 
 
+def _git_text(value: str) -> str:
+    """A percent-encoded path or ref (``urllib.parse.quote``): a repository path may hold spaces."""
+    text = urllib.parse.unquote(value, errors="strict")
+    if not text or len(text) > MAX_REASON_CHARS or _CONTROL_CHARS_RE.search(text):
+        raise BadCommandError(f"bad value {value[:40]!r}")
+    return text
+
+
+#: Where a development workspace came from (docs/devspaces.md): recorded as the record's ``git``.
+GIT_OPTIONS = ("git_repo", "git_branch", "git_base", "git_base_commit")
+
 _CREATE_OPTIONS = {
     "template": lambda v: _TOKEN_RE.fullmatch(v) and v,
     "quota": parse_size,
     "max_files": lambda v: v.isascii() and v.isdigit() and int(v) < 1 << 63 and int(v),
     "owner": _pid,
+    **{name: _git_text for name in GIT_OPTIONS},
 }
+_CLONE_OPTIONS = {name: _git_text for name in GIT_OPTIONS}
+
+
+def _options(words: list[str], table: dict, verb: str) -> tuple:
+    options = []
+    for word in words:
+        name, eq, value = word.partition("=")
+        if not eq or name not in table:
+            raise BadCommandError(f"unknown {verb} option {word[:40]!r}: use "
+                                  + ", ".join(f"{n}=" for n in table))
+        try:
+            parsed = table[name](value)
+        except (ValueError, BadCommandError):
+            parsed = None
+        if parsed is None or parsed is False:
+            raise BadCommandError(f"bad value for {name}: {value[:40]!r}")
+        options.append((name, parsed))
+    return tuple(options)
 
 
 def parse_control_command(data: bytes) -> Command:
-    """Parse a ``.wsfs/control`` write (SPEC §10): create, restore, resume, sweep, doctor."""
+    """Parse a ``.wsfs/control`` write (SPEC §10): create, clone, restore, resume, sweep, doctor."""
     text = _decode_line(data)
     verb, *rest = text.split()
     if verb == "create":
         if not rest:
             raise BadCommandError("usage: create JOB [template=T] [quota=SIZE] [max_files=N] [owner=PID]")
         job = validate_job_id(rest[0])
-        options = []
-        for word in rest[1:]:
-            name, eq, value = word.partition("=")
-            if not eq or name not in _CREATE_OPTIONS:
-                raise BadCommandError(f"unknown create option {word[:40]!r}: use template=, quota=, max_files=, owner=")
-            try:
-                parsed = _CREATE_OPTIONS[name](value)
-            except (ValueError, BadCommandError):
-                parsed = None
-            if parsed is None or parsed is False:
-                raise BadCommandError(f"bad value for {name}: {value[:40]!r}")
-            options.append((name, parsed))
-        return Command("create", job=job, options=tuple(options))
+        return Command("create", job=job, options=_options(rest[1:], _CREATE_OPTIONS, "create"))
+    if verb == "clone":
+        if len(rest) < 2:
+            raise BadCommandError("usage: clone SRC NEW [git_repo=P git_branch=B git_base=R git_base_commit=C]")
+        return Command("clone", job=validate_job_id(rest[1]), source=validate_job_id(rest[0]),
+                       options=_options(rest[2:], _CLONE_OPTIONS, "clone"))
     if verb in ("restore", "resume"):
         if len(rest) != 1:
             raise BadCommandError(f"usage: {verb} JOB")
@@ -136,8 +162,13 @@ def parse_control_command(data: bytes) -> Command:
         if rest not in ([], ["dry-run"]):
             raise BadCommandError("usage: sweep [dry-run]")
         return Command("sweep", dry_run=bool(rest))
+    if verb == "publish":
+        if len(rest) not in (1, 2) or rest[1:] not in ([], ["retry"]):
+            raise BadCommandError("usage: publish JOB [retry]")
+        return Command("publish", job=validate_job_id(rest[0]), retry=len(rest) == 2)
     if verb == "doctor":
         if rest not in ([], ["repair"]):
             raise BadCommandError("usage: doctor [repair]")
         return Command("doctor", repair=bool(rest))
-    raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, restore, resume, sweep or doctor")
+    raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, clone, restore, resume, "
+                          "publish, sweep or doctor")

@@ -19,7 +19,9 @@ counts and usage) whenever it changes, from the ``wsfs-ready`` thread;
 so that is the first moment Python knows), then a last ``STATUS=``.
 
 Threads: libfuse's workers call the operations; ``wsfs-manifest``,
-``wsfs-hasher``, ``wsfs-trash``, ``wsfs-sweeper`` and ``wsfs-ready`` are
+``wsfs-hasher``, ``wsfs-trash``, ``wsfs-sweeper``, ``wsfs-publisher`` (publishing
+and hooks, wsfs.publish; at shutdown it kills a running hook, which the next
+mount runs again) and ``wsfs-ready`` are
 ours, all daemon threads looping on ``stop``.  At shutdown the sweeper
 finishes the action in flight and starts no other; the store is marked
 clean only when every thread has stopped.  ``doctor`` runs on the FUSE
@@ -44,6 +46,7 @@ from .config import Config
 from .errors import StoreError
 from .lifecycle import JobService
 from .model import JobState
+from .publish import Publisher
 from .retention import Sweeper
 from .store import Store
 from .tree import Tree
@@ -206,6 +209,7 @@ class Daemon:
             if unclean:
                 w.add_event("recovered", None, pid=previous.get("pid"))
         self.sweeper = Sweeper(self.service, mountpoint=self.mountpoint)
+        self.publisher = Publisher(self.service, time.time, mountpoint=self.mountpoint)
         finished = self.service.recover(unclean)
         if finished:
             log.warning("finished %d interrupted transition(s): %s", len(finished), ", ".join(finished))
@@ -215,6 +219,7 @@ class Daemon:
         self._thread("wsfs-hasher", lambda: self.hasher.run(self.stop))
         self._thread("wsfs-trash", self._empty_trash_loop)
         self._thread("wsfs-sweeper", lambda: self.sweeper.run(self.stop, self.config.sweep_interval))
+        self._thread("wsfs-publisher", lambda: self.publisher.run(self.stop))
         self._thread("wsfs-ready", self._announce_ready)
 
     def _thread(self, name: str, target) -> None:
@@ -238,11 +243,14 @@ class Daemon:
         deadline = time.monotonic() + READY_TIMEOUT
         while not self.stop.is_set() and time.monotonic() < deadline:
             if is_wsfs_mount(self.mountpoint):
-                try:
-                    os.stat(os.path.join(self.mountpoint, ".wsfs", "status"))
-                except OSError:
-                    pass
-                else:
+                # The stat runs in a child: a thread of ours waiting on our own mount would make a
+                # SIGKILLed daemon unkillable (the kernel waits, uninterruptibly, for an answer no
+                # thread is left to give), holding the data dir and the mount point forever.
+                probe = subprocess.run(["stat", os.path.join(self.mountpoint, ".wsfs", "status")],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                if probe.returncode == 0:
+                    self.publisher.mount_ready.set()  # hooks run in the workspace, through the mount
                     log.info("wsfs %s mounted %s on %s", __version__, self.data_dir, self.mountpoint)
                     line = self.status_line()
                     sd_notify(f"READY=1\nSTATUS={line}")
@@ -341,6 +349,8 @@ class Daemon:
         """
         self.stop.set()
         self.sweeper.stopping.set()
+        self.publisher.stopping.set()
+        self.service.publish_wake.set()
         self.service.trash_wake.set()
         self.sweeper.wake.set()
         deadline = time.monotonic() + JOIN_TIMEOUT
@@ -363,7 +373,7 @@ class Daemon:
 
 def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool = False, debug: bool = False) -> int:
     """Mount and serve in this process until unmounted or signalled."""
-    from .binding import FUSE  # only the daemon needs libfuse
+    from .binding import FUSE, LIBFUSE_VERSION  # only the daemon needs libfuse
     from .fs import WsfsOperations
 
     check_data_dir(data_dir)
@@ -387,6 +397,7 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
         options["allow_other"] = True
     clean = False
     try:
+        log.debug("libfuse %d.%d, options %s", *LIBFUSE_VERSION, options)
         FUSE(ops, daemon.mountpoint, **options)
         clean = True
     except RuntimeError as exc:

@@ -77,3 +77,9 @@ class StoreError(WsfsError):
     """The store cannot be used (unknown schema version, locked, damaged)."""
 
     errno = _errno.EIO
+
+
+class AccessDeniedError(WsfsError):
+    """The caller may not read what it asked for (cloning another user's workspace)."""
+
+    errno = _errno.EACCES

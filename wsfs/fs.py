@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import stat
 import threading
 import time
@@ -116,11 +117,129 @@ def _stat_dict(st: os.stat_result) -> dict:
     }
 
 
-def _unlinked_nlink(node: Node, attrs: dict) -> dict:
-    """An unlinked open file keeps libfuse's ``.fuse_hidden*`` name; fstat() must not count it (POSIX: 0)."""
-    if node.rel and is_hidden_name(node.rel.rsplit("/", 1)[-1]):
-        attrs["st_nlink"] = max(attrs["st_nlink"] - 1, 0)
-    return attrs
+HIDE_FOLLOWUP_S = 1.0  # libfuse's rename follows its hide_node at once, on the same thread
+_VIEW_TOPS = {"jobs": "/workspaces", "quarantine": "/quarantine", "shared": "/shared"}
+
+
+def _view_path(node: Node) -> str:
+    """The path in the mount of a backing node."""
+    return f"{_VIEW_TOPS[node.root]}/{node.rel}" if node.rel else _VIEW_TOPS[node.root]
+
+
+class LinkedNames:
+    """The names the kernel looked up of each multiply-linked file in a job, by (root, inode).
+
+    The high-level libfuse API gives every *name* its own node id, so the kernel keeps
+    attributes and pages per name, not per file: after ``ln a b; echo x >> a``, ``stat b``
+    and ``cat b`` would show b's cached size (the old one) until attr_timeout.  So every
+    change to such a file makes the kernel drop what it holds under the file's other names
+    (``invalidate_path``).  Every name the kernel holds was looked up through ``getattr``,
+    which notes it here when the file has more than one link.
+
+    Threading: any FUSE thread; ``_lock`` guards the table (a leaf lock).
+    """
+
+    MAX_FILES = 1 << 16  # beyond it the table starts again: stale caches for a second, no unbounded memory
+
+    def __init__(self):
+        self._names: dict[tuple[str, int], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._names)
+
+    def __contains__(self, key) -> bool:
+        return key in self._names
+
+    def note(self, key: tuple[str, int], path: str) -> None:
+        with self._lock:
+            if key not in self._names and len(self._names) >= self.MAX_FILES:
+                self._names.clear()
+            self._names.setdefault(key, set()).add(path)
+
+    def forget(self, key: tuple[str, int], path: str) -> None:
+        with self._lock:
+            names = self._names.get(key)
+            if names is not None:
+                names.discard(path)
+                if not names:
+                    del self._names[key]
+
+    def others(self, key: tuple[str, int], path: str) -> list[str]:
+        with self._lock:
+            return [p for p in self._names.get(key, ()) if p != path]
+
+    def moved(self, old: str, new: str, exchange: bool = False) -> None:
+        """A rename: names at or below ``old`` are now below ``new`` (and the other way round)."""
+        def swap(p):
+            for a, b in ((old, new), (new, old)) if exchange else ((old, new),):
+                if p == a or p.startswith(a + "/"):
+                    return b + p[len(a):]
+            return p
+        with self._lock:
+            for names in self._names.values():
+                if any(p == old or p.startswith(old + "/") or (exchange and (p == new or p.startswith(new + "/")))
+                       for p in names):
+                    renamed = {swap(p) for p in names}
+                    names.clear()
+                    names.update(renamed)
+
+
+class PageInvalidator:
+    """``invalidate_path`` (attributes *and* pages) run by the ``wsfs-invalidate`` thread.
+
+    Dropping a file's pages waits for their locks, and a write in flight holds the locks of
+    the pages it writes until its reply: a handler that invalidated its own file, under any
+    of its names libfuse maps to the same kernel inode, would wait for itself forever (seen:
+    pwrite hung in request_wait_answer, the daemon in __folio_lock under
+    fuse_reverse_inval_inode).  So the caller waits at most ``WAIT``: every other invalidation
+    is done before the reply, that one completes right after it.
+
+    Threading: any FUSE thread calls; one thread, started on first use, works the queue.
+    """
+
+    WAIT = 0.25
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def __call__(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wsfs-invalidate", daemon=True)
+                self._thread.start()
+        done = threading.Event()
+        self._queue.put((paths, done))
+        done.wait(self.WAIT)
+
+    def _run(self) -> None:
+        while True:
+            paths, done = self._queue.get()
+            for path in paths:
+                try:
+                    invalidate_path(path)
+                except Exception:  # noqa: BLE001 - a stale cache for a second is no reason to stop
+                    log.exception("could not invalidate the kernel's cache of %s", path)
+            done.set()
+
+
+def _marks_setattr(func):
+    """For the getattr that libfuse's setattr calls next on this thread (see ``_visible_links``)."""
+    @functools.wraps(func)
+    def wrapper(self, path, *args):
+        result = func(self, path, *args)
+        fh = args[-1] if args and hasattr(args[-1], "fh") else None
+        self._setattr_marks[threading.get_ident()] = (path, fh.fh if fh is not None else None)
+        return result
+    return wrapper
+
+
+def _is_hidden(node: Node) -> bool:
+    return bool(node.rel) and is_hidden_name(node.rel.rsplit("/", 1)[-1])
 
 
 class WsfsOperations(Operations):
@@ -139,6 +258,17 @@ class WsfsOperations(Operations):
         self._fh_counter = itertools.count(1)
         self._writers: dict[int, set[Handle]] = {}  # backing inode -> open writable handles
         self.hasher = Hasher()  # its thread is started by the daemon
+        self._linked = LinkedNames()
+        self._invalidate = PageInvalidator()
+        # thread id -> (path, fh) of a setattr step whose getattr comes next on that thread.  Not a
+        # threading.local: Python forgets those between two callbacks on a libfuse thread.
+        self._setattr_marks: dict[int, tuple] = {}
+        # thread id -> (path, hidden rel, inode, time) of libfuse's last hide_node on that thread,
+        # for the rename that may follow it at once (see _undo_hide)
+        self._hidden_by_thread: dict[int, tuple] = {}
+        # (root, inode) -> how many of its links are libfuse's .fuse_hidden* names of unlinked open
+        # files: fstat() and stat() must not count them (POSIX: an unlinked open file has 0 links).
+        self._hidden_links: dict[tuple[str, int], int] = {}
         service.view_changed = self._forget_cached_job
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -260,10 +390,12 @@ class WsfsOperations(Operations):
 
     @op
     def getattr(self, path, fh=None):
+        mark = self._setattr_marks.pop(threading.get_ident(), None) if self._setattr_marks else None
+        after_setattr = mark is not None and mark == (path, fh.fh if fh is not None else None)
         if fh is not None and fh.fh:
             handle = self._handle(fh)
             if handle.fd >= 0:
-                return _unlinked_nlink(handle.node, _stat_dict(os.fstat(handle.fd)))
+                return self._visible_links(handle.node, _stat_dict(os.fstat(handle.fd)), after_setattr)
             return self._vfile_attrs(handle.node, len(self._content(handle.node)))
         if path is None:
             raise FuseOSError(errno.ENOENT)
@@ -274,7 +406,33 @@ class WsfsOperations(Operations):
             return self._vfile_attrs(node, 0 if node.name == "control" else len(self._content(node)))
         if node.kind == "absent":
             raise FuseOSError(errno.ENOENT)
-        return _unlinked_nlink(node, _stat_dict(self.tree.lstat(node.root, node.rel)))
+        st = self.tree.lstat(node.root, node.rel)
+        if st.st_nlink > 1 and node.job is not None and stat.S_ISREG(st.st_mode):
+            self._linked.note((node.root, st.st_ino), path)
+        return self._visible_links(node, _stat_dict(st), after_setattr)
+
+    def _visible_links(self, node: Node, attrs: dict, after_setattr: bool = False) -> dict:
+        """Links without libfuse's hidden names: POSIX gives an unlinked open file 0 links.
+
+        libfuse's getattr takes one off a hidden node's own count before it replies; its
+        setattr (truncate, chmod, chown, utimens) replies with ours as it is.
+        """
+        if not self._hidden_links:
+            return attrs
+        hidden = self._hidden_links.get((node.root, attrs["st_ino"]), 0)
+        if _is_hidden(node) and not after_setattr:
+            hidden -= 1
+        if hidden > 0:
+            attrs["st_nlink"] = max(attrs["st_nlink"] - hidden, 0)
+        return attrs
+
+    def _count_hidden_link(self, key: tuple[str, int], delta: int) -> None:
+        with self._handles_lock:
+            count = self._hidden_links.get(key, 0) + delta
+            if count > 0:
+                self._hidden_links[key] = count
+            else:
+                self._hidden_links.pop(key, None)
 
     # -- virtual files ----------------------------------------------------------
 
@@ -306,7 +464,8 @@ class WsfsOperations(Operations):
                 lines.append(json.dumps({
                     k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
                                                "state_since", "expires_at", "hidden", "where", "purged_at",
-                                               "usage", "uid", "reason", "quota", "max_files", "publish")
+                                               "usage", "uid", "reason", "quota", "max_files", "publish",
+                                               "git", "origin")
                 }, sort_keys=True).encode() + b"\n")
         return b"".join(lines)
 
@@ -457,7 +616,10 @@ class WsfsOperations(Operations):
                 handle.stream = self._stream(fd)
             if flags & os.O_TRUNC and node.area_path is not None:
                 handle.dirty = True
-            return self._register(fi, handle)
+            registered = self._register(fi, handle)
+        if flags & os.O_TRUNC:
+            self._show_other_names(node, st.st_ino, path=path)
+        return registered
 
     def _open_virtual(self, node: Node, fi, wants_write: bool) -> int:
         fi.direct_io = 1  # reads and writes reach us as the caller made them, sizes never cached
@@ -526,7 +688,34 @@ class WsfsOperations(Operations):
             handle.dirty = True
             if handle.stream is not None and handle.stream.advance(offset, data, written):
                 self.hasher.poke()
+        self._show_other_names(node, handle.ino)
         return written
+
+    def _linked_key(self, node: Node) -> tuple[str, int] | None:
+        """(root, inode) of a job's file whose other names the kernel may hold, else None."""
+        if not self._linked or node.job is None or not node.rel:
+            return None
+        try:
+            key = (node.root, self.tree.lstat(node.root, node.rel).st_ino)
+        except OSError:
+            return None
+        return key if key in self._linked else None
+
+    def _show_other_names(self, node: Node, ino: int | None = None, key=None, path: str | None = None) -> None:
+        """A multiply-linked file changed through ``path``: the kernel drops what it cached under
+        its other names (see ``LinkedNames``).
+
+        Called after the job's lock is released: dropping a name's pages may wait for a request
+        on that name, which must be able to take the lock.  Never for the name being changed,
+        whose pages the kernel keeps locked while this request runs.
+        """
+        if not self._linked or node.job is None:
+            return
+        if key is None:
+            key = (node.root, ino) if ino else self._linked_key(node)
+        if key is None:
+            return
+        self._invalidate(self._linked.others(key, path or _view_path(node)))
 
     def _write_virtual(self, handle: Handle, data: bytes) -> int:
         uid, gid, _pid = fuse_get_context()
@@ -554,6 +743,7 @@ class WsfsOperations(Operations):
                 invalidate_path(path)
 
     @op
+    @_marks_setattr
     def truncate(self, path, length, fh=None):
         if fh is not None and fh.fh:
             handle = self._handle(fh)
@@ -566,6 +756,7 @@ class WsfsOperations(Operations):
                 os.ftruncate(handle.fd, length)
                 handle.dirty = True
                 self._forget_hashes(handle.ino)
+            self._show_other_names(node, handle.ino)
             return 0
         node = self._resolve(path)
         if node.kind == "vfile":
@@ -579,6 +770,7 @@ class WsfsOperations(Operations):
                 st = self.tree.lstat(node.root, node.rel)
                 self._forget_hashes(st.st_ino)
                 self.service.manifest.put(node.job, node.area_path, st)
+        self._show_other_names(node)
         return 0
 
     @staticmethod
@@ -678,6 +870,7 @@ class WsfsOperations(Operations):
                 raise OSError(err, os.strerror(err))
             handle.dirty = True
             self._forget_hashes(handle.ino)
+        self._show_other_names(handle.node, handle.ino)
         return 0
 
     # -- names --------------------------------------------------------------------
@@ -687,6 +880,11 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.area_path is None and node.job is not None:
             raise NotAllowedError("the control files stay")
+        linked = self._linked_key(node)
+        hidden = None
+        if _is_hidden(node):  # libfuse removing the name it gave an unlinked file, at its last close
+            with contextlib.suppress(OSError):
+                hidden = (node.root, self.tree.lstat(node.root, node.rel).st_ino)
         with self._changing(node):
             gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
             self.tree.unlink(node.root, node.rel)
@@ -694,6 +892,11 @@ class WsfsOperations(Operations):
                 self._charge(node, -gone.st_size, -1)
             if node.area_path is not None:
                 self.service.manifest.delete(node.job, node.area_path)
+        if hidden is not None:
+            self._count_hidden_link(hidden, -1)
+        if linked is not None:  # its other names have one link less
+            self._linked.forget(linked, path)
+            self._show_other_names(node, key=linked, path=path)
         return 0
 
     @op
@@ -705,6 +908,12 @@ class WsfsOperations(Operations):
                 raise NotAllowedError("areas and control files are not renamed")
         if src.root != dst.root or src.job != dst.job:
             raise FuseOSError(errno.EXDEV)
+        hid = self._hidden_by_thread.pop(threading.get_ident(), None) if self._hidden_by_thread else None
+        if hid is not None and hid[0] == new and not flags and time.monotonic() - hid[3] < HIDE_FOLLOWUP_S:
+            with contextlib.suppress(OSError):
+                if self.tree.lstat(src.root, src.rel).st_ino == hid[2] and not self.tree.exists(dst.root, dst.rel):
+                    return self._undo_hide(src, dst, hid[1], new)
+        linked = [self._linked_key(src), None if flags & 2 else self._linked_key(dst)]
         with self._changing(src):
             replaced = None
             if self._limited(dst) and not flags & 2:
@@ -717,6 +926,35 @@ class WsfsOperations(Operations):
                 self._charge(dst, -replaced.st_size, -1)
             if src.job is not None:
                 self._rename_in_manifest(src, dst, flags)
+        if _is_hidden(dst) and not flags & 2:  # libfuse's unlink of an open file: the name no longer counts
+            with contextlib.suppress(OSError):
+                st = self.tree.lstat(dst.root, dst.rel)
+                if stat.S_ISREG(st.st_mode):
+                    self._count_hidden_link((dst.root, st.st_ino), 1)
+                    linked[0] = (dst.root, st.st_ino)
+                    self._hidden_by_thread[threading.get_ident()] = (old, dst.rel, st.st_ino, time.monotonic())
+        if self._linked:
+            if linked[1] is not None:  # the file it replaced has one link less
+                self._linked.forget(linked[1], new)
+            self._linked.moved(old, new, exchange=bool(flags & 2))
+            for key in linked:  # (a hidden name, libfuse's unlink of an open file, counts no link)
+                if key is not None:
+                    self._show_other_names(src, key=key, path=new)
+        return 0
+
+    def _undo_hide(self, src: Node, dst: Node, hidden_rel: str, new: str) -> int:
+        """rename(a, b) of two links of one file must do nothing (rename(2)), but libfuse first
+        renamed b, being open, to a hidden name (``hide_node``): give b its name back, as a link.
+        libfuse then believes a became b: the kernel looks a up again when it is next named."""
+        with self._changing(dst):
+            self.tree.link(dst.root, hidden_rel, dst.rel)
+            st = self.tree.lstat(dst.root, dst.rel)
+            self._charge(dst, st.st_size, 1)
+            if dst.area_path is not None:
+                self.service.manifest.put(dst.job, dst.area_path, st)
+        self._linked.note((dst.root, st.st_ino), new)
+        if src.job is not None:
+            self._move_handles(src, dst)  # libfuse's node of a is b's now
         return 0
 
     def _rename_in_manifest(self, src: Node, dst: Node, flags: int) -> None:
@@ -730,6 +968,10 @@ class WsfsOperations(Operations):
             manifest.rename(src.job, marker, dst.area_path)
         else:
             manifest.rename(src.job, src.area_path, dst.area_path)
+        self._move_handles(src, dst)
+
+    def _move_handles(self, src: Node, dst: Node) -> None:
+        """Open files follow a rename, as libfuse's own node table does."""
         with self._handles_lock:
             for handle in self._handles.values():
                 ap = handle.node.area_path
@@ -752,10 +994,14 @@ class WsfsOperations(Operations):
                 if stat.S_ISREG(linked.st_mode):
                     self._charge(new, linked.st_size, 1)
             self.tree.link(new.root, old.rel, new.rel)
-            if new.area_path is not None:
-                st = self.tree.lstat(new.root, new.rel)
-                if stat.S_ISREG(st.st_mode):
-                    self.service.manifest.put(new.job, new.area_path, st)
+            st = self.tree.lstat(new.root, new.rel)
+            if new.area_path is not None and stat.S_ISREG(st.st_mode):
+                self.service.manifest.put(new.job, new.area_path, st)
+        if new.job is not None and stat.S_ISREG(st.st_mode):
+            key = (new.root, st.st_ino)
+            self._linked.note(key, source)
+            self._linked.note(key, target)
+            self._show_other_names(new, key=key, path=target)  # the source's link count changed
         return 0
 
     @op
@@ -807,20 +1053,25 @@ class WsfsOperations(Operations):
         return node
 
     @op
+    @_marks_setattr
     def chmod(self, path, mode, fh=None):
         node = self._meta_target(path, fh)
         with self._changing(node):
             self.tree.chmod(node.root, node.rel, mode & 0o7777)
+        self._show_other_names(node)
         return 0
 
     @op
+    @_marks_setattr
     def chown(self, path, uid, gid, fh=None):
         node = self._meta_target(path, fh)
         with self._changing(node):
             self.tree.chown(node.root, node.rel, uid, gid)
+        self._show_other_names(node)
         return 0
 
     @op
+    @_marks_setattr
     def utimens(self, path, times=None, fh=None):
         node = self._meta_target(path, fh)
         with self._changing(node):
@@ -839,6 +1090,7 @@ class WsfsOperations(Operations):
                 st = self.tree.lstat(node.root, node.rel)
                 if stat.S_ISREG(st.st_mode):
                     self.service.manifest.retime(node.job, node.area_path, st)
+        self._show_other_names(node)
         return 0
 
     @op

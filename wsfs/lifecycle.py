@@ -43,12 +43,12 @@ import weakref
 
 import psutil
 
-from . import control
+from . import control, publish
 from .config import Config, Template, default_config
 from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
                      QuotaError, SealedError, WsfsError)
-from .model import ENDED_STATES, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
+from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
 from .store import RWLock, Store
 from .tree import Tree
 
@@ -215,6 +215,8 @@ class JobService:
         self._locks_guard = threading.Lock()
         self._create_lock = threading.Lock()
         self.trash_wake = threading.Event()
+        # Set when a record's publishing was queued (wsfs.publish: the wsfs-publisher thread waits on it).
+        self.publish_wake = threading.Event()
         # Called with a job id whenever its tree appears, moves or goes (the FUSE layer
         # drops the kernel's cached entries for it); set by fs.WsfsOperations.
         self.view_changed = lambda job_id: None
@@ -321,8 +323,12 @@ class JobService:
         }
 
     def create_job(self, job_id: str, uid: int, gid: int, *, mode: int = 0o755, template: str = "default",
-                   quota: int | None = None, max_files: int | None = None, owner_pid: int | None = None) -> dict:
-        """Make the record and the tree; durable before it returns."""
+                   quota: int | None = None, max_files: int | None = None, owner_pid: int | None = None,
+                   extra: dict | None = None) -> dict:
+        """Make the record and the tree; durable before it returns.
+
+        ``extra``: more record fields (``git``, ``origin``: see store.py), set in the same commit.
+        """
         validate_job_id(job_id)
         try:
             tmpl = self.config.template(template)
@@ -333,6 +339,7 @@ class JobService:
             if self.get(job_id) is not None:
                 raise JobExistsError(f"job id {job_id} was used before")
             self._check_create_limits()
+            self._check_template_jobs(tmpl)
             if self.tree.exists("jobs", job_id):
                 # A tree without a record: a creation that crashed before its commit.
                 self.tree.move_to_trash("jobs", job_id, f"{job_id}.orphan")
@@ -347,6 +354,9 @@ class JobService:
             now = self.clock()
             record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
             record["owner"] = owner
+            if tmpl.setup:
+                record["setup"] = tmpl.setup  # for `wsfs create`, which runs it as the user
+            record.update(extra or {})
 
             def fn(w):
                 if w.job(job_id) is not None:
@@ -356,6 +366,18 @@ class JobService:
                 return [record]
             self._commit(fn)
         return record
+
+    def _check_template_jobs(self, tmpl: Template) -> None:
+        """A template's own ``max_jobs`` (e.g. 50 dev workspaces): counts its records that have a tree.
+
+        A scan of the records, O(jobs), paid only by templates that set a cap.
+        """
+        if not tmpl.max_jobs:
+            return
+        with self.store.read() as r:
+            live = sum(1 for j in r.jobs() if j["template"] == tmpl.name and j.get("where"))
+        if live >= tmpl.max_jobs:
+            raise QuotaError(f"template {tmpl.name}: max_jobs ({tmpl.max_jobs}) live workspaces reached")
 
     def _check_create_limits(self) -> None:
         st = self.tree.statvfs()
@@ -415,9 +437,13 @@ class JobService:
         try:
             command = control.parse_control_command(data)
             if command.verb == "create":
+                from .cloning import git_fields  # cloning imports this module
                 self.create_job(command.job, uid, gid, template=command.option("template", "default"),
                                 quota=command.option("quota"), max_files=command.option("max_files"),
-                                owner_pid=command.option("owner"))
+                                owner_pid=command.option("owner"), extra=git_fields(command))
+            elif command.verb == "clone":
+                from .cloning import clone_job, git_fields
+                clone_job(self, command.source, command.job, uid, gid, extra=git_fields(command))
             elif command.verb in ("resume", "restore"):
                 record = self.require(command.job)
                 if uid != 0 and uid != record["uid"]:
@@ -430,6 +456,11 @@ class JobService:
                 if sweep is None:
                     raise WsfsError("no sweeper runs here", errno=errno.ENOSYS)
                 return sweep(dry_run=command.dry_run)
+            elif command.verb == "publish":
+                record = self.require(command.job)
+                if uid != 0 and uid != record["uid"]:
+                    raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
+                publish.request(self, command.job, command.retry, self.clock())
             elif command.verb == "doctor":
                 if doctor is None:
                     raise WsfsError("no doctor runs here", errno=errno.ENOSYS)
@@ -649,8 +680,13 @@ class JobService:
             else:  # archived
                 record["expires_at"] = None
             record["pending"] = None
+            if target in (JobState.COMPLETED, JobState.FAILED, JobState.CRASHED):
+                # Publishing and hooks run later, in the publisher: queued in this same commit.
+                publish.queue(record, self.template(record), target.value, now)
         record = self._update(record["id"], finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
+        if publish.status_of(record.get("publish")) == "pending":
+            self.publish_wake.set()
         self.view_changed(record["id"])
         return record
 
@@ -668,11 +704,10 @@ class JobService:
             check_transition(JobState(record["state"]), JobState.RUNNING)
             if record.get("hidden"):
                 raise NotAllowedError(f"job {job_id} is hidden: restore it first")
+            # A crash after this rename and before the commit below leaves the tree in jobs/ and the
+            # record crashed: recovery moves the tree back (_return_misplaced_trees), receipt and all.
             if record.get("where") == "quarantine":
                 self.tree.rename("quarantine", job_id, "jobs", job_id)
-            if self.tree.exists("jobs", f"{job_id}/{RECEIPT_FILE}"):
-                if self.tree.move_to_trash("jobs", f"{job_id}/{RECEIPT_FILE}", f"{job_id}.receipt"):
-                    self.trash_wake.set()
             now = self.clock()
             self.usage.forget(job_id)
             from .retention import owner_alive  # retention imports this module
@@ -687,8 +722,16 @@ class JobService:
                               receipt_sha256=None, owner=owner)
             record = self._update(job_id, change, ("transition", {"from": record["state"], "to": "running",
                                                                    "reason": "resumed"}))
+            self._trash_stale_receipt(job_id)  # after the commit: until then the receipt is the record's
         self.view_changed(job_id)
         return record
+
+    def _trash_stale_receipt(self, job_id: str) -> None:
+        """A running job has no receipt: the one of its last end goes (resume, or recovery after a
+        crash between resume's commit and this)."""
+        if self.tree.exists("jobs", f"{job_id}/{RECEIPT_FILE}"):
+            if self.tree.move_to_trash("jobs", f"{job_id}/{RECEIPT_FILE}", f"{job_id}.receipt"):
+                self.trash_wake.set()
 
     def restore(self, job_id: str) -> dict:
         with self.lock(job_id).exclusive():
@@ -734,6 +777,8 @@ class JobService:
             def change(record, w):
                 w.delete_manifest_prefix(job_id)
                 record.update(where=None, purged_at=now, expires_at=None)
+                if publish.queue(record, self.template(record), "purged", now):
+                    self.publish_wake.set()
             record = self._update(job_id, change, ("purged", {"state": record["state"]}))
         self.view_changed(job_id)
         return record
@@ -757,13 +802,51 @@ class JobService:
                 self._finish(record)
             finished.append(record["id"])
         if unclean:
+            self._return_misplaced_trees()
+            self._trash_unfinished_creations()
             with self.store.read() as r:
                 running = [j["id"] for j in r.jobs() if j["state"] == JobState.RUNNING.value and j.get("where")]
             for job_id in running:
+                self._trash_stale_receipt(job_id)
                 self.rebuild_manifest(job_id)
                 if self.config.on_crash == "quarantine":
                     self.transition(job_id, JobState.CRASHED, "the wsfs daemon crashed")
         return finished
+
+    def _return_misplaced_trees(self) -> None:
+        """Trees in the other root than their record says, after a crash: a resume cut between
+        moving the tree out of quarantine/ and its commit.  The record is the truth (the resume
+        was not acknowledged): the tree goes back, its receipt with it.  Pending transitions
+        are finished before this, so none of them is still moving a tree.
+        """
+        for root, other in (("jobs", "quarantine"), ("quarantine", "jobs")):
+            for name, _ino, kind in self.tree.scandir(root, ""):
+                if kind != stat.S_IFDIR or not JOB_ID_RE.fullmatch(name):
+                    continue
+                record = self.get(name)
+                if record is None or record.get("pending") or record.get("where") != other \
+                        or self.tree.exists(other, name):
+                    continue
+                log.warning("job %s: its tree was in %s/, its record (%s) says %s/: moved back", name, root,
+                            record["state"], other)
+                self.tree.rename(root, name, other, name)
+
+    def _trash_unfinished_creations(self) -> None:
+        """Trees in jobs/ that a crash left between ``create_job``'s mkdir and its commit.
+
+        Such a tree has no record, so the view never showed it and nothing was written into
+        it: with no file inside it goes to the trash (``wsfs doctor`` would call it an orphan).
+        A tree without a record that holds files is not ours to judge: doctor adopts it.
+        """
+        for name, _ino, kind in self.tree.scandir("jobs", ""):
+            if kind != stat.S_IFDIR or not JOB_ID_RE.fullmatch(name) or self.get(name) is not None:
+                continue
+            if next(iter(self.tree.walk_files("jobs", name)), None) is not None:
+                continue
+            log.warning("job %s: its creation was interrupted before it was recorded; its empty tree "
+                        "goes to the trash", name)
+            self.tree.move_to_trash("jobs", name, f"{name}.unfinished")
+            self.trash_wake.set()
 
     def tree_files(self, record: dict) -> dict[str, os.stat_result]:
         """The files of a job's tree that belong in its manifest: AREA/path -> stat.

@@ -26,6 +26,17 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
 ``jobs``
     job id (ASCII) -> the job record, a dict (see ``new_record``).  Records
     are never deleted: an id is used once, even after archive or purge.
+    Optional fields, absent from records that do not need them (readers use
+    ``.get``; no schema bump, old records stay valid):
+      ``git``    -> ``{"repo", "branch", "base", "base_commit"}`` (str each, any
+                    may be missing): a development workspace whose ``src/`` is a
+                    git worktree (docs/devspaces.md).  Set at creation from the
+                    ``create``/``clone`` command's ``git_*`` options; the daemon
+                    stores it and never runs git.
+      ``origin`` -> job id (str): the workspace this one was cloned from
+                    (``clone SRC NEW``, wsfs.cloning).
+      ``setup``  -> str: the template's setup command at creation, which
+                    ``wsfs create`` runs as the user.
 ``manifest``
     job id + ``b"\\0"`` + path (``AREA/rel/path``, UTF-8 with surrogateescape)
     -> ``[size, mtime_ns, ino, sha256 (32 bytes) or None]``.  One entry per
@@ -46,6 +57,20 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
 ``owners``
     job id -> ``{"pid", "create_time"}`` for every running job with an owner
     process, so the sweeper's liveness check costs O(owned jobs).
+``publish``
+    job id -> float, the time of the job's next publishing attempt (0: now),
+    for every job whose record's ``publish.status`` is ``pending``; kept in
+    step by ``put_job``, so the publisher (``wsfs.publish``) finds its work
+    in O(pending publishes), and a mount resumes what a crash interrupted.
+    The record's ``publish`` (None when the job never published) is
+    ``{"status": "pending"|"done"|"failed", "attempts", "error", "next_at",
+    "targets": [{"area", "to", "mode", "replace", "status", "dest", "error"}],
+    "hooks": {HOOK: {"status", "exit", "error"}}, "moved": [AREA],
+    "deleted_at", "done_at"}``.
+``receipts``
+    job id -> the bytes of ``receipt.json``, kept for a job whose tree was
+    deleted after publishing (``completed = "after-publish"``): the record
+    and its receipt outlive the workspace.
 
 Threading: any thread may open a read transaction; write transactions are
 serialized by ``_write_lock`` (LMDB allows one writer) and stay on their
@@ -71,8 +96,10 @@ from .errors import StoreError
 SCHEMA_VERSION = 1
 MAX_EVENTS = 10_000
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling on MapFullError
-_DBS = (b"meta", b"jobs", b"manifest", b"events", b"expiry", b"pending", b"owners")
+_DBS = (b"meta", b"jobs", b"manifest", b"events", b"expiry", b"pending", b"owners", b"publish", b"receipts")
 _U64 = struct.Struct(">Q")
+#: Sub-databases added after the first release: a read-only open of an older store does without them.
+_LATER_DBS = (b"publish", b"receipts")
 
 
 def pack(value) -> bytes:
@@ -209,6 +236,18 @@ class Reader:
     def totals(self) -> dict:
         return self.meta("totals", None) or {"states": {}, "live": 0, "bytes": 0, "files": 0}
 
+    def publish_queue(self) -> list[tuple[str, float]]:
+        """(job id, next attempt time) of every job with publishing pending."""
+        if b"publish" not in self._store.dbs:
+            return []
+        with self.txn.cursor(db=self._store.dbs[b"publish"]) as cursor:
+            return [(key.decode(), unpack(raw)) for key, raw in cursor]
+
+    def receipt(self, job_id: str) -> bytes | None:
+        if b"receipts" not in self._store.dbs:
+            return None
+        return self.txn.get(job_id.encode(), db=self._store.dbs[b"receipts"])
+
     def pending_ids(self) -> list[str]:
         with self.txn.cursor(db=self._store.dbs[b"pending"]) as cursor:
             return [key.decode() for key in cursor.iternext(keys=True, values=False)]
@@ -244,8 +283,17 @@ class Writer(Reader):
             self.txn.put(key, pack(owner), db=owners_db)
         elif old and old.get("owner"):
             self.txn.delete(key, db=owners_db)
+        publish_db = self._store.dbs[b"publish"]
+        publish = record.get("publish")
+        if publish and publish.get("status") == "pending":
+            self.txn.put(key, pack(float(publish.get("next_at") or 0)), db=publish_db)
+        elif old and (old.get("publish") or {}).get("status") == "pending":
+            self.txn.delete(key, db=publish_db)
         self._count(old, record)
         self._put(b"jobs", key, record)
+
+    def put_receipt(self, job_id: str, data: bytes) -> None:
+        self.txn.put(job_id.encode(), bytes(data), db=self._store.dbs[b"receipts"])
 
     def _count(self, old: dict | None, new: dict) -> None:
         totals = self.totals()
@@ -346,6 +394,8 @@ class Store:
                     # (mdb_get: Invalid argument later); without txn= it opens its own and keeps it.
                     self.dbs[name] = self.env.open_db(name, txn=None if readonly else txn, create=not readonly)
                 except lmdb.NotFoundError:
+                    if name in _LATER_DBS:  # a store no daemon of this version has opened yet: read as empty
+                        continue
                     raise StoreError(f"{path} is not a wsfs store (no {name.decode()} table)") from None
         self._check_schema()
 

@@ -77,7 +77,8 @@ class Tree:
                 pass
             self.root_fds[root] = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                                           dir_fd=self.data_fd)
-        self._has_openat2 = self._probe_openat2()
+        # WSFS_NO_OPENAT2=1 (tests only): the component-by-component walker that kernels before 5.6 get.
+        self._has_openat2 = self._probe_openat2() and os.environ.get("WSFS_NO_OPENAT2") != "1"
 
     def close(self) -> None:
         for fd in self.root_fds.values():
