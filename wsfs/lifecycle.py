@@ -124,6 +124,10 @@ class ManifestWriter:
     def delete(self, job: str, path: str) -> None:
         self._queue(("delete", job, path))
 
+    def drop(self, job: str, area: str) -> None:
+        """Delete an area's entries whose usage the record no longer counts."""
+        self._queue(("drop", job, area))
+
     def rename(self, job: str, src: str, dst: str) -> None:
         self._queue(("rename", job, src, dst))
 
@@ -147,10 +151,13 @@ class ManifestWriter:
 
     @staticmethod
     def _apply(w, ops) -> list[dict]:
-        deltas: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        # job -> area -> [bytes, files]: usage is kept per area too, so that dropping a
+        # scratch area at completion is one subtraction, not a walk of its entries.
+        deltas: dict[str, dict[str, list[int]]] = collections.defaultdict(
+            lambda: collections.defaultdict(lambda: [0, 0]))
 
-        def account(job, old, new):
-            d = deltas[job]
+        def account(job, path, old, new):
+            d = deltas[job][path.split("/", 1)[0]]
             if old is not None:
                 d[0] -= old[0]
                 d[1] -= 1
@@ -161,10 +168,12 @@ class ManifestWriter:
         for op in ops:
             kind, job = op[0], op[1]
             if kind == "put":
-                account(job, w.put_manifest(job, op[2], op[3]), op[3])
+                account(job, op[2], w.put_manifest(job, op[2], op[3]), op[3])
             elif kind == "delete":
-                for _path, old in w.delete_manifest_prefix(job, op[2]):
-                    account(job, old, None)
+                for path, old in w.delete_manifest_prefix(job, op[2]):
+                    account(job, path, old, None)
+            elif kind == "drop":  # entries whose usage the caller already took off the record
+                w.delete_manifest_prefix(job, op[2])
             elif kind == "retime":
                 entry = w.manifest_entry(job, op[2])
                 if entry is not None and entry[0] == op[3] and entry[2] == op[5]:
@@ -172,20 +181,24 @@ class ManifestWriter:
                     w.put_manifest(job, op[2], entry)
             else:  # rename: what is at dst goes, what is under src moves
                 src, dst = op[2], op[3]
-                for _path, old in w.delete_manifest_prefix(job, dst):
-                    account(job, old, None)
+                for path, old in w.delete_manifest_prefix(job, dst):
+                    account(job, path, old, None)
                 for path, entry in w.delete_manifest_prefix(job, src):
-                    account(job, entry, None)  # a move, not a new file: it leaves src ...
+                    account(job, path, entry, None)  # a move, not a new file: it leaves src ...
                     new_path = dst + path[len(src):]
-                    account(job, w.put_manifest(job, new_path, entry), entry)  # ... and lands at dst
+                    account(job, new_path, w.put_manifest(job, new_path, entry), entry)  # ... and lands at dst
         records = []
-        for job, (dbytes, dfiles) in deltas.items():
+        for job, areas in deltas.items():
             record = w.job(job)
-            if record is None or (dbytes == 0 and dfiles == 0):
+            if record is None or not any(b or f for b, f in areas.values()):
                 continue
             usage = record["usage"]
-            usage["bytes"] = max(usage["bytes"] + dbytes, 0)
-            usage["files"] = max(usage["files"] + dfiles, 0)
+            by_area = record.setdefault("area_usage", {})
+            for area, (dbytes, dfiles) in areas.items():
+                usage["bytes"] = max(usage["bytes"] + dbytes, 0)
+                usage["files"] = max(usage["files"] + dfiles, 0)
+                mine = by_area.setdefault(area, [0, 0])
+                mine[0], mine[1] = max(mine[0] + dbytes, 0), max(mine[1] + dfiles, 0)
             w.put_job(record)
             records.append(record)
         return records
@@ -545,12 +558,24 @@ class JobService:
             if self.tree.move_to_trash("jobs", f"{job_id}/{area}", f"{job_id}.{area}"):
                 self.trash_wake.set()
 
-        def drop_entries(record, w):
+
+        def drop_usage(record, w):
+            # The areas' entries go in the background batch (100,000 of them cost ~0.25 s):
+            # the .state write returns in milliseconds, the receipt reads only the areas that
+            # stay, and recover() drops any entries a crash left behind.  Their usage leaves
+            # the record now, from the per-area sums.
+            by_area = record.setdefault("area_usage", {})
             for area in areas:
-                for _path, old in w.delete_manifest_prefix(job_id, area):
-                    record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
-                    record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
-        return self._set_step(job_id, "scratch", drop_entries)
+                if area not in by_area:  # a record from before per-area sums: count them
+                    entries = list(w.manifest(job_id, area))
+                    by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
+                dbytes, dfiles = by_area.pop(area)
+                record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
+                record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
+        record = self._set_step(job_id, "scratch", drop_usage)
+        for area in areas:
+            self.manifest.drop(job_id, area)
+        return record
 
     def _step_quarantine(self, record: dict, target: JobState) -> dict:
         """A crashed job's tree moves to quarantine/ (SPEC §7); idempotent."""
@@ -574,7 +599,8 @@ class JobService:
         root, rel = self.location(record)
         keep = set(self.template(record).keep_areas())
         with self.store.read() as r:
-            entries = dict(r.manifest(job_id))
+            entries = {path: entry for area in self._surviving_areas(record, target)
+                       for path, entry in r.manifest(job_id, area)}
         hashed, gone = {}, []
         for path, entry in entries.items():
             if path.split("/", 1)[0] not in keep:
@@ -618,6 +644,27 @@ class JobService:
                 w.put_manifest(job_id, path, entry)
             record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
         return self._set_step(job_id, "receipt", store_hashes)
+
+    def _surviving_areas(self, record: dict, target: JobState) -> list[str]:
+        """The areas a job keeps in its ended state: all but the scratch ones at completion."""
+        dropped = set(self.template(record).scratch_areas()) if target == JobState.COMPLETED else set()
+        return [a for a in record["areas"] if a not in dropped]
+
+    def drop_scratch_entries(self) -> int:
+        """Queue the removal of manifest entries of completed jobs' scratch areas; return how many.
+
+        Normally ``_step_scratch`` queued them; a crash can lose that queue.
+        """
+        found = 0
+        with self.store.read() as r:
+            for record in r.jobs():
+                if record["state"] != JobState.COMPLETED.value or record.get("pending"):
+                    continue
+                for area in self.template(record).scratch_areas():
+                    if next(r.manifest(record["id"], area), None) is not None:
+                        self.manifest.drop(record["id"], area)
+                        found += 1
+        return found
 
     def _verified_entry(self, root: str, rel: str, entry: list) -> list | None:
         """The entry with a sha256 that matches the file as it is now; None when the file is gone."""
@@ -802,6 +849,7 @@ class JobService:
                 self._finish(record)
             finished.append(record["id"])
         if unclean:
+            self.drop_scratch_entries()
             self._return_misplaced_trees()
             self._trash_unfinished_creations()
             with self.store.read() as r:
@@ -878,6 +926,12 @@ class JobService:
                 total += st.st_size
             rec = w.job(job_id)
             rec["usage"] = {"bytes": total, "files": len(files)}
+            by_area: dict[str, list[int]] = {}
+            for path, st in files.items():
+                mine = by_area.setdefault(path.split("/", 1)[0], [0, 0])
+                mine[0] += st.st_size
+                mine[1] += 1
+            rec["area_usage"] = by_area
             w.put_job(rec)
             return [rec]
         self.manifest.flush()

@@ -187,16 +187,17 @@ class Reader:
             for key in cursor.iternext(keys=True, values=False):
                 yield key.decode()
 
-    def manifest(self, job_id: str) -> Iterator[tuple[str, list]]:
-        """(path, [size, mtime_ns, ino, sha256]) for a job, sorted by path."""
-        prefix = job_id.encode() + b"\0"
+    def manifest(self, job_id: str, under: str = "") -> Iterator[tuple[str, list]]:
+        """(path, [size, mtime_ns, ino, sha256]) for a job, sorted by path; only below ``under`` if given."""
+        base = len(job_id) + 1
+        prefix = manifest_key(job_id, under + "/" if under else "")
         with self.txn.cursor(db=self._store.dbs[b"manifest"]) as cursor:
             if not cursor.set_range(prefix):
                 return
             for key, raw in cursor:
                 if not key.startswith(prefix):
                     break
-                yield key[len(prefix):].decode("utf-8", "surrogateescape"), unpack(raw)
+                yield key[base:].decode("utf-8", "surrogateescape"), unpack(raw)
 
     def manifest_entry(self, job_id: str, path: str) -> list | None:
         return self._get(b"manifest", manifest_key(job_id, path))
