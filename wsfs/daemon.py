@@ -282,8 +282,11 @@ class Daemon:
             self.service.trash_wake.wait(30.0)
             self.service.trash_wake.clear()
 
-    def empty_trash(self) -> int:
-        """Delete everything in the trash; return the entries removed.  Stops early when wsfs stops."""
+    def empty_trash(self, stuck: set | None = None) -> int:
+        """Delete everything in the trash; return the entries removed.  Stops early when wsfs stops.
+
+        ``stuck`` collects the names of entries that could not be deleted (for ``doctor``).
+        """
         with self._trash_lock:
             names = self.tree.listdir("trash", "")
             failures = 0
@@ -293,7 +296,10 @@ class Daemon:
 
                 def report(path, exc):
                     log.error("could not remove %s from the trash: %s", path, exc)
-                failures += self.tree.remove_tree("trash", name, on_error=report)
+                failed = self.tree.remove_tree("trash", name, on_error=report)
+                if failed and stuck is not None:
+                    stuck.add(name)
+                failures += failed
             if failures:
                 with self.store.write() as w:
                     w.bump_counter("failed_removals", failures)
@@ -330,8 +336,10 @@ class Daemon:
         from . import doctor
 
         with self._doctor_lock:
-            self.empty_trash()
-            report = doctor.run(self.service, repair_too=repair, live=True, busy=self.open_jobs())
+            stuck: set[str] = set()
+            self.empty_trash(stuck)
+            # Only what could not be deleted: a purge or an ending may move trees in meanwhile.
+            report = doctor.run(self.service, repair_too=repair, live=True, busy=self.open_jobs(), trash_stuck=stuck)
             summary = report.as_dict()
             if report.findings:
                 log.warning("doctor%s: %d problem(s): %s", " repair" if repair else "", len(report.findings),

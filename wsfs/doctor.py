@@ -184,8 +184,12 @@ def _dead_readers(service: JobService) -> list[int]:
     return sorted(pid for pid in pids if not psutil.pid_exists(pid))
 
 
-def diagnose(service: JobService, *, live: bool = False, busy=frozenset()) -> list[Finding]:
-    """Every problem found, in a stable order (see the module docstring)."""
+def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash_stuck=None) -> list[Finding]:
+    """Every problem found, in a stable order (see the module docstring).
+
+    ``trash_stuck``: live, the trash entries the daemon just failed to delete; others are
+    trees a purge or an ending moved there since (in flight, not damage).
+    """
     findings: list[Finding] = []
     service.manifest.flush()
     with service.store.read() as r:
@@ -257,6 +261,8 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset()) -> li
                 findings.append(Finding("manifest", job, detail))
 
     for name in sorted(service.tree.listdir("trash", "")):
+        if trash_stuck is not None and name not in trash_stuck:
+            continue
         findings.append(Finding("trash", None, f"trash/{name}: not deleted yet ({_summary(service, 'trash', name)})",
                                 "trash", name))
 
@@ -456,13 +462,14 @@ _REPAIRS = {"misplaced-tree": _repair_misplaced, "missing-tree": _repair_missing
             "stale-readers": _repair_readers}
 
 
-def run(service: JobService, *, repair_too: bool = False, live: bool = False, busy=frozenset()) -> Report:
+def run(service: JobService, *, repair_too: bool = False, live: bool = False, busy=frozenset(),
+        trash_stuck=None) -> Report:
     """Diagnose, and with ``repair_too`` repair and diagnose again (``remaining``)."""
     started = time.perf_counter()
-    findings = diagnose(service, live=live, busy=busy)
+    findings = diagnose(service, live=live, busy=busy, trash_stuck=trash_stuck)
     actions: list[str] = []
     remaining = findings
     if repair_too and findings:
         actions = repair(service, findings, live=live, busy=busy)
-        remaining = diagnose(service, live=live, busy=busy)
+        remaining = diagnose(service, live=live, busy=busy, trash_stuck=trash_stuck)
     return Report(repair_too, findings, actions, remaining, (time.perf_counter() - started) * 1000)

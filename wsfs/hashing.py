@@ -154,6 +154,12 @@ class Hasher:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
+        # Background work: at nice 10 it yields the CPU to FUSE requests (on Linux the
+        # nice value of PRIO_PROCESS + a thread id is that thread's own).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass
         while not stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()

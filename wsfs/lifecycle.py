@@ -328,7 +328,7 @@ class JobService:
             "created": now, "state_since": now, "ended": None, "uid": uid, "gid": gid,
             "owner": None, "reason": None, "stage": None, "stages": [],
             "history": [{"state": "running", "at": now}],
-            "usage": {"bytes": 0, "files": 0},
+            "usage": {"bytes": 0, "files": 0}, "area_usage": {},
             "quota": template.quota if quota is None else quota,
             "max_files": template.max_files if max_files is None else max_files,
             "sealed": False, "pending": None, "where": "jobs", "hidden": False,

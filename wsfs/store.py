@@ -37,13 +37,18 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
                     (``clone SRC NEW``, wsfs.cloning).
       ``setup``  -> str: the template's setup command at creation, which
                     ``wsfs create`` runs as the user.
+      ``area_usage`` -> ``{area: [bytes, files]}``: ``usage`` split by area, kept
+                    by the manifest batches, so completion takes a scratch
+                    area off in one subtraction (records made before it lack
+                    an area until its first change; the scratch step counts it).
 ``manifest``
     job id + ``b"\\0"`` + path (``AREA/rel/path``, UTF-8 with surrogateescape)
     -> ``[size, mtime_ns, ino, sha256 (32 bytes) or None]``.  One entry per
     regular file in the job's tree.  ``sha256`` is valid only while the file's
     (size, mtime_ns, ino) equal the stored ones.  Invariant: the record's
     ``usage`` equals the sum over the job's entries once the caller's pending
-    batch is flushed.
+    batch is flushed, except for a completed job's scratch areas, whose
+    entries may wait in that batch after their usage left the record.
 ``events``
     8-byte big-endian sequence number -> ``{"seq", "t", "kind", "job", ...}``.
     Only the newest ``MAX_EVENTS`` are kept.
