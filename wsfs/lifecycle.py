@@ -800,35 +800,91 @@ class JobService:
 
     def hide(self, job_id: str, now: float) -> dict:
         """Expired: gone from the view, data kept until the grace ends (SPEC §4)."""
-        grace = self.template(self.require(job_id)).grace
-        with self.lock(job_id).exclusive():
-            def change(record, w):
-                if record.get("hidden") or not _due(record, now):
-                    raise NotAllowedError(f"job {job_id} is no longer due to be hidden")  # resumed meanwhile
-                record["hidden"] = True
-                record["expires_at"] = now + grace
-            record = self._update(job_id, change, ("hidden", {"purge_at": now + grace}))
-        self.view_changed(job_id)
-        return record
+        return self._one(self.hide_many([job_id], now), job_id)
 
     def purge(self, job_id: str, now: float) -> dict:
         """Grace over: the tree goes to the trash, the record stays with its purge time."""
-        with self.lock(job_id).exclusive():
-            record = self.require(job_id)
+        return self._one(self.purge_many([job_id], now), job_id)
+
+    @staticmethod
+    def _one(outcome: dict, job_id: str) -> dict:
+        result = outcome[job_id]
+        if isinstance(result, WsfsError):
+            raise result
+        return result
+
+    def hide_many(self, job_ids: list[str], now: float) -> dict[str, dict | WsfsError]:
+        """Hide each due job; one store commit for all.  Returns job -> record or the refusal."""
+        def change(record, w):
+            if record.get("hidden") or not _due(record, now):
+                raise NotAllowedError(f"job {record['id']} is no longer due to be hidden")  # resumed meanwhile
+            grace = self.template(record).grace
+            record["hidden"] = True
+            record["expires_at"] = now + grace
+            return "hidden", {"purge_at": now + grace}
+        return self._retire(job_ids, change)
+
+    def purge_many(self, job_ids: list[str], now: float) -> dict[str, dict | WsfsError]:
+        """Purge each hidden, due job: trees to the trash, then one commit for all records.
+
+        A crash between a rename and the commit leaves a hidden record whose tree
+        is gone: the next sweep purges it again and finds nothing to move.
+        """
+        def check(record):
             if not record.get("hidden") or not _due(record, now):
-                raise NotAllowedError(f"job {job_id} is no longer due to be purged")  # restored meanwhile
+                raise NotAllowedError(f"job {record['id']} is no longer due to be purged")  # restored meanwhile
             where = self.location(record)
-            if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.purged"):
+            if where and self.tree.move_to_trash(where[0], where[1], f"{record['id']}.purged"):
                 self.trash_wake.set()
 
-            def change(record, w):
-                w.delete_manifest_prefix(job_id)
-                record.update(where=None, purged_at=now, expires_at=None)
-                if publish.queue(record, self.template(record), "purged", now):
-                    self.publish_wake.set()
-            record = self._update(job_id, change, ("purged", {"state": record["state"]}))
-        self.view_changed(job_id)
-        return record
+        def change(record, w):
+            w.delete_manifest_prefix(record["id"])
+            record.update(where=None, purged_at=now, expires_at=None)
+            if publish.queue(record, self.template(record), "purged", now):
+                self.publish_wake.set()
+            return "purged", {"state": record["state"]}
+        return self._retire(job_ids, change, check)
+
+    def _retire(self, job_ids: list[str], change, check=None) -> dict[str, dict | WsfsError]:
+        """Apply ``change(record, writer) -> (event, fields)`` to many jobs under their locks, in one commit.
+
+        ``check(record)`` runs first for each, outside the transaction (it may move
+        trees); a job it or ``change`` refuses is left as it was.
+        """
+        outcome: dict[str, dict | WsfsError] = {}
+        with contextlib.ExitStack() as locks:
+            for job_id in sorted(set(job_ids)):  # one order everywhere: no deadlock between sweeps
+                locks.enter_context(self.lock(job_id).exclusive())
+            ready = []
+            for job_id in job_ids:
+                try:
+                    record = self.require(job_id)
+                    if check is not None:
+                        check(record)
+                    ready.append(job_id)
+                except WsfsError as exc:
+                    outcome[job_id] = exc
+
+            def fn(w):
+                changed = []
+                for job_id in ready:
+                    record = w.job(job_id)
+                    try:
+                        kind, fields = change(record, w)
+                    except WsfsError as exc:
+                        outcome[job_id] = exc
+                        continue
+                    w.put_job(record)
+                    w.add_event(kind, job_id, **fields)
+                    outcome[job_id] = record
+                    changed.append(record)
+                return changed
+            if ready:
+                self._commit(fn)
+        for job_id, result in outcome.items():
+            if not isinstance(result, WsfsError):
+                self.view_changed(job_id)
+        return outcome
 
     # -- recovery ---------------------------------------------------------------
 

@@ -164,11 +164,21 @@ class Sweeper:
             now = self.service.clock() if now is None else now
             actions = self.plan(now)
             if not dry_run:
+                # Hides, then purges, each batch in one store commit; then the rest one by one.
+                for kind, apply_many in (("hide", self.service.hide_many), ("purge", self.service.purge_many)):
+                    batch = [a for a in actions if a.action == kind]
+                    if batch and not self.stopping.is_set():
+                        self._apply_batch(batch, apply_many, now)
                 for action in actions:
+                    if action.action in ("hide", "purge"):
+                        continue
                     if self.stopping.is_set():  # the one in flight finished; the rest waits for the next mount
                         action.error = "not done: wsfs is stopping"
                         continue
                     self._apply(action, now)
+                for action in actions:
+                    if action.action in ("hide", "purge") and not action.done and action.error is None:
+                        action.error = "not done: wsfs is stopping"
             report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000)
             summary = report.as_dict()
             if announce or actions:
@@ -176,6 +186,22 @@ class Sweeper:
             if not dry_run:
                 self.last = {k: v for k, v in summary.items() if k != "actions"}
             return report
+
+    def _apply_batch(self, batch: list[Action], apply_many, now: float) -> None:
+        try:
+            outcome = apply_many([a.job for a in batch], now)
+        except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; the next pass retries
+            log.exception("sweep: could not %s %d job(s)", batch[0].action, len(batch))
+            for action in batch:
+                action.error = str(exc)
+            return
+        for action in batch:
+            result = outcome.get(action.job)
+            if isinstance(result, Exception):  # the job changed since the plan (restored, resumed)
+                action.error = str(result)
+                log.warning("sweep: did not %s job %s: %s", action.action, action.job, result)
+            else:
+                action.done = True
 
     def _apply(self, action: Action, now: float) -> None:
         service = self.service
