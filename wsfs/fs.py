@@ -39,6 +39,7 @@ from .binding import FuseOSError, Operations, fuse_get_context, invalidate_path,
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
+from .store import manifest_key_fits
 from .model import JOB_ID_RE, is_hidden_name
 from .tree import Tree
 
@@ -351,6 +352,27 @@ class WsfsOperations(Operations):
             raise FuseOSError(errno.EROFS)
         return node
 
+    def _room_for(self, node: Node, moved: Node | None = None) -> None:
+        """ENAMETOOLONG unless the manifest can hold ``node``'s path (and, when ``moved`` comes
+        there, every file below it): an LMDB key is at most 511 bytes, job id included.  Without
+        this, the entry would be refused in the manifest thread, far from the call that made it."""
+        if node.job is None or node.area_path is None or _is_hidden(node):
+            return  # outside jobs nothing is recorded; libfuse's hidden names are not recorded either
+        longer_by = 0
+        if moved is not None and moved.area_path is not None and len(node.area_path) > len(moved.area_path):
+            try:  # a move to a longer path makes every path below it longer by as much
+                is_dir = stat.S_ISDIR(self.tree.lstat(moved.root, moved.rel).st_mode)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                self.service.manifest.flush()
+                base = len(moved.area_path.encode("utf-8", "surrogateescape"))
+                with self.service.store.read() as r:
+                    longer_by = max((len(p.encode("utf-8", "surrogateescape")) - base
+                                     for p, _entry in r.manifest(moved.job, moved.area_path)), default=0)
+        if not manifest_key_fits(node.job, node.area_path, longer_by):
+            raise FuseOSError(errno.ENAMETOOLONG)
+
     def _limited(self, node: Node) -> bool:
         """Does this job have a quota or max_files to meter?  (Most have neither: no cost then.)"""
         if node.job is None or node.area_path is None:
@@ -545,6 +567,7 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or (node.area_path is not None and "/" not in node.area_path):
             raise NotAllowedError("areas are made with the job")
+        self._room_for(node)
         with self._changing(node):
             self.tree.mkdir(node.root, node.rel, mode & 0o7777)
             self._give_to_caller(node, uid, gid)
@@ -637,6 +660,7 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or node.area_path is None and node.job is not None:
             raise NotAllowedError("only the areas live at a job's root")
+        self._room_for(node)
         flags = (fi.flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT
         with self._changing(node):
             self._charge(node, 0, 1)
@@ -796,7 +820,7 @@ class WsfsOperations(Operations):
         node = handle.node
         if handle.dirty and handle.fd >= 0 and node.area_path is not None:
             with self.service.lock(node.job).shared(), handle.lock:
-                self._record_file(handle, final=False)
+                self._record_file(handle, handle.stream)
                 handle.dirty = handle.stream is not None and handle.stream.pending
         return 0
 
@@ -812,43 +836,68 @@ class WsfsOperations(Operations):
                         del self._writers[handle.ino]
         if handle is None or handle.fd < 0:
             return 0
+        stream, handle.stream = handle.stream, None
         try:
             node = handle.node
             if handle.dirty and node.area_path is not None:
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
                 with self.service.lock(node.job).shared():
-                    self._record_file(handle)
+                    st = self._record_file(handle, stream)
+                if st is not None and stream is not None and stream.pending:
+                    # Hashed later, in the hasher thread; the entry gets its sha256 then.
+                    self.hasher.finish_later(stream, st.st_size, self._hashed_later(node, st))
+                    stream = None
         finally:
-            if handle.stream is not None:
-                self.hasher.forget(handle.stream)
-                handle.stream.close()
+            if stream is not None:
+                self.hasher.forget(stream)
+                stream.close()
             os.close(handle.fd)
         return 0
+
+    def _hashed_later(self, node: Node, st: os.stat_result):
+        """The hasher's callback for a file closed before its sha256 was done."""
+        def done(digest: bytes | None) -> None:
+            if digest is None:
+                return
+            with self.service.lock(node.job).shared():
+                record = self.service.get(node.job)
+                if record is None or self.service.is_sealed(record):
+                    return  # the receipt step hashed it itself
+                try:
+                    now = self.tree.lstat(node.root, node.rel)
+                except OSError:
+                    return
+                if (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns):
+                    self.service.manifest.put(node.job, node.area_path, now, digest)
+        return done
 
     def _stream(self, fd: int) -> StreamHash:
         stream = StreamHash(fd)
         self.hasher.track(stream)
         return stream
 
-    def _record_file(self, handle: Handle, final: bool = True) -> None:
-        """Manifest entry for a file closed after writing (SPEC §8: never per write)."""
+    def _record_file(self, handle: Handle, stream: StreamHash | None) -> os.stat_result | None:
+        """Manifest entry for a file closed after writing (SPEC §8: never per write).
+
+        The entry has a sha256 only if ``stream`` already covers the whole file;
+        returns the file's stat, or None when no entry was made.
+        """
         node = handle.node
         if is_hidden_name(node.area_path.rsplit("/", 1)[-1]):
-            return  # unlinked while open: it left the manifest when it was unlinked
+            return None  # unlinked while open: it left the manifest when it was unlinked
         record = self.service.get(node.job)
         if record is None or self.service.is_sealed(record):
-            return  # ended meanwhile: the receipt step already recorded the file as it is
+            return None  # ended meanwhile: the receipt step already recorded the file as it is
         st = os.fstat(handle.fd)
         try:
             current = self.tree.lstat(node.root, node.rel)
         except OSError:
-            return  # unlinked or its directory moved: its entry went with it
+            return None  # unlinked or its directory moved: its entry went with it
         if current.st_ino != st.st_ino:
-            return
-        sha = None
-        if handle.stream is not None:
-            sha = (handle.stream.finish if final else handle.stream.digest_so_far)(st.st_size)
+            return None
+        sha = stream.digest_so_far(st.st_size) if stream is not None else None
         self.service.manifest.put(node.job, node.area_path, st, sha)
+        return st
 
     @op
     def fsync(self, path, datasync, fi):
@@ -908,6 +957,9 @@ class WsfsOperations(Operations):
                 raise NotAllowedError("areas and control files are not renamed")
         if src.root != dst.root or src.job != dst.job:
             raise FuseOSError(errno.EXDEV)
+        self._room_for(dst, moved=src)
+        if flags & 2:  # RENAME_EXCHANGE: what is at dst moves to src as well
+            self._room_for(src, moved=dst)
         hid = self._hidden_by_thread.pop(threading.get_ident(), None) if self._hidden_by_thread else None
         if hid is not None and hid[0] == new and not flags and time.monotonic() - hid[3] < HIDE_FOLLOWUP_S:
             with contextlib.suppress(OSError):
@@ -988,6 +1040,7 @@ class WsfsOperations(Operations):
             raise NotAllowedError("only the areas live at a job's root")
         if old.root != new.root or old.job != new.job:
             raise FuseOSError(errno.EXDEV)
+        self._room_for(new)
         with self._changing(new):
             if self._limited(new):
                 linked = self.tree.lstat(old.root, old.rel)
@@ -1010,6 +1063,7 @@ class WsfsOperations(Operations):
         node = self._backing(target, for_change=True)
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
+        self._room_for(node)
         with self._changing(node):
             self.tree.symlink(node.root, node.rel, source)
             self._give_to_caller(node, uid, gid)
@@ -1026,6 +1080,7 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
+        self._room_for(node)
         with self._changing(node):
             if stat.S_ISREG(mode):
                 self._charge(node, 0, 1)

@@ -5,16 +5,19 @@ written so far moves ``written``; any other write (a gap, an overwrite, a
 truncate, a second writer) makes it invalid, and the receipt step then reads
 the file once at the end instead.
 
-The hashing itself runs in the ``wsfs-hasher`` thread, which reads the
-written bytes back from the page cache (``pread`` on the hash's own
-read-only reopening of the file) and feeds ``hashlib``; both release the GIL.  So a ``write()``
-never waits for sha256 (about 400 MB/s on a CPU without SHA extensions,
-slower than the disk here), and memory stays bounded: nothing is buffered.
-``finish`` (at ``release``) hashes whatever the thread has not reached yet.
+Small writes to a stream that is caught up are hashed on the spot from the
+bytes in hand.  Bigger ones are left to the ``wsfs-hasher`` thread (nice 10),
+which reads them back from the page cache (``pread`` on the hash's own
+read-only reopening of the file) and feeds ``hashlib``; both release the GIL.
+So a ``write()`` never waits for sha256 (about 400 MB/s on a CPU without SHA
+extensions, slower than the disk here), and memory stays bounded: nothing
+is buffered.  A file closed before its hash is done is handed over whole
+(``finish_later``): its manifest entry gets the sha256 when the thread is done,
+and no FUSE thread waits for it.
 
 Threading: ``advance``/``invalidate`` come from FUSE threads under the
-handle's lock; the hasher thread and ``finish`` take ``StreamHash.lock``
-while they read and update, so each byte is hashed once, in order.
+handle's lock; the hasher thread takes ``StreamHash.lock`` while it reads and
+updates, so each byte is hashed once, in order.
 """
 
 from __future__ import annotations
@@ -96,18 +99,6 @@ class StreamHash:
             if budget is not None:
                 budget -= size
 
-    def finish(self, size: int) -> bytes | None:
-        """The digest if the whole file, ``size`` bytes, was written front to back."""
-        with self.lock:
-            try:
-                if self.valid and self.written == size:
-                    self._catch_up()
-                    if self.valid and self.hashed == size:
-                        return self.digest_state.digest()
-                return None
-            finally:
-                self._close()
-
     def digest_so_far(self, size: int) -> bytes | None:
         """The digest if the hasher already covered all ``size`` bytes; never waits for it.
 
@@ -139,8 +130,24 @@ class Hasher:
 
     def __init__(self):
         self._live: set[StreamHash] = set()
+        self._finishing: dict[StreamHash, object] = {}  # stream -> callback(digest or None)
         self._lock = threading.Lock()
         self._wake = threading.Event()
+
+    def finish_later(self, stream: StreamHash, size: int, done) -> None:
+        """Finish ``stream`` in this thread, then call ``done(digest or None)`` from it.
+
+        For ``release``: the file is closed, but hashing the part not yet hashed
+        must not hold a FUSE thread (or the CPU it needs) meanwhile.
+        """
+        with self._lock:
+            self._live.discard(stream)
+            if stream.valid and stream.written == size:
+                self._finishing[stream] = done
+                self._wake.set()
+                return
+        stream.close()
+        done(None)
 
     def track(self, stream: StreamHash) -> None:
         with self._lock:
@@ -163,6 +170,7 @@ class Hasher:
         while not stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
+            self._finish_some()
             with self._lock:
                 streams = [s for s in self._live if s.valid and s.hashed < s.written]
             for stream in streams:
@@ -178,3 +186,30 @@ class Hasher:
                         stream.lock.release()
                     if stream.valid and stream.hashed < stream.written:
                         self._wake.set()
+        with self._lock:
+            abandoned, self._finishing = list(self._finishing), {}
+        for stream in abandoned:  # stopping: the receipt step hashes these files if it needs them
+            stream.close()
+
+    def _finish_some(self) -> None:
+        """Advance the closed files' hashes a little; report each one that is done."""
+        with self._lock:
+            work = list(self._finishing.items())
+        for stream, done in work:
+            with stream.lock:
+                try:
+                    stream._catch_up(limit=8 * CHUNK)
+                except OSError as exc:
+                    log.debug("stream hash gave up: %s", exc)
+                    stream.valid = False
+                if stream.valid and stream.hashed < stream.written:
+                    self._wake.set()
+                    continue
+                digest = stream.digest_state.digest() if stream.valid else None
+                stream._close()
+            with self._lock:
+                self._finishing.pop(stream, None)
+            try:
+                done(digest)
+            except Exception:  # noqa: BLE001 - one file's bookkeeping must not stop the hasher
+                log.exception("recording a finished hash failed")
