@@ -158,7 +158,7 @@ install: system-deps
 		echo "install: $(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml (the commented sample)"; \
 	fi; \
 	install -d "$(INSTALL_DOC)" "$(INSTALL_COMPLETION)"; \
-	install -m 0644 README.md docs/service.md "$(INSTALL_DOC)/"; \
+	install -m 0644 README.md "$(INSTALL_DOC)/"; \
 	_WSFS_COMPLETE=bash_source "$(INSTALL_BIN)/wsfs" > "$(INSTALL_COMPLETION)/wsfs"; \
 	"$(INSTALL_BIN)/wsfs" --version
 	@echo ""

@@ -1,4 +1,4 @@
-"""Development workspaces (docs/devspaces.md) through a real mount and real git repositories.
+"""Development workspaces (README "Parallel development workspaces") through a real mount and real git repositories.
 
 Each test makes its own repository (several commits and a data dir) in a tmp
 dir and drives ``wsfs`` as a user's shell would: create from git, commit

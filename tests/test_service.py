@@ -328,7 +328,7 @@ def test_make_install_and_uninstall_into_destdir(tmp_path):
     assert list(venv.glob("lib/python*/site-packages/wsfs/cli.py")), "not installed non-editable in the venv"
     assert not list(venv.glob("lib/python*/site-packages/__editable__*"))
     assert edited.read_text().startswith("# mine")  # an existing config is never overwritten
-    assert (dest / prefix.lstrip("/") / "share" / "doc" / "wsfs" / "service.md").exists()
+    assert (dest / prefix.lstrip("/") / "share" / "doc" / "wsfs" / "README.md").exists()
     completion = dest / prefix.lstrip("/") / "share" / "bash-completion" / "completions" / "wsfs"
     assert "_WSFS_COMPLETE" in completion.read_text()
 

@@ -378,7 +378,7 @@ def show(job, as_json, mount):
              ("usage", f"{format_size(record['usage']['bytes'])} in {record['usage']['files']} files"),
              ("publish", _publish_cell(record.get("publish"))
               + (f": {record['publish']['error']}" if (record.get("publish") or {}).get("error") else ""))]
-    if record.get("git"):  # a development workspace (docs/devspaces.md)
+    if record.get("git"):  # a development workspace (README "Parallel development workspaces")
         git_info = record["git"]
         lines.append(("git", f"{git_info.get('repo')} on {git_info.get('branch')} from {git_info.get('base')}"))
     if record.get("origin"):
@@ -402,7 +402,7 @@ def state(job, word, reason, force, mount):
     A git workspace (wsfs create --git) is not completed, cancelled or
     archived while src/ has uncommitted changes or commits on no other branch,
     unless --force; archiving one prunes its worktree and deletes its branch
-    if merged (docs/devspaces.md).
+    if merged (README "Parallel development workspaces").
 
     \b
     Examples:

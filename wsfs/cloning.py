@@ -1,4 +1,4 @@
-"""Cloning a workspace inside the data dir: the core of ``wsfs clone SRC NEW`` (docs/devspaces.md).
+"""Cloning a workspace inside the data dir: the core of ``wsfs clone SRC NEW`` (README "Parallel development workspaces").
 
 ``clone_job`` makes NEW (state ``running``, a fresh record with ``origin``
 = SRC, owned by the caller) and copies SRC's areas into it without a FUSE

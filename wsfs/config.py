@@ -23,7 +23,7 @@ raises ``ConfigError`` naming the file and the key; nothing is half-applied.
     [templates.media.retention]
     failed = "3d"                  # completed = "after-publish": delete once published
 
-    [templates.audio]              # publishing (docs/publishing.md, wsfs.publish)
+    [templates.audio]              # publishing (README "Publishing results", wsfs.publish)
     areas = { source = "input", work = "scratch", output = "keep" }
     publish = [{ area = "output", to = "/srv/library/{job}", mode = "move", replace = false }]
     on_completed = "curl -fsS -X POST https://example/api/done/$WSFS_JOB"   # also on_failed, on_crashed, on_purged
@@ -48,7 +48,7 @@ from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState
 from .units import MAX_SIZE, parse_duration, parse_size
 
 DEFAULT_CONFIG_FILE = "/etc/wsfs/wsfs.toml"
-#: The development template (`wsfs create --git`, docs/devspaces.md): src/ is the git worktree.
+#: The development template (`wsfs create --git`, README "Parallel development workspaces"): src/ is the git worktree.
 DEV_TEMPLATE_NAME = "dev"
 DEV_TEMPLATE = {"src": AreaKind.KEEP, "data": AreaKind.INPUT, "temp": AreaKind.SCRATCH}
 RETENTION_STATES = ("completed", "failed", "cancelled", "crashed")

@@ -110,7 +110,7 @@ def _git_text(value: str) -> str:
     return text
 
 
-#: Where a development workspace came from (docs/devspaces.md): recorded as the record's ``git``.
+#: Where a development workspace came from (README "Parallel development workspaces"): recorded as the record's ``git``.
 GIT_OPTIONS = ("git_repo", "git_branch", "git_base", "git_base_commit")
 
 _CREATE_OPTIONS = {

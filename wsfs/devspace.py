@@ -1,6 +1,6 @@
 """Development workspaces, client side: git worktrees, data copies, sync, safe endings, merge.
 
-docs/devspaces.md is the user's guide.  Everything here runs in the CLI's
+README "Parallel development workspaces" is the user's guide.  Everything here runs in the CLI's
 process as the calling user and reaches workspaces through the mount, so
 every file git or a copy writes is in the job's manifest and counted against
 its quota.  The daemon never runs git: it would run as root on a user's

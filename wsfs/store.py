@@ -30,7 +30,7 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
     ``.get``; no schema bump, old records stay valid):
       ``git``    -> ``{"repo", "branch", "base", "base_commit"}`` (str each, any
                     may be missing): a development workspace whose ``src/`` is a
-                    git worktree (docs/devspaces.md).  Set at creation from the
+                    git worktree (README "Parallel development workspaces").  Set at creation from the
                     ``create``/``clone`` command's ``git_*`` options; the daemon
                     stores it and never runs git.
       ``origin`` -> job id (str): the workspace this one was cloned from
@@ -87,6 +87,7 @@ transaction in the process).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import threading
@@ -117,6 +118,19 @@ def unpack(data: bytes):
 
 def manifest_key(job_id: str, path: str) -> bytes:
     return job_id.encode() + b"\0" + path.encode("utf-8", "surrogateescape")
+
+
+#: LMDB's longest key (MDB_MAXKEYSIZE as py-lmdb builds it: ``Environment.max_key_size()``).
+MAX_KEY_BYTES = 511
+#: Below this much free space a commit that failed is put down to a full disk (ENOSPC), not to
+#: the disk itself (EIO): LMDB reports a short write as EIO.
+_FULL_BELOW = 4 << 20
+
+
+def manifest_key_fits(job_id: str, path: str, longer_by: int = 0) -> bool:
+    """Can the manifest hold ``path`` of ``job_id`` (made ``longer_by`` bytes longer)?  A longer key
+    is refused by LMDB (MDB_BAD_VALSIZE), so the FUSE layer refuses such a name (ENAMETOOLONG)."""
+    return len(manifest_key(job_id, path)) + longer_by <= MAX_KEY_BYTES
 
 
 def expiry_key(when: float, job_id: str) -> bytes:
@@ -440,6 +454,8 @@ class Store:
         except lmdb.MapFullError:
             self._grow()
             raise
+        except lmdb.Error as exc:
+            raise self._failed(exc) from None
 
     def transact(self, fn, on_commit=None):
         """Run ``fn(writer)`` in a write transaction and return its result.
@@ -459,11 +475,29 @@ class Store:
                             result = fn(Writer(self, txn))
                 except lmdb.MapFullError:
                     pass
+                except lmdb.Error as exc:
+                    raise self._failed(exc) from None
                 else:
                     if on_commit is not None:
                         on_commit(result)
                     return result
             self._grow()
+
+    def _failed(self, exc: lmdb.Error) -> StoreError:
+        """A write transaction that LMDB could not commit (it was aborted: nothing of it stored).
+
+        Its filesystem full is the usual cause (ENOSPC: the caller sees "No space left on
+        device", and the same write works once space is freed); anything else is EIO.
+        """
+        try:
+            st = os.statvfs(self.path)
+            free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        except OSError:
+            free = None
+        if "No space" in str(exc) or (free is not None and free < _FULL_BELOW):
+            return StoreError(f"the store could not commit: its filesystem is full ({free} bytes free)",
+                              errno=errno.ENOSPC)
+        return StoreError(f"the store could not commit: {exc}")
 
     def _grow(self) -> None:
         with self._gate.exclusive():
