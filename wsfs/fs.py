@@ -271,6 +271,7 @@ class WsfsOperations(Operations):
         # files: fstat() and stat() must not count them (POSIX: an unlinked open file has 0 links).
         self._hidden_links: dict[tuple[str, int], int] = {}
         service.view_changed = self._forget_cached_job
+        service.pending_digest = self.hasher.digest_now
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
@@ -636,7 +637,7 @@ class WsfsOperations(Operations):
             st = os.fstat(fd)
             handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
             if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
-                handle.stream = self._stream(fd)
+                handle.stream = self._stream(fd, st.st_ino)
             if flags & os.O_TRUNC and node.area_path is not None:
                 handle.dirty = True
             registered = self._register(fi, handle)
@@ -678,7 +679,7 @@ class WsfsOperations(Operations):
                 raise
             handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
             if node.area_path is not None:
-                handle.stream = self._stream(fd) if st.st_size == 0 else None
+                handle.stream = self._stream(fd, st.st_ino) if st.st_size == 0 else None
                 self.service.manifest.put(node.job, node.area_path, st)
             return self._register(fi, handle)
 
@@ -871,8 +872,8 @@ class WsfsOperations(Operations):
                     self.service.manifest.put(node.job, node.area_path, now, digest)
         return done
 
-    def _stream(self, fd: int) -> StreamHash:
-        stream = StreamHash(fd)
+    def _stream(self, fd: int, ino: int) -> StreamHash:
+        stream = StreamHash(fd, ino)
         self.hasher.track(stream)
         return stream
 
@@ -960,6 +961,12 @@ class WsfsOperations(Operations):
         self._room_for(dst, moved=src)
         if flags & 2:  # RENAME_EXCHANGE: what is at dst moves to src as well
             self._room_for(src, moved=dst)
+        if not flags and self._same_file(src, dst):
+            # rename(2): two links of one file stay as they are, the manifest keeps both names.  libfuse
+            # moves its node of src to dst all the same: the open files follow it.
+            if src.job is not None:
+                self._move_handles(src, dst)
+            return 0
         hid = self._hidden_by_thread.pop(threading.get_ident(), None) if self._hidden_by_thread else None
         if hid is not None and hid[0] == new and not flags and time.monotonic() - hid[3] < HIDE_FOLLOWUP_S:
             with contextlib.suppress(OSError):
@@ -994,6 +1001,13 @@ class WsfsOperations(Operations):
                     self._show_other_names(src, key=key, path=new)
         return 0
 
+    def _same_file(self, src: Node, dst: Node) -> bool:
+        try:
+            st = self.tree.lstat(src.root, src.rel)
+            return st.st_nlink > 1 and self.tree.lstat(dst.root, dst.rel).st_ino == st.st_ino
+        except OSError:
+            return False
+
     def _undo_hide(self, src: Node, dst: Node, hidden_rel: str, new: str) -> int:
         """rename(a, b) of two links of one file must do nothing (rename(2)), but libfuse first
         renamed b, being open, to a hidden name (``hide_node``): give b its name back, as a link.
@@ -1020,17 +1034,22 @@ class WsfsOperations(Operations):
             manifest.rename(src.job, marker, dst.area_path)
         else:
             manifest.rename(src.job, src.area_path, dst.area_path)
-        self._move_handles(src, dst)
+        self._move_handles(src, dst, exchange=bool(flags & 2))
 
-    def _move_handles(self, src: Node, dst: Node) -> None:
-        """Open files follow a rename, as libfuse's own node table does."""
+    def _move_handles(self, src: Node, dst: Node, exchange: bool = False) -> None:
+        """Open files follow a rename, as libfuse's own node table does (both ways for RENAME_EXCHANGE)."""
+        moves = [(src, dst), (dst, src)] if exchange else [(src, dst)]
         with self._handles_lock:
-            for handle in self._handles.values():
-                ap = handle.node.area_path
-                if handle.node.job == src.job and ap and (ap == src.area_path or ap.startswith(src.area_path + "/")):
-                    handle.node = dataclasses.replace(
-                        handle.node, area_path=dst.area_path + ap[len(src.area_path):],
-                        rel=f"{dst.job}/{dst.area_path}{ap[len(src.area_path):]}")
+            moving = []
+            for frm, to in moves:
+                for handle in self._handles.values():
+                    ap = handle.node.area_path
+                    if handle.node.job == frm.job and ap and (ap == frm.area_path
+                                                              or ap.startswith(frm.area_path + "/")):
+                        moving.append((handle, to, ap[len(frm.area_path):]))
+            for handle, to, rest in moving:  # all matched first: an exchange must not move a handle twice
+                handle.node = dataclasses.replace(handle.node, area_path=to.area_path + rest,
+                                                  rel=f"{to.job}/{to.area_path}{rest}")
 
     @op
     def link(self, target, source):

@@ -36,10 +36,11 @@ INLINE_MAX = 64 << 10  # a write this small is hashed on the spot: cheaper than 
 
 
 class StreamHash:
-    __slots__ = ("writer_fd", "fd", "digest_state", "hashed", "written", "valid", "lock")
+    __slots__ = ("writer_fd", "ino", "fd", "digest_state", "hashed", "written", "valid", "lock")
 
-    def __init__(self, writer_fd: int):
+    def __init__(self, writer_fd: int, ino: int = 0):
         self.writer_fd = writer_fd  # the handle's own fd: not ours to close
+        self.ino = ino
         self.fd = -1                # our reading fd, opened when the hasher thread first needs it
         self.digest_state = hashlib.sha256()
         self.hashed = 0
@@ -190,6 +191,25 @@ class Hasher:
             abandoned, self._finishing = list(self._finishing), {}
         for stream in abandoned:  # stopping: the receipt step hashes these files if it needs them
             stream.close()
+
+    def digest_now(self, ino: int, size: int) -> bytes | None:
+        """The sha256 of a closed file still being hashed here, finished now by the caller.
+
+        The receipt step asks this before reading a file itself: what the thread
+        already hashed is not hashed twice.  None when no such stream is pending.
+        """
+        with self._lock:
+            stream = next((s for s in self._finishing if s.ino == ino), None)
+        if stream is None:
+            return None
+        with stream.lock:
+            if not stream.valid or stream.written != size or stream.fd < 0:
+                return None
+            try:
+                stream._catch_up()
+            except OSError:
+                return None
+            return stream.digest_state.copy().digest() if stream.valid and stream.hashed == size else None
 
     def _finish_some(self) -> None:
         """Advance the closed files' hashes a little; report each one that is done."""

@@ -47,9 +47,9 @@ from . import control, publish
 from .config import Config, Template, default_config
 from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
-                     QuotaError, SealedError, WsfsError)
+                     QuotaError, SealedError, StoreError, WsfsError)
 from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
-from .store import RWLock, Store
+from .store import RWLock, Store, manifest_key_fits
 from .tree import Tree
 
 log = logging.getLogger("wsfs.lifecycle")
@@ -147,7 +147,12 @@ class ManifestWriter:
                 ops, self._ops = self._ops, []
                 self._wake.clear()
             if ops:
-                self._service._commit(lambda w: self._apply(w, ops))
+                try:
+                    self._service._commit(lambda w: self._apply(w, ops))
+                except BaseException:
+                    with self._lock:  # nothing of the batch was stored: it goes first next time
+                        self._ops[:0] = ops
+                    raise
 
     @staticmethod
     def _apply(w, ops) -> list[dict]:
@@ -168,6 +173,9 @@ class ManifestWriter:
         for op in ops:
             kind, job = op[0], op[1]
             if kind == "put":
+                if not manifest_key_fits(job, op[2]):  # the FUSE layer refuses such names: never here
+                    log.warning("manifest: %s: path too long to record: %s", job, op[2][:80])
+                    continue
                 account(job, op[2], w.put_manifest(job, op[2], op[3]), op[3])
             elif kind == "delete":
                 for path, old in w.delete_manifest_prefix(job, op[2]):
@@ -186,6 +194,9 @@ class ManifestWriter:
                 for path, entry in w.delete_manifest_prefix(job, src):
                     account(job, path, entry, None)  # a move, not a new file: it leaves src ...
                     new_path = dst + path[len(src):]
+                    if not manifest_key_fits(job, new_path):  # refused by the FUSE layer: never here
+                        log.warning("manifest: %s: path too long to record: %s", job, new_path[:80])
+                        continue
                     account(job, new_path, w.put_manifest(job, new_path, entry), entry)  # ... and lands at dst
         records = []
         for job, areas in deltas.items():
@@ -204,11 +215,24 @@ class ManifestWriter:
         return records
 
     def run(self, stop: threading.Event, interval: float = 0.05) -> None:
+        failing = False
         while not stop.is_set():
             self._wake.wait(1.0)
             if stop.wait(interval):  # let a burst of changes gather into one commit
                 break
-            self.flush()
+            try:
+                self.flush()
+            except StoreError as exc:
+                # A full disk is no reason to stop the mount: the changes stay queued and are
+                # stored once a commit works again (the callers that flush get the errno).
+                if not failing:
+                    log.warning("manifest changes wait: %s; retrying every second", exc)
+                failing = True
+                stop.wait(1.0)
+                continue
+            if failing:
+                log.warning("manifest changes stored again")
+                failing = False
         self.flush()
 
 
@@ -233,6 +257,9 @@ class JobService:
         # Called with a job id whenever its tree appears, moves or goes (the FUSE layer
         # drops the kernel's cached entries for it); set by fs.WsfsOperations.
         self.view_changed = lambda job_id: None
+        # (inode, size) -> sha256 of a file the FUSE layer is still hashing, or None;
+        # set by fs.WsfsOperations (its hasher thread).
+        self.pending_digest = lambda ino, size: None
         fault = os.environ.get("WSFS_FAULT", "")
         self._fault = fault.partition("after:")[2] or None
 
@@ -423,6 +450,8 @@ class JobService:
             return []
         try:
             self._commit(fn)
+        except StoreError as store_exc:  # a full disk: the caller still gets its errno
+            log.warning("could not record a rejected write: %s", store_exc)
         except Exception:  # noqa: BLE001 - the rejection itself must still reach the caller
             log.exception("could not record a rejected write")
         log.info("rejected %s write %r for %s: %s", where, text, job_id or "-", exc)
@@ -514,7 +543,14 @@ class JobService:
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
             if record.get("pending"):
-                raise SealedError(f"job {job_id} is already ending", errno=errno.EPERM)
+                if record["pending"]["target"] != target.value:
+                    raise SealedError(f"job {job_id} is already ending", errno=errno.EPERM)
+                # The same command again, after one that failed part way (a step's commit or the
+                # receipt refused by a full disk; a transition in flight holds this lock, so this
+                # is never one): finish what it started, as the next mount would (recover).
+                log.warning("finishing the interrupted %s of job %s (after step %s)",
+                            target.value, job_id, record["pending"]["step"])
+                return self._finish(record)
             current = JobState(record["state"])
             check_transition(current, target)
             if target == JobState.RUNNING:
@@ -677,7 +713,7 @@ class JobService:
             current = [st.st_size, st.st_mtime_ns, st.st_ino]
             if entry[3] is not None and entry[:3] == current:
                 return entry
-            return current + [file_sha256(fd)]
+            return current + [self.pending_digest(st.st_ino, st.st_size) or file_sha256(fd)]
         finally:
             os.close(fd)
 
