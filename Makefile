@@ -127,7 +127,7 @@ test: system-deps venv
 # here).  `make test` runs the same files short and seeded; WSFS_SEED=N replays a run (each prints its seed).
 stress: system-deps venv
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
-	WSFS_STRESS=full WSFS_REQUIRE_FUSE=1 $(VENV)/bin/python -m pytest -s $(PYTEST_ARGS) tests/test_stress_*.py
+	WSFS_STRESS=full WSFS_REQUIRE_FUSE=1 $(VENV)/bin/python -m pytest -s --timeout=0 $(PYTEST_ARGS) tests/test_stress_*.py
 
 install: system-deps
 	@set -e; \

@@ -32,7 +32,6 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 
@@ -334,7 +333,8 @@ def test_sixteen_processes_on_sixty_four_jobs(tmp_path):
             for round_no, index, word, outcome in s["races"]:
                 races[round_no].append((index, word, outcome))
         bad = {r: o for r, o in races.items() if sorted(x[2] for x in o) != ["EPERM", "EPERM", "EPERM", "ok"]}
-        assert not bad, f"{label} races without exactly one winner and EPERM for the others: {dict(list(bad.items())[:10])}"
+        assert not bad, (f"{label} races without exactly one winner and EPERM for the others: "
+                         f"{dict(list(bad.items())[:10])}")
 
         # The winners' states are the jobs' states; completed jobs have valid receipts.
         records = read_jobs(m.mnt)
@@ -365,3 +365,29 @@ def test_sixteen_processes_on_sixty_four_jobs(tmp_path):
         for proc in procs:
             proc.join(10)
         m.stop()
+
+
+# -- regressions: what this suite found, each pinned by a short test -----------------------------------------
+
+
+@pytest.mark.parametrize("end", ["completed", "failed"])
+def test_the_manifest_and_usage_of_an_ended_job_follow_files_still_open_at_its_end(core, end):
+    """A file is recorded at its creation and again at close; ended while it was still being written,
+    the job kept its creation entry (doctor: changed since the manifest saw it) or, for outputs, a
+    re-hashed entry whose growth the usage never counted (doctor: usage says ..., the manifest ...)."""
+    from wsfs import doctor as doctor_mod
+    from wsfs.model import JobState
+
+    core.create_job("j", 0, 0)
+    for path in ("output/o", "temp/t", "input/i"):
+        fd = core.tree.open("jobs", f"j/{path}", os.O_WRONLY | os.O_CREAT)
+        core.manifest.put("j", path, os.fstat(fd))  # what create() records
+        core.manifest.flush()
+        os.write(fd, b"x" * 1000)  # the writer is still at it when the job ends: no close yet
+        os.close(fd)
+    core.transition("j", JobState(end), None if end == "completed" else "boom")
+    assert [f.line() for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
+    record = core.get("j")
+    kept = ["output", "input"] if end == "completed" else ["output", "temp", "input"]
+    assert record["usage"] == {"bytes": 1000 * len(kept), "files": len(kept)}
+    assert {a: u for a, u in record["area_usage"].items() if u != [0, 0]} == {a: [1000, 1] for a in kept}

@@ -390,7 +390,8 @@ class Checker:
                     raise
                 self.fact(False, f"{job.id}: fsynced {path} ({length} bytes) is gone")
                 continue
-            self.fact(len(data) == length and sha256(data) == digest, f"{job.id}: fsynced {path} differs ({len(data)} bytes, acknowledged {length})")
+            self.fact(len(data) == length and sha256(data) == digest,
+                      f"{job.id}: fsynced {path} differs ({len(data)} bytes, acknowledged {length})")
         for path in sorted(job.absent - set(job.files)):
             self.fact(not os.path.lexists(os.path.join(base, path)),
                       f"{job.id}: {path} was removed or renamed away, and it is there")
@@ -554,3 +555,26 @@ def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, m
     record = core.get("r")
     assert record["state"] == "crashed" and _receipt_matches_record(core, record)
     assert [f for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
+
+
+def test_live_doctor_does_not_report_a_tree_purged_while_it_runs(tmp_path):
+    """doctor empties the trash, then looks: a tree a purge moved in between was reported as not deleted."""
+    from wsfs.config import default_config
+    from wsfs.daemon import Daemon
+
+    daemon = Daemon(str(tmp_path / "mnt"), str(tmp_path / "data"), default_config())
+    daemon.open()
+    try:
+        daemon.tree.mkdir("trash", "old.archived.1")
+        empty = daemon.empty_trash
+
+        def empty_then_a_purge_lands(stuck=None):
+            removed = empty(stuck)
+            daemon.tree.mkdir("trash", "j.purged.2")  # the sweeper's purge, just after the emptying
+            return removed
+        daemon.empty_trash = empty_then_a_purge_lands
+        summary = daemon.doctor()
+        assert summary["problems"] == 0, summary["findings"]
+        assert daemon.tree.listdir("trash", "") == ["j.purged.2"]  # left to the trash thread
+    finally:
+        daemon.close(clean=True)

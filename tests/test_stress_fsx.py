@@ -3,14 +3,16 @@
 A seeded random sequence of open/close, read/write (at an offset, at the
 file position, ``O_APPEND``), truncate (path and fd, grow and shrink),
 fallocate (allocate, keep size, punch hole), mmap write + flush and mmap
-read, rename (also over an existing name and into a subdirectory), link,
+read, rename (also over an existing name and into a subdirectory, and
+renameat2 with RENAME_EXCHANGE and RENAME_NOREPLACE), link,
 unlink (also of open files), fsync, chmod and utime is applied to files in
 a job's ``output/`` through wsfs and to the same names in a plain
 directory.  After every step the two must agree: the result or errno of
 the call, the names in each directory, ``st_size``/``st_mode``/``st_nlink``
 of every name and open fd, the full content of every file the step
-touched (every file every ``FULL_COMPARE_EVERY`` steps), and ``st_mtime``
-where it is well defined (set by ``utime`` and not written since).
+touched, and ``st_mtime`` where it is well defined (set by ``utime`` and
+not written since); every ``FULL_COMPARE_EVERY`` steps also the content of
+every file and open fd, and the paths ``.manifest`` lists.
 
 The run is cut in segments, one job each: at a segment's end every fd is
 closed, the job is completed, and its receipt must list exactly the
@@ -31,7 +33,6 @@ import json
 import mmap
 import os
 import random
-import stat
 
 import pytest
 
@@ -53,11 +54,21 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 WEIGHTS = {
     "open": 10, "close": 6, "pwrite": 14, "write": 10, "lseek": 3, "pread": 8, "read": 4, "ftruncate": 4,
     "truncate": 4, "fallocate": 3, "falloc_keep": 1, "punch": 2, "mmap_write": 4, "mmap_read": 2,
-    "rename": 4, "link": 3, "unlink": 3, "fsync": 2, "chmod": 1, "utime": 2, "create_write_close": 4,
+    "rename": 4, "rename2": 2, "link": 3, "unlink": 3, "fsync": 2, "chmod": 1, "utime": 2, "create_write_close": 4,
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def renameat2(src: str, dst: str, flags: int) -> None:
+    if _libc.renameat2(-100, src.encode(), -100, dst.encode(), flags) != 0:  # AT_FDCWD
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -79,7 +90,7 @@ class Fsx:
         self.label = label
         self.fds: list[tuple[int, int, int]] = []     # (wsfs fd, model fd, flags)
         self.mtimes: dict[int, int] = {}               # model inode -> mtime set by utime, not written since
-        self.history: collections.deque = collections.deque(maxlen=25)
+        self.history: collections.deque = collections.deque(maxlen=80)
         self.steps = 0
         for side in self.sides:
             os.makedirs(os.path.join(side, "sub"), exist_ok=True)
@@ -143,6 +154,7 @@ class Fsx:
             return self.op_close()
         name, flags = self._name(), self.rng.choice(OPEN_FLAGS)
         self._note(f"open {name} {flags:#o}")
+        existed = os.path.lexists(self.path(1, name))
         fds = []
 
         def fn(i):
@@ -151,8 +163,9 @@ class Fsx:
             return "fd"
         outcome = self.both(fn)
         if outcome[0] == "ok":
+            self.history[-1] += f" -> fd{fds[1]}"
             self.fds.append((fds[0], fds[1], flags))
-            if flags & os.O_TRUNC:
+            if flags & os.O_TRUNC or not existed:  # a new file may get the inode number of a gone one
                 self._inode_changed(os.fstat(fds[1]).st_ino)
         return [name]
 
@@ -333,6 +346,17 @@ class Fsx:
             self.mtimes[os.lstat(dst_model).st_ino] = moved
         return [src, dst]
 
+    def op_rename2(self):
+        """renameat2: RENAME_EXCHANGE (both names swap files) or RENAME_NOREPLACE."""
+        src, dst = self._name(), self._name()
+        flags = self.rng.choice((RENAME_EXCHANGE, RENAME_NOREPLACE))
+        self._note(f"renameat2 {src} -> {dst} {'EXCHANGE' if flags == RENAME_EXCHANGE else 'NOREPLACE'}")
+        inodes = {n: os.lstat(self.path(1, n)).st_ino for n in (src, dst) if os.path.lexists(self.path(1, n))}
+        self.both(lambda i: renameat2(self.path(i, src), self.path(i, dst), flags))
+        for ino in inodes.values():  # mtimes follow inodes, which this moved: keep it simple
+            self.mtimes.pop(ino, None)
+        return [src, dst]
+
     def op_link(self):
         src, dst = self._name(), self._name()
         self._note(f"link {src} -> {dst}")
@@ -375,8 +399,6 @@ class Fsx:
         data = self.rng.randbytes(self.rng.randrange(0, MAX_SIZE))
         chunk = self.rng.choice((4096, 65536, 131072))
         self._note(f"create+write+close {name} {len(data)} in {chunk}-byte writes")
-        if os.path.lexists(self.path(1, name)):
-            self._inode_changed(os.lstat(self.path(1, name)).st_ino)
 
         def fn(i):
             fd = os.open(self.path(i, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -386,6 +408,7 @@ class Fsx:
             finally:
                 os.close(fd)
         self.both(fn)
+        self._inode_changed(os.lstat(self.path(1, name)).st_ino)
         return [name]
 
     # -- comparing ------------------------------------------------------------------------
@@ -403,6 +426,12 @@ class Fsx:
             self._compare_stat(name, st_w, st_m)
             if name in touched or full:
                 self._compare_content(name)
+        if full:  # the manifest names every file (its sizes follow at close: SPEC §8)
+            with open(os.path.join(os.path.dirname(self.sides[0]), ".manifest")) as f:
+                listed = sorted(json.loads(line)["path"] for line in f)
+            files = sorted(f"output/{n}" for n in NAMES if os.path.isfile(self.path(1, n)))
+            if listed != files:
+                self.fail(f".manifest lists {listed}, the files are {files}")
         for fd_w, fd_m, flags in self.fds:
             self._compare_stat(f"fd{fd_m}", os.fstat(fd_w), os.fstat(fd_m), mtime=False)
             if full and flags & os.O_ACCMODE != os.O_WRONLY:
@@ -489,3 +518,165 @@ def test_random_operations_agree_with_a_plain_directory(tmp_path):
         assert daemon_errors(m) == [], "\n".join(daemon_errors(m))
     finally:
         m.stop()
+
+
+# -- regressions: what this suite found, each pinned by a short test -----------------------------------------
+
+
+@pytest.mark.mount
+def test_fstat_of_an_unlinked_open_file_counts_no_link_after_ftruncate(wsfs_mount):
+    """libfuse keeps an unlinked open file under a hidden name; its setattr reply counted that name."""
+    out = wsfs_mount.ws / "j"
+    os.mkdir(out)
+    fd = os.open(out / "output" / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.unlink(out / "output" / "f")
+        assert os.fstat(fd).st_nlink == 0
+        os.ftruncate(fd, 5000)
+        assert (os.fstat(fd).st_nlink, os.fstat(fd).st_size) == (0, 5000)
+        os.fchmod(fd, 0o600)
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert os.listdir(out / "output") == []
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("area", ["workspaces/j/output", "shared/s"])
+def test_a_change_through_one_hard_link_shows_through_the_other_at_once(wsfs_mount, area):
+    """Each name is its own kernel inode under libfuse's high-level API: b's size was cached for a second."""
+    from conftest import sh
+
+    os.mkdir(wsfs_mount.ws / "j")
+    os.makedirs(wsfs_mount.mnt / area, exist_ok=True)
+    result = sh("echo one > a && ln a b && stat -c %h a && stat -c %s b && echo two >> a && cat b "
+                "&& truncate -s 2 a && stat -c %s b && chmod 600 a && stat -c %a b && rm b && stat -c %h a",
+                cwd=wsfs_mount.mnt / area)
+    assert result.stdout.split("\n") == ["2", "4", "one", "two", "2", "600", "1", ""]
+
+
+@pytest.mark.mount
+def test_an_open_file_unlinked_under_one_name_keeps_its_other_links(wsfs_mount):
+    """The hidden name libfuse gives an unlinked open file is no link: not for it, not for its other names."""
+    out = wsfs_mount.ws / "j" / "output"
+    os.mkdir(wsfs_mount.ws / "j")
+    fd = os.open(out / "g", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.link(out / "g", out / "f")
+        assert os.fstat(fd).st_nlink == 2
+        os.unlink(out / "g")
+        assert (os.fstat(fd).st_nlink, os.lstat(out / "f").st_nlink) == (1, 1)
+        os.link(out / "f", out / "h")
+        open(out / "x", "w").close()
+        os.rename(out / "x", out / "h")  # over an open file's other name
+        assert (os.fstat(fd).st_nlink, os.lstat(out / "f").st_nlink) == (1, 1)
+        os.unlink(out / "f")
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(out)) == ["h"]
+
+
+@pytest.mark.mount
+def test_rename_between_two_links_of_one_open_file_changes_nothing(wsfs_mount):
+    """rename(2): two names of one file stay as they are; libfuse hid the open target and a vanished."""
+    out = wsfs_mount.ws / "j" / "output"
+    os.mkdir(wsfs_mount.ws / "j")
+    (out / "a").write_bytes(b"data")
+    os.link(out / "a", out / "b")
+    fd_a, fd_b = os.open(out / "a", os.O_RDWR), os.open(out / "b", os.O_RDWR)
+    try:
+        os.rename(out / "a", out / "b")
+        assert sorted(os.listdir(out)) == ["a", "b"]
+        assert os.lstat(out / "a").st_nlink == 2 and os.fstat(fd_b).st_nlink == 2
+        # Writing through the name libfuse now files under b must neither hang nor go astray.
+        os.pwrite(fd_a, b"DATA", 0)
+        assert (out / "a").read_bytes() == (out / "b").read_bytes() == b"DATA"
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)
+    assert sorted(os.listdir(out)) == ["a", "b"]
+    assert [e["path"] for e in map(json.loads, open(wsfs_mount.ws / "j" / ".manifest"))] == ["output/a", "output/b"]
+
+
+@pytest.mark.mount
+def test_rename_between_two_links_of_one_file_keeps_both_in_the_manifest(wsfs_mount):
+    """The backing rename does nothing there; the manifest moved a's entry onto b, and a was gone from it."""
+    job = wsfs_mount.ws / "j"
+    os.mkdir(job)
+    (job / "output" / "a").write_bytes(b"data")
+    os.link(job / "output" / "a", job / "output" / "b")
+    os.rename(job / "output" / "a", job / "output" / "b")
+    assert sorted(os.listdir(job / "output")) == ["a", "b"]
+    assert [e["path"] for e in map(json.loads, open(job / ".manifest"))] == ["output/a", "output/b"]
+    assert json.loads((job / ".job").read_text())["usage"] == {"bytes": 8, "files": 2}
+
+
+@pytest.mark.mount
+def test_a_file_open_across_rename_exchange_is_recorded_under_its_new_name(wsfs_mount):
+    """After RENAME_EXCHANGE the open files of the target still counted as the target's: at close the
+    written file's entry was not updated (and its other names' caches could be dropped under it)."""
+    job = wsfs_mount.ws / "j"
+    os.mkdir(job)
+    (job / "output" / "a").write_bytes(b"a")
+    fd = os.open(job / "output" / "b", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"b" * 100)
+        renameat2(str(job / "output" / "a"), str(job / "output" / "b"), RENAME_EXCHANGE)
+        os.write(fd, b"b" * 100)
+    finally:
+        os.close(fd)
+    manifest = {e["path"]: e["size"] for e in map(json.loads, open(job / ".manifest"))}
+    assert manifest == {"output/a": 200, "output/b": 1}
+
+
+@pytest.mark.mount
+def test_after_a_rename_between_two_links_both_names_show_writes_through_an_open_fd(wsfs_mount):
+    """libfuse files the open a under b after that rename: wsfs must too, or a's new lookup stays stale."""
+    out = wsfs_mount.ws / "j" / "output"
+    os.mkdir(wsfs_mount.ws / "j")
+    fd = os.open(out / "a", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.link(out / "a", out / "b")
+        os.rename(out / "a", out / "b")
+        assert (os.lstat(out / "a").st_size, os.lstat(out / "b").st_size) == (0, 0)
+        os.posix_fallocate(fd, 0, 5000)
+        assert (os.lstat(out / "a").st_size, os.lstat(out / "b").st_size) == (5000, 5000)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.mount
+def test_rename_noreplace_onto_an_open_file_fails_with_eexist(wsfs_mount):
+    """libfuse hides an open target before a rename: NOREPLACE must still see it (the kernel checks first)."""
+    out = wsfs_mount.ws / "j" / "output"
+    os.mkdir(wsfs_mount.ws / "j")
+    (out / "a").write_bytes(b"new")
+    (out / "b").write_bytes(b"old")
+    fd = os.open(out / "b", os.O_RDONLY)
+    try:
+        with pytest.raises(FileExistsError):
+            renameat2(str(out / "a"), str(out / "b"), RENAME_NOREPLACE)
+        assert ((out / "a").read_bytes(), (out / "b").read_bytes()) == (b"new", b"old")
+        assert os.pread(fd, 10, 0) == b"old" and os.fstat(fd).st_nlink == 1
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(out)) == ["a", "b"]
+    assert [e["path"] for e in map(json.loads, open(wsfs_mount.ws / "j" / ".manifest"))] == ["output/a", "output/b"]
+
+
+@pytest.mark.mount
+def test_unlink_of_an_open_link_then_rename_of_the_other_onto_its_name_moves_it(wsfs_mount):
+    """The rename after an unlink is not libfuse's hide-then-rename of one request: a moves to b."""
+    out = wsfs_mount.ws / "j" / "output"
+    os.mkdir(wsfs_mount.ws / "j")
+    (out / "a").write_bytes(b"data")
+    os.link(out / "a", out / "b")
+    fd = os.open(out / "b", os.O_RDONLY)
+    try:
+        os.unlink(out / "b")
+        os.rename(out / "a", out / "b")
+        assert sorted(os.listdir(out)) == ["b"]
+        assert os.fstat(fd).st_nlink == 1
+    finally:
+        os.close(fd)

@@ -61,6 +61,7 @@ READY_TIMEOUT = 30.0
 MAX_THREADS = 16  # libfuse's worker threads; the GIL makes more of them useless
 STATUS_INTERVAL = 2.0  # how often systemd's STATUS= line is refreshed (only sent when it changed)
 JOIN_TIMEOUT = 60.0  # a worker still busy after this at shutdown leaves the store "live" (recovered next mount)
+STORE_RETRY = 5.0  # a worker thread whose commit the store refused (disk full) starts again after this
 
 
 class MountError(Exception):
@@ -224,12 +225,25 @@ class Daemon:
 
     def _thread(self, name: str, target) -> None:
         def run():
-            try:
-                target()
-            except Exception:
-                # A dead worker must not go unnoticed: stop the mount (STYLE: s3ql's hook).
-                log.exception("thread %s crashed; stopping the mount", name)
-                os.kill(os.getpid(), 15)
+            while True:
+                try:
+                    target()
+                    return
+                except StoreError as exc:
+                    # The store refused a commit (its filesystem is full): no crash, and no reason
+                    # to take the mount away from every job.  The loop starts again; what a stop
+                    # leaves unstored, the next mount recovers.
+                    if self.stop.is_set():
+                        log.warning("thread %s stopped with work not stored: %s", name, exc)
+                        return
+                    log.warning("thread %s: %s; starting it again in %.0fs", name, exc, STORE_RETRY)
+                    if self.stop.wait(STORE_RETRY):
+                        return
+                except Exception:
+                    # A dead worker must not go unnoticed: stop the mount (STYLE: s3ql's hook).
+                    log.exception("thread %s crashed; stopping the mount", name)
+                    os.kill(os.getpid(), 15)
+                    return
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
@@ -246,10 +260,14 @@ class Daemon:
                 # The stat runs in a child: a thread of ours waiting on our own mount would make a
                 # SIGKILLed daemon unkillable (the kernel waits, uninterruptibly, for an answer no
                 # thread is left to give), holding the data dir and the mount point forever.
-                probe = subprocess.run(["stat", os.path.join(self.mountpoint, ".wsfs", "status")],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-                if probe.returncode == 0:
+                try:
+                    probe = subprocess.run(["stat", os.path.join(self.mountpoint, ".wsfs", "status")],
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL)
+                except OSError as exc:  # no child now (out of descriptors or processes): try again
+                    log.warning("cannot probe the mount yet: %s", exc)
+                    probe = None
+                if probe is not None and probe.returncode == 0:
                     self.publisher.mount_ready.set()  # hooks run in the workspace, through the mount
                     log.info("wsfs %s mounted %s on %s", __version__, self.data_dir, self.mountpoint)
                     line = self.status_line()
@@ -339,7 +357,8 @@ class Daemon:
             stuck: set[str] = set()
             self.empty_trash(stuck)
             # Only what could not be deleted: a purge or an ending may move trees in meanwhile.
-            report = doctor.run(self.service, repair_too=repair, live=True, busy=self.open_jobs(), trash_stuck=stuck)
+            report = doctor.run(self.service, repair_too=repair, live=True, busy=self.open_jobs(),
+                                trash_stuck=stuck)
             summary = report.as_dict()
             if report.findings:
                 log.warning("doctor%s: %d problem(s): %s", " repair" if repair else "", len(report.findings),
@@ -369,11 +388,15 @@ class Daemon:
             log.error("thread(s) %s did not stop within %.0fs: leaving the store for recovery",
                       ", ".join(stuck), JOIN_TIMEOUT)
             return False
-        self.service.manifest.flush()
-        if clean:
-            with self.store.write() as w:
-                w.put_meta("mount", {"state": "clean", "pid": os.getpid(), "since": time.time(),
-                                     "mountpoint": self.mountpoint})
+        try:
+            self.service.manifest.flush()
+            if clean:
+                with self.store.write() as w:
+                    w.put_meta("mount", {"state": "clean", "pid": os.getpid(), "since": time.time(),
+                                         "mountpoint": self.mountpoint})
+        except StoreError as exc:  # a full disk: the store stays "live", the next mount recovers
+            log.warning("could not close the store cleanly: %s", exc)
+            clean = False
         self.store.close()
         self.tree.close()
         return clean

@@ -264,9 +264,9 @@ class WsfsOperations(Operations):
         # thread id -> (path, fh) of a setattr step whose getattr comes next on that thread.  Not a
         # threading.local: Python forgets those between two callbacks on a libfuse thread.
         self._setattr_marks: dict[int, tuple] = {}
-        # thread id -> (path, hidden rel, inode, time) of libfuse's last hide_node on that thread,
-        # for the rename that may follow it at once (see _undo_hide)
-        self._hidden_by_thread: dict[int, tuple] = {}
+        # view path -> (hidden rel, inode, thread id, time) of libfuse's hide_node of that name, for
+        # the rename that may follow it in the same request (see _undo_hide)
+        self._hidden_now: dict[str, tuple] = {}
         # (root, inode) -> how many of its links are libfuse's .fuse_hidden* names of unlinked open
         # files: fstat() and stat() must not count them (POSIX: an unlinked open file has 0 links).
         self._hidden_links: dict[tuple[str, int], int] = {}
@@ -414,6 +414,8 @@ class WsfsOperations(Operations):
     @op
     def getattr(self, path, fh=None):
         mark = self._setattr_marks.pop(threading.get_ident(), None) if self._setattr_marks else None
+        if self._hidden_now and path in self._hidden_now:
+            self._hidden_now.pop(path, None)  # a lookup of a name libfuse hid: a new request (see _undo_hide)
         after_setattr = mark is not None and mark == (path, fh.fh if fh is not None else None)
         if fh is not None and fh.fh:
             handle = self._handle(fh)
@@ -430,7 +432,7 @@ class WsfsOperations(Operations):
         if node.kind == "absent":
             raise FuseOSError(errno.ENOENT)
         st = self.tree.lstat(node.root, node.rel)
-        if st.st_nlink > 1 and node.job is not None and stat.S_ISREG(st.st_mode):
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
             self._linked.note((node.root, st.st_ino), path)
         return self._visible_links(node, _stat_dict(st), after_setattr)
 
@@ -697,7 +699,9 @@ class WsfsOperations(Operations):
         if handle.fd < 0:
             return self._write_virtual(handle, data)
         if node.job is None:
-            return os.pwrite(handle.fd, data, offset)
+            written = os.pwrite(handle.fd, data, offset)
+            self._show_other_names(node, handle.ino)
+            return written
         with self.service.mutation(node.job), handle.lock:
             if self._limited(node):
                 size = os.fstat(handle.fd).st_size
@@ -718,7 +722,7 @@ class WsfsOperations(Operations):
 
     def _linked_key(self, node: Node) -> tuple[str, int] | None:
         """(root, inode) of a job's file whose other names the kernel may hold, else None."""
-        if not self._linked or node.job is None or not node.rel:
+        if not self._linked or not node.rel:
             return None
         try:
             key = (node.root, self.tree.lstat(node.root, node.rel).st_ino)
@@ -734,7 +738,7 @@ class WsfsOperations(Operations):
         on that name, which must be able to take the lock.  Never for the name being changed,
         whose pages the kernel keeps locked while this request runs.
         """
-        if not self._linked or node.job is None:
+        if not self._linked:
             return
         if key is None:
             key = (node.root, ino) if ino else self._linked_key(node)
@@ -964,14 +968,14 @@ class WsfsOperations(Operations):
         if not flags and self._same_file(src, dst):
             # rename(2): two links of one file stay as they are, the manifest keeps both names.  libfuse
             # moves its node of src to dst all the same: the open files follow it.
-            if src.job is not None:
-                self._move_handles(src, dst)
+            self._move_handles(src, dst)
             return 0
-        hid = self._hidden_by_thread.pop(threading.get_ident(), None) if self._hidden_by_thread else None
-        if hid is not None and hid[0] == new and not flags and time.monotonic() - hid[3] < HIDE_FOLLOWUP_S:
+        hid = self._hidden_now.pop(new, None) if self._hidden_now else None
+        if hid is not None and hid[2] == threading.get_ident() and time.monotonic() - hid[3] < HIDE_FOLLOWUP_S \
+                and not flags and not self.tree.exists(dst.root, dst.rel):
             with contextlib.suppress(OSError):
-                if self.tree.lstat(src.root, src.rel).st_ino == hid[2] and not self.tree.exists(dst.root, dst.rel):
-                    return self._undo_hide(src, dst, hid[1], new)
+                if self.tree.lstat(src.root, src.rel).st_ino == hid[1]:
+                    return self._undo_hide(src, dst, hid[0], new)
         linked = [self._linked_key(src), None if flags & 2 else self._linked_key(dst)]
         with self._changing(src):
             replaced = None
@@ -985,13 +989,20 @@ class WsfsOperations(Operations):
                 self._charge(dst, -replaced.st_size, -1)
             if src.job is not None:
                 self._rename_in_manifest(src, dst, flags)
+            else:
+                self._move_handles(src, dst, exchange=bool(flags & 2))
         if _is_hidden(dst) and not flags & 2:  # libfuse's unlink of an open file: the name no longer counts
             with contextlib.suppress(OSError):
                 st = self.tree.lstat(dst.root, dst.rel)
                 if stat.S_ISREG(st.st_mode):
                     self._count_hidden_link((dst.root, st.st_ino), 1)
                     linked[0] = (dst.root, st.st_ino)
-                    self._hidden_by_thread[threading.get_ident()] = (old, dst.rel, st.st_ino, time.monotonic())
+                    if st.st_nlink > 1:  # another name may be the rename's source (see _undo_hide)
+                        now = time.monotonic()
+                        for path, mark in list(self._hidden_now.items()):
+                            if now - mark[3] >= HIDE_FOLLOWUP_S:
+                                self._hidden_now.pop(path, None)
+                        self._hidden_now[old] = (dst.rel, st.st_ino, threading.get_ident(), now)
         if self._linked:
             if linked[1] is not None:  # the file it replaced has one link less
                 self._linked.forget(linked[1], new)
@@ -1010,8 +1021,13 @@ class WsfsOperations(Operations):
 
     def _undo_hide(self, src: Node, dst: Node, hidden_rel: str, new: str) -> int:
         """rename(a, b) of two links of one file must do nothing (rename(2)), but libfuse first
-        renamed b, being open, to a hidden name (``hide_node``): give b its name back, as a link.
-        libfuse then believes a became b: the kernel looks a up again when it is next named."""
+        renamed b, being open, to a hidden name (``hide_node``): b comes back, as a link of the
+        hidden name (which libfuse removes at b's last close).  libfuse then believes a became b:
+        the kernel looks a up again when it is next named.
+
+        Told apart from an unlink of b followed by a rename onto the free name: that rename's
+        lookup of b comes between the two, and ``getattr`` drops the mark.
+        """
         with self._changing(dst):
             self.tree.link(dst.root, hidden_rel, dst.rel)
             st = self.tree.lstat(dst.root, dst.rel)
@@ -1019,8 +1035,7 @@ class WsfsOperations(Operations):
             if dst.area_path is not None:
                 self.service.manifest.put(dst.job, dst.area_path, st)
         self._linked.note((dst.root, st.st_ino), new)
-        if src.job is not None:
-            self._move_handles(src, dst)  # libfuse's node of a is b's now
+        self._move_handles(src, dst)  # libfuse's node of a is b's now
         return 0
 
     def _rename_in_manifest(self, src: Node, dst: Node, flags: int) -> None:
@@ -1043,13 +1058,13 @@ class WsfsOperations(Operations):
             moving = []
             for frm, to in moves:
                 for handle in self._handles.values():
-                    ap = handle.node.area_path
-                    if handle.node.job == frm.job and ap and (ap == frm.area_path
-                                                              or ap.startswith(frm.area_path + "/")):
-                        moving.append((handle, to, ap[len(frm.area_path):]))
+                    node = handle.node
+                    if node.root == frm.root and node.rel and frm.rel \
+                            and (node.rel == frm.rel or node.rel.startswith(frm.rel + "/")):
+                        moving.append((handle, to, node.rel[len(frm.rel):]))
             for handle, to, rest in moving:  # all matched first: an exchange must not move a handle twice
-                handle.node = dataclasses.replace(handle.node, area_path=to.area_path + rest,
-                                                  rel=f"{to.job}/{to.area_path}{rest}")
+                area_path = None if to.area_path is None else to.area_path + rest
+                handle.node = dataclasses.replace(handle.node, rel=to.rel + rest, area_path=area_path)
 
     @op
     def link(self, target, source):
@@ -1069,7 +1084,7 @@ class WsfsOperations(Operations):
             st = self.tree.lstat(new.root, new.rel)
             if new.area_path is not None and stat.S_ISREG(st.st_mode):
                 self.service.manifest.put(new.job, new.area_path, st)
-        if new.job is not None and stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
             key = (new.root, st.st_ino)
             self._linked.note(key, source)
             self._linked.note(key, target)

@@ -47,7 +47,7 @@ from . import control, publish
 from .config import Config, Template, default_config
 from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
-                     QuotaError, SealedError, StoreError, WsfsError)
+                     QuotaError, SealedError, StoreError, UnsafePathError, WsfsError)
 from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
 from .store import RWLock, Store, manifest_key_fits
 from .tree import Tree
@@ -385,26 +385,33 @@ class JobService:
                 self.tree.move_to_trash("jobs", job_id, f"{job_id}.orphan")
                 self.trash_wake.set()
             self.tree.mkdir("jobs", job_id, mode & 0o7777)
-            self.tree.chmod("jobs", job_id, mode & 0o7777)
-            for area in tmpl.areas:
-                self.tree.mkdir("jobs", f"{job_id}/{area}", 0o755)
-            if os.geteuid() == 0:
-                for rel in [job_id] + [f"{job_id}/{a}" for a in tmpl.areas]:
-                    self.tree.chown("jobs", rel, uid, gid)
-            now = self.clock()
-            record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
-            record["owner"] = owner
-            if tmpl.setup:
-                record["setup"] = tmpl.setup  # for `wsfs create`, which runs it as the user
-            record.update(extra or {})
+            try:
+                self.tree.chmod("jobs", job_id, mode & 0o7777)
+                for area in tmpl.areas:
+                    self.tree.mkdir("jobs", f"{job_id}/{area}", 0o755)
+                if os.geteuid() == 0:
+                    for rel in [job_id] + [f"{job_id}/{a}" for a in tmpl.areas]:
+                        self.tree.chown("jobs", rel, uid, gid)
+                now = self.clock()
+                record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
+                record["owner"] = owner
+                if tmpl.setup:
+                    record["setup"] = tmpl.setup  # for `wsfs create`, which runs it as the user
+                record.update(extra or {})
 
-            def fn(w):
-                if w.job(job_id) is not None:
-                    raise JobExistsError(f"job id {job_id} was used before")
-                w.put_job(record)
-                w.add_event("created", job_id, template=tmpl.name, uid=uid)
-                return [record]
-            self._commit(fn)
+                def fn(w):
+                    if w.job(job_id) is not None:
+                        raise JobExistsError(f"job id {job_id} was used before")
+                    w.put_job(record)
+                    w.add_event("created", job_id, template=tmpl.name, uid=uid)
+                    return [record]
+                self._commit(fn)
+            except BaseException:
+                # Refused half way (a full disk: an area's mkdir, or the commit): no job, and no
+                # tree left without a record either.
+                if self.tree.move_to_trash("jobs", job_id, f"{job_id}.unmade"):
+                    self.trash_wake.set()
+                raise
         return record
 
     def _check_template_jobs(self, tmpl: Template) -> None:
@@ -637,18 +644,22 @@ class JobService:
         with self.store.read() as r:
             entries = {path: entry for area in self._surviving_areas(record, target)
                        for path, entry in r.manifest(job_id, area)}
-        hashed, gone = {}, []
+        hashed, restated, gone = {}, {}, []
         for path, entry in entries.items():
-            if path.split("/", 1)[0] not in keep:
-                continue
-            verified = self._verified_entry(root, f"{rel}/{path}", entry)
+            if path.split("/", 1)[0] in keep:
+                verified = self._verified_entry(root, f"{rel}/{path}", entry)
+            else:  # kept, not hashed (SPEC §6); but a file still open when the job ended was last
+                verified = self._current_entry(root, f"{rel}/{path}", entry)  # recorded at its creation
             if verified is None:  # listed, but removed behind the daemon's back: no output, no entry
                 gone.append(path)
-            else:
+            elif path.split("/", 1)[0] in keep:
                 hashed[path] = verified
+            elif verified != entry:
+                restated[path] = verified
         for path in gone:
             del entries[path]
         entries.update(hashed)
+        entries.update(restated)
         ordered = sorted(entries.items())
         outputs = [{"path": p, "size": e[0], "sha256": e[3].hex()} for p, e in ordered if p in hashed]
         ended = record["pending"]["at"]
@@ -671,13 +682,20 @@ class JobService:
         self._write_file_atomically(root, f"{rel}/{RECEIPT_FILE}", data)
 
         def store_hashes(record, w):
+            by_area = record.setdefault("area_usage", {})
+
+            def count(path, dbytes, dfiles):  # usage is the manifest's sum, in all and by area (store.py)
+                record["usage"]["bytes"] = max(record["usage"]["bytes"] + dbytes, 0)
+                record["usage"]["files"] = max(record["usage"]["files"] + dfiles, 0)
+                mine = by_area.setdefault(path.split("/", 1)[0], [0, 0])
+                mine[0], mine[1] = max(mine[0] + dbytes, 0), max(mine[1] + dfiles, 0)
             for path in gone:
                 old = w.delete_manifest(job_id, path)
                 if old is not None:
-                    record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
-                    record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
-            for path, entry in hashed.items():
-                w.put_manifest(job_id, path, entry)
+                    count(path, -old[0], -1)
+            for path, entry in {**hashed, **restated}.items():
+                old = w.put_manifest(job_id, path, entry)  # a file still open at the end grew since its entry
+                count(path, entry[0] - (old[0] if old else 0), 0 if old else 1)
             record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
         return self._set_step(job_id, "receipt", store_hashes)
 
@@ -702,14 +720,34 @@ class JobService:
                         found += 1
         return found
 
-    def _verified_entry(self, root: str, rel: str, entry: list) -> list | None:
-        """The entry with a sha256 that matches the file as it is now; None when the file is gone."""
+    def _current_entry(self, root: str, rel: str, entry: list) -> list | None:
+        """The entry of the file as it is now, unhashed if it changed; None when the file is gone."""
         try:
-            fd = self.tree.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+            st = self.tree.lstat(root, rel)
         except FileNotFoundError:
             return None
+        current = [st.st_size, st.st_mtime_ns, st.st_ino]
+        return entry if list(entry[:3]) == current else current + [None]
+
+    def _verified_entry(self, root: str, rel: str, entry: list) -> list | None:
+        """The entry with a sha256 that matches the file as it is now; None when the file is gone.
+
+        Gone also when the name is no regular file any more, or no longer reachable without
+        following a link (changed behind the daemon's back, SPEC §2): that is no output, and
+        must not make every attempt to end the job fail (EISDIR, ELOOP) for ever.
+        """
+        try:
+            fd = self.tree.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None
+            raise
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
             current = [st.st_size, st.st_mtime_ns, st.st_ino]
             if entry[3] is not None and entry[:3] == current:
                 return entry
