@@ -542,13 +542,17 @@ class ConfigMount:
         """Unmount; the daemon's exit status and stderr."""
         if self.proc is None:
             return 0, ""
+        unmount = ""
         try:
-            subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
+            unmount = subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True, text=True).stderr
+            if is_mounted(self.mnt):  # busy for a moment (as conftest's mounts: detach, it ends when free)
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
             try:
-                code = self.proc.wait(timeout=30)
+                code = self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 code = self.proc.wait()
+                unmount += "\n(the daemon did not exit within 60 s of the unmount: killed)"
         finally:
             if is_mounted(self.mnt):
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
@@ -557,7 +561,7 @@ class ConfigMount:
                 self.proc.wait()
             self.proc = None
         self.log.seek(0)
-        return code, self.log.read()
+        return code, self.log.read() + unmount
 
     def exercise(self) -> None:
         """A job per template, a file in each area, then completed: clear errnos, never EIO."""
