@@ -51,6 +51,7 @@ WSFS_DIR = ".wsfs"
 WSFS_FILES = {"status": 0o444, "control": 0o222, "events": 0o444, "jobs": 0o444}
 TOP_DIRS = ("workspaces", "quarantine", "shared", WSFS_DIR)
 EVENTS_SHOWN = 1000
+CACHE_TIMEOUT_S = 10.0  # the kernel's entry and attribute timeouts (see init_with_config)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 # Inode numbers of virtual entries: far above anything a real filesystem hands out.
 _VIRTUAL_INO_BASE = 1 << 60
@@ -271,6 +272,7 @@ class WsfsOperations(Operations):
         # files: fstat() and stat() must not count them (POSIX: an unlinked open file has 0 links).
         self._hidden_links: dict[tuple[str, int], int] = {}
         service.view_changed = self._forget_cached_job
+        service.records_changed = self._forget_job_files
         service.pending_digest = self.hasher.digest_now
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -288,8 +290,13 @@ class WsfsOperations(Operations):
             config.hard_remove = 0
             config.nullpath_ok = 1      # calls on open files come by handle, not path
             config.negative_timeout = 0  # a job made through .wsfs/control must appear at once
-            config.entry_timeout = 1.0
-            config.attr_timeout = 1.0
+            # Only the daemon changes the data dir, and every change it makes behind a request's back
+            # drops what the kernel cached of it (_forget_cached_job, _forget_job_files, LinkedNames):
+            # so the kernel may keep names and attributes long, and a file's pages across opens
+            # while its mtime and size stay the same (auto_cache).
+            config.entry_timeout = CACHE_TIMEOUT_S
+            config.attr_timeout = CACHE_TIMEOUT_S
+            config.auto_cache = 1
         if conn is not None:
             conn.max_write = 1 << 20
             conn.max_readahead = 1 << 20
@@ -655,6 +662,10 @@ class WsfsOperations(Operations):
         if node.name == "control" and not wants_write:
             raise FuseOSError(errno.EACCES)
         data = b"" if wants_write else self._content(node)
+        if node.job is None:
+            # .wsfs/status, events and jobs change with every event: the fstat() that tail, less
+            # or wc make after open() gets the size of what this open reads.
+            invalidate_path(f"/{WSFS_DIR}/{node.name}")
         return self._register(fi, Handle(node, data=data, writable=wants_write))
 
     @op
@@ -691,6 +702,16 @@ class WsfsOperations(Operations):
         if handle.fd >= 0:
             return os.pread(handle.fd, size, offset)
         return handle.data[offset:offset + size]
+
+    @op
+    def read_into(self, path, buf: memoryview, offset, fi) -> int:
+        """``read`` straight into libfuse's reply buffer (big reads, see ``binding.FUSE``)."""
+        handle = self._handle(fi)
+        if handle.fd >= 0:
+            return os.preadv(handle.fd, [buf], offset)
+        chunk = handle.data[offset:offset + len(buf)]
+        buf[:len(chunk)] = chunk
+        return len(chunk)
 
     @op
     def write(self, path, data, offset, fi):
@@ -746,9 +767,10 @@ class WsfsOperations(Operations):
             return
         self._invalidate(self._linked.others(key, path or _view_path(node)))
 
-    def _write_virtual(self, handle: Handle, data: bytes) -> int:
+    def _write_virtual(self, handle: Handle, data: bytes | memoryview) -> int:
         uid, gid, _pid = fuse_get_context()
         node = handle.node
+        data = bytes(data)  # a view of libfuse's buffer lives only as long as this call
         if node.name == STATE_FILE:
             self.service.write_state(node.job, data, uid)
         elif node.name == "control":
@@ -768,8 +790,20 @@ class WsfsOperations(Operations):
             return
         for top in ("workspaces", "quarantine"):
             root = f"/{top}/{job}"
-            for path in [f"{root}/{area}" for area in record["areas"]] + [root]:
+            for path in [f"{root}/{area}" for area in record["areas"]] + [root, f"{root}/{RECEIPT_FILE}"]:
                 invalidate_path(path)
+
+    @staticmethod
+    def _forget_job_files(jobs) -> None:
+        """Records changed: the kernel asks again for the sizes of their virtual files.
+
+        Called after every store commit, from whichever thread made it.  A path the kernel
+        never looked up costs a lookup in libfuse's table and nothing more.
+        """
+        for job in jobs:
+            for top in ("workspaces", "quarantine"):
+                for name in JOB_CONTROL_FILES:
+                    invalidate_path(f"/{top}/{job}/{name}")
 
     @op
     @_marks_setattr

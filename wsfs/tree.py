@@ -57,7 +57,15 @@ def check_name(name: str) -> str:
 
 def split(rel: str) -> list[str]:
     """``"a/b/c"`` -> ``["a", "b", "c"]``, each component checked."""
-    return [check_name(part) for part in rel.split("/")] if rel else []
+    if not rel:
+        return []
+    parts = rel.split("/")
+    for part in parts:
+        # check_name, its common case inline (this runs on every FUSE request): a name of at most
+        # 63 characters is at most 252 bytes, so only longer ones need encoding to be measured.
+        if not part or part == "." or part == ".." or "\0" in part or len(part) > 63:
+            check_name(part)
+    return parts
 
 
 class Tree:
@@ -128,29 +136,46 @@ class Tree:
             raise
         return fd
 
-    @contextlib.contextmanager
-    def parent(self, root: str, rel: str):
-        """Yield ``(dir_fd, name)`` for the last component of ``rel``."""
+    def _parent_fd(self, root: str, rel: str) -> tuple[int, str, bool]:
+        """``(dir_fd, name, owned)`` for the last component of ``rel``: the caller closes
+        ``dir_fd`` when ``owned`` (a name right below the root uses the root's own fd)."""
         parts = split(rel)
         if not parts:
             raise UnsafePathError("no file name", errno=errno.EINVAL)
-        fd = self.open_dir(root, parts[:-1])
+        if len(parts) == 1:
+            return self.root_fds[root], parts[0], False
+        return self.open_dir(root, parts[:-1]), parts[-1], True
+
+    @contextlib.contextmanager
+    def parent(self, root: str, rel: str):
+        """Yield ``(dir_fd, name)`` for the last component of ``rel``."""
+        fd, name, owned = self._parent_fd(root, rel)
         try:
-            yield fd, parts[-1]
+            yield fd, name
         finally:
-            os.close(fd)
+            if owned:
+                os.close(fd)
 
     # -- operations; each takes (root, rel) -----------------------------------
+    # lstat and open, the calls of nearly every request, use _parent_fd without the context manager.
 
     def lstat(self, root: str, rel: str) -> os.stat_result:
         if not rel:
             return os.stat(self.root_fds[root])
-        with self.parent(root, rel) as (fd, name):
+        fd, name, owned = self._parent_fd(root, rel)
+        try:
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        finally:
+            if owned:
+                os.close(fd)
 
     def open(self, root: str, rel: str, flags: int, mode: int = 0o666) -> int:
-        with self.parent(root, rel) as (fd, name):
+        fd, name, owned = self._parent_fd(root, rel)
+        try:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+        finally:
+            if owned:
+                os.close(fd)
 
     def listdir(self, root: str, rel: str) -> list[str]:
         dfd = self.open_dir(root, split(rel))
