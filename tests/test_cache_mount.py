@@ -1,0 +1,156 @@
+"""The kernel's caches of a mount stay true (the performance levers of ``fs.init_with_config``).
+
+The kernel keeps names and attributes for ``CACHE_TIMEOUT_S`` and a file's pages across
+opens (``auto_cache``).  Everything the daemon changes behind a request's back must drop
+what the kernel holds of it, at once, not when the timeout runs out: the sizes of the
+virtual files, a receipt rewritten by a second ending, a tree that left the view.  And the
+data path's own levers (1 MiB reads, reads into libfuse's buffer) must give back exactly
+the bytes written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import sh
+from wsfs.fs import CACHE_TIMEOUT_S
+
+pytestmark = pytest.mark.mount
+
+
+def stat_size(path: Path) -> int:
+    return os.stat(path).st_size
+
+
+def until(predicate, seconds: float = 3.0):
+    """The first true value of ``predicate`` within ``seconds`` (well below CACHE_TIMEOUT_S)."""
+    assert seconds < CACHE_TIMEOUT_S / 2
+    end = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(0.05)
+
+
+def test_state_size_follows_a_transition_at_once(wsfs_mount):
+    m = wsfs_mount
+    sh("mkdir workspaces/sz", cwd=m.mnt)
+    job = m.ws / "sz"
+    assert stat_size(job / ".state") == len("running\n")  # the kernel now holds this size
+    sh("echo 'failed out of disk' > workspaces/sz/.state", cwd=m.mnt)
+    # No wait: the transition itself dropped the cached size before the write returned.
+    assert stat_size(job / ".state") == len("failed\n")
+    assert sh("cat workspaces/sz/.state", cwd=m.mnt).stdout == "failed\n"
+
+
+def test_job_and_manifest_sizes_follow_new_files(wsfs_mount):
+    m = wsfs_mount
+    sh("mkdir workspaces/grow", cwd=m.mnt)
+    job = m.ws / "grow"
+    before = {name: stat_size(job / name) for name in (".job", ".manifest")}  # now cached
+    sh("echo one > workspaces/grow/output/a.txt && echo two > workspaces/grow/output/b.txt", cwd=m.mnt)
+
+    def recorded():  # the manifest batch landed (a read of .manifest flushes it)
+        return sh("cat workspaces/grow/.manifest", cwd=m.mnt).stdout.count("\n") == 2
+    assert until(recorded)
+    # No wait: the commit that changed the record dropped the cached sizes.
+    for name in (".job", ".manifest"):
+        assert stat_size(job / name) == len(sh(f"cat workspaces/grow/{name}", cwd=m.mnt).stdout.encode()), name
+        assert stat_size(job / name) != before[name], name
+    lines = [json.loads(line) for line in (job / ".manifest").read_text().splitlines()]
+    assert [entry["path"] for entry in lines] == ["output/a.txt", "output/b.txt"]
+
+
+def test_wsfs_files_report_the_size_they_read(wsfs_mount):
+    m = wsfs_mount
+    events = m.mnt / ".wsfs" / "events"
+    old = stat_size(events)
+    sh("mkdir workspaces/ev1 workspaces/ev2", cwd=m.mnt)
+    with open(events, "rb") as f:  # tail, less and wc: fstat after open, then read
+        size = os.fstat(f.fileno()).st_size
+        data = f.read()
+    assert size == len(data) > old
+    assert b'"ev2"' in data
+
+
+def test_receipt_is_fresh_after_a_second_ending(wsfs_mount):
+    m = wsfs_mount
+    sh("mkdir workspaces/again && echo v1 > workspaces/again/output/r.txt", cwd=m.mnt)
+    sh("echo 'failed first try' > workspaces/again/.state", cwd=m.mnt)
+    receipt = m.ws / "again" / "receipt.json"
+    assert json.loads(receipt.read_text())["state"] == "failed"  # its pages are now in the kernel
+    sh("echo 'resume again' > .wsfs/control", cwd=m.mnt)
+    sh("echo v2 > workspaces/again/output/r.txt && echo completed > workspaces/again/.state", cwd=m.mnt)
+    # Same path, new file behind it: auto_cache must not serve the first receipt's pages.
+    text = sh("cat workspaces/again/receipt.json", cwd=m.mnt).stdout
+    doc = json.loads(text)
+    assert doc["state"] == "completed"
+    assert [o["sha256"] for o in doc["outputs"]] == [hashlib.sha256(b"v2\n").hexdigest()]
+
+
+def test_archived_tree_is_gone_from_the_cache_at_once(wsfs_mount):
+    m = wsfs_mount
+    sh("mkdir workspaces/gone && mkdir workspaces/gone/output/d && echo x > workspaces/gone/output/d/f",
+       cwd=m.mnt)
+    deep = m.ws / "gone" / "output" / "d" / "f"
+    assert deep.stat().st_size == 2  # cached: entry and attributes
+    sh("echo failed > workspaces/gone/.state && echo archived > workspaces/gone/.state", cwd=m.mnt)
+    assert not (m.ws / "gone").exists()
+    assert not deep.exists()
+    assert sh("test -e workspaces/gone/output/d/f", cwd=m.mnt, check=False).returncode == 1
+
+
+def test_big_reads_and_writes_round_trip(wsfs_mount):
+    """1 MiB requests both ways (zero-copy views of libfuse's buffers), cold and hot."""
+    m = wsfs_mount
+    sh("mkdir workspaces/big", cwd=m.mnt)
+    blob = os.urandom(3 * (1 << 20) + 12345)
+    path = m.ws / "big" / "output" / "blob"
+    with open(path, "wb") as f:
+        for start in range(0, len(blob), 1 << 20):
+            f.write(blob[start:start + (1 << 20)])
+    backing = m.data / "jobs" / "big" / "output" / "blob"
+    assert backing.read_bytes() == blob
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == blob  # cold: from the daemon
+    assert path.read_bytes() == blob  # hot: the kernel's pages, kept across opens
+    with open(path, "rb") as f:
+        f.seek(1 << 20)
+        assert f.read(5000) == blob[1 << 20:(1 << 20) + 5000]
+    sha = sh("sha256sum workspaces/big/output/blob", cwd=m.mnt).stdout.split()[0]
+    assert sha == hashlib.sha256(blob).hexdigest()
+
+
+def test_hot_read_sees_an_overwrite_through_the_mount(wsfs_mount):
+    m = wsfs_mount
+    sh("mkdir workspaces/ow && printf aaaa > workspaces/ow/output/f", cwd=m.mnt)
+    assert sh("cat workspaces/ow/output/f", cwd=m.mnt).stdout == "aaaa"
+    sh("printf bb | dd of=workspaces/ow/output/f bs=1 seek=1 conv=notrunc status=none", cwd=m.mnt)
+    assert sh("cat workspaces/ow/output/f", cwd=m.mnt).stdout == "abba"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the mount's readahead is set through sysfs, as root")
+def test_readahead_is_raised_to_a_mebibyte(wsfs_mount):
+    m = wsfs_mount
+    device = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(m.mnt):
+                device = fields[2]
+    assert device is not None
+
+    def raised():
+        return Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
+    assert until(raised)
