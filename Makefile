@@ -55,7 +55,10 @@ system-deps:
 	command -v fusermount3 >/dev/null 2>&1 || need="$$need fuse3"; \
 	ldconfig -p 2>/dev/null | grep -q libfuse3.so.3 || need="$$need libfuse3-3"; \
 	command -v git >/dev/null 2>&1 || need="$$need git"; \
-	if [ -n "$(NEED_SYSTEMD_ANALYZE)" ]; then command -v systemd-analyze >/dev/null 2>&1 || need="$$need systemd"; fi; \
+	if [ -n "$(NEED_TEST_TOOLS)" ]; then \
+		command -v systemd-analyze >/dev/null 2>&1 || need="$$need systemd"; \
+		command -v setfattr >/dev/null 2>&1 || need="$$need attr"; \
+	fi; \
 	if [ ! -x $(VENV)/bin/python ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		need="$$need python3 python3-venv"; \
 	fi; \
@@ -116,9 +119,10 @@ stop:
 		echo "stop: $(MOUNT) is not mounted"; \
 	fi
 
-# The tests run `systemd-analyze verify` on the units: the systemd package brings it
-# (a target-specific variable, so system-deps sees it only for `make test`).
-test: NEED_SYSTEMD_ANALYZE := yes
+# The tests run `systemd-analyze verify` on the units (the systemd package brings it) and
+# `setfattr` as another user (attr); a target-specific variable, so system-deps sees it only
+# for `make test` and `make stress`.
+test stress: NEED_TEST_TOOLS := yes
 test: system-deps venv
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
