@@ -169,6 +169,8 @@ if _invalidate_path is not None:
 
 
 _fuse_ptr = None  # the session's struct fuse, saved by remember_session() during init
+_session = threading.Condition()  # guards _fuse_ptr against end_session() and counts calls using it
+_calls_in_flight = 0
 
 
 def remember_session() -> None:
@@ -176,22 +178,142 @@ def remember_session() -> None:
     global _fuse_ptr
     context = mfusepy._libfuse.fuse_get_context()
     if context and context.contents.fuse:
-        _fuse_ptr = context.contents.fuse
+        with _session:
+            _fuse_ptr = context.contents.fuse
+
+
+class _FuseArgs(ctypes.Structure):
+    _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)), ("allocated", ctypes.c_int)]
+
+
+class _CmdlineOpts(ctypes.Structure):  # struct fuse_cmdline_opts, libfuse >= 3.12
+    _fields_ = [("singlethread", ctypes.c_int), ("foreground", ctypes.c_int), ("debug", ctypes.c_int),
+                ("nodefault_subtype", ctypes.c_int), ("mountpoint", ctypes.c_void_p),
+                ("show_version", ctypes.c_int), ("show_help", ctypes.c_int), ("clone_fd", ctypes.c_int),
+                ("max_idle_threads", ctypes.c_uint), ("max_threads", ctypes.c_uint)]
+
+
+def _declare(name: str, restype, *argtypes):
+    function = getattr(mfusepy._libfuse, name)
+    function.restype, function.argtypes = restype, list(argtypes)
+    return function
+
+
+_HAS_OWN_MAIN = LIBFUSE_VERSION >= (3, 12) and hasattr(mfusepy._libfuse, "fuse_loop_mt_312")
+if _HAS_OWN_MAIN:
+    _P = ctypes.c_void_p
+    _parse_cmdline = _declare("fuse_parse_cmdline_312", ctypes.c_int, ctypes.POINTER(_FuseArgs),
+                              ctypes.POINTER(_CmdlineOpts))
+    _fuse_new = _declare("fuse_new_31", _P, ctypes.POINTER(_FuseArgs), _P, ctypes.c_size_t, _P)
+    _fuse_mount = _declare("fuse_mount", ctypes.c_int, _P, _P)
+    _fuse_get_session = _declare("fuse_get_session", _P, _P)
+    _set_signal_handlers = _declare("fuse_set_signal_handlers", ctypes.c_int, _P)
+    _remove_signal_handlers = _declare("fuse_remove_signal_handlers", None, _P)
+    _loop_cfg_create = _declare("fuse_loop_cfg_create", _P)
+    _loop_cfg_destroy = _declare("fuse_loop_cfg_destroy", None, _P)
+    _loop_cfg_set_clone_fd = _declare("fuse_loop_cfg_set_clone_fd", None, _P, ctypes.c_uint)
+    _loop_cfg_set_idle_threads = _declare("fuse_loop_cfg_set_idle_threads", ctypes.c_uint, _P, ctypes.c_uint)
+    _loop_cfg_set_max_threads = _declare("fuse_loop_cfg_set_max_threads", ctypes.c_uint, _P, ctypes.c_uint)
+    _fuse_loop = _declare("fuse_loop", ctypes.c_int, _P)
+    _fuse_loop_mt = _declare("fuse_loop_mt_312", ctypes.c_int, _P, _P)
+    _fuse_unmount = _declare("fuse_unmount", None, _P)
+    _fuse_destroy = _declare("fuse_destroy", None, _P)
+    _opt_free_args = _declare("fuse_opt_free_args", None, ctypes.POINTER(_FuseArgs))
+    _libc_free = ctypes.CDLL(None).free
+    _libc_free.argtypes = [_P]
+
+
+def _main_ending_the_session(argc, argv, ops, ops_size, user_data) -> int:
+    """libfuse's ``fuse_main_real``, step for step, with ``end_session()`` between the end of
+    the loop and ``fuse_destroy``.
+
+    libfuse frees the path table (what ``fuse_invalidate_path`` walks) first thing in
+    ``fuse_destroy`` and calls the ``destroy`` operation only after that, so ``destroy`` is too
+    late to stop the daemon's own threads (the manifest writer, the sweeper, the publisher)
+    from invalidating through a session being torn down.  Here they stop before it starts.
+    Foreground only (the daemon never lets libfuse daemonize); returns fuse_main_real's codes.
+    """
+    args = _FuseArgs(argc, ctypes.cast(argv, ctypes.POINTER(ctypes.c_char_p)), 0)
+    opts = _CmdlineOpts()
+    if _parse_cmdline(ctypes.byref(args), ctypes.byref(opts)) != 0:
+        return 1
+    fuse = loop_config = None
+    try:
+        if not opts.mountpoint:
+            return 2
+        fuse = _fuse_new(ctypes.byref(args), ctypes.cast(ops, ctypes.c_void_p), ops_size, user_data)
+        if not fuse:
+            return 3
+        if _fuse_mount(fuse, opts.mountpoint) != 0:
+            return 4
+        session = _fuse_get_session(fuse)
+        try:
+            if _set_signal_handlers(session) != 0:
+                return 6
+            try:
+                if opts.singlethread:
+                    res = _fuse_loop(fuse)
+                else:
+                    loop_config = _loop_cfg_create()
+                    if not loop_config:
+                        return 7
+                    _loop_cfg_set_clone_fd(loop_config, opts.clone_fd)
+                    _loop_cfg_set_idle_threads(loop_config, opts.max_idle_threads)
+                    _loop_cfg_set_max_threads(loop_config, opts.max_threads)
+                    res = _fuse_loop_mt(fuse, loop_config)
+            finally:
+                end_session()
+                _remove_signal_handlers(session)
+        finally:
+            _fuse_unmount(fuse)
+        return 8 if res else 0
+    finally:
+        end_session()
+        if fuse:
+            _fuse_destroy(fuse)
+        if loop_config:
+            _loop_cfg_destroy(loop_config)
+        _libc_free(opts.mountpoint)
+        _opt_free_args(ctypes.byref(args))
+
+
+if _HAS_OWN_MAIN:
+    mfusepy.fuse_main_real = _main_ending_the_session  # FUSE.__init__ calls it by this module-level name
+
+
+def end_session() -> None:
+    """The session is ending (``destroy``): libfuse frees its ``struct fuse`` right after.
+
+    From now on ``invalidate_path`` does nothing; this waits for the calls already in
+    flight, so no thread (the sweeper, the publisher) can still be inside libfuse with it.
+    """
+    global _fuse_ptr
+    with _session:
+        _fuse_ptr = None
+        _session.wait_for(lambda: _calls_in_flight == 0, timeout=5.0)
 
 
 def invalidate_path(path: str) -> None:
     """Make the kernel ask again about ``path`` instead of trusting its cache until attr_timeout.
 
-    Works from any thread once ``remember_session`` ran (the sweeper's hide and purge too).  It
-    sends FUSE_NOTIFY_INVAL_INODE, which takes no lock a request in flight could hold, so it is
-    safe inside a handler.  A path the kernel never looked up has nothing cached: that -ENOENT
-    is ignored.
+    Works from any thread between ``remember_session`` and ``end_session`` (the sweeper's
+    hide and purge too); outside that window it does nothing.  It sends
+    FUSE_NOTIFY_INVAL_INODE, which takes no lock a request in flight could hold, so it is
+    safe inside a handler.  A path the kernel never looked up has nothing cached: that
+    -ENOENT is ignored.
     """
+    global _calls_in_flight
     if _invalidate_path is None:
         return
-    fuse = _fuse_ptr
-    if fuse is None:
-        context = mfusepy._libfuse.fuse_get_context()
-        fuse = context.contents.fuse if context else None
-    if fuse:
+    with _session:
+        fuse = _fuse_ptr
+        if fuse is None:
+            return
+        _calls_in_flight += 1
+    try:
         _invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))
+    finally:
+        with _session:
+            _calls_in_flight -= 1
+            if not _calls_in_flight:
+                _session.notify_all()

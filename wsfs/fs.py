@@ -35,7 +35,7 @@ import threading
 import time
 
 from . import __version__
-from .binding import FuseOSError, Operations, fuse_get_context, invalidate_path, remember_session
+from .binding import FuseOSError, Operations, end_session, fuse_get_context, invalidate_path, remember_session
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
@@ -300,6 +300,9 @@ class WsfsOperations(Operations):
         if conn is not None:
             conn.max_write = 1 << 20
             conn.max_readahead = 1 << 20
+
+    def destroy(self, path):
+        end_session()  # libfuse frees the session next: no thread may invalidate through it after this
 
     def open_jobs(self) -> set[str]:
         """Jobs with a file open through the mount (the sweeper does not purge those)."""
