@@ -58,6 +58,8 @@ FSNAME = "wsfs"
 LOG_FILE = "wsfs.log"
 LOCK_FILE = "lock"
 READY_TIMEOUT = 30.0
+# Out of these, a background thread waits and starts again instead of stopping the mount.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT})
 MAX_THREADS = 16  # libfuse's worker threads; the GIL makes more of them useless
 # How long a thread holding the GIL runs before one waiting for it gets a turn (Python's default
 # is 5 ms): short requests (a `.state` read) must not queue behind a busy writer thread for that long.
@@ -259,10 +261,15 @@ class Daemon:
                 try:
                     target()
                     return
-                except StoreError as exc:
-                    # The store refused a commit (its filesystem is full): no crash, and no reason
-                    # to take the mount away from every job.  The loop starts again; what a stop
-                    # leaves unstored, the next mount recovers.
+                except (StoreError, OSError) as exc:
+                    # The store refused a commit (its filesystem is full), or the system is out of
+                    # something (descriptors, memory, space): no crash, and no reason to take the
+                    # mount away from every job.  The loop starts again; what a stop leaves
+                    # undone, the next mount recovers.
+                    if isinstance(exc, OSError) and exc.errno not in RESOURCE_ERRNOS:
+                        log.exception("thread %s crashed; stopping the mount", name)
+                        os.kill(os.getpid(), 15)
+                        return
                     if self.stop.is_set():
                         log.warning("thread %s stopped with work not stored: %s", name, exc)
                         return
