@@ -101,26 +101,18 @@ _PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
 _kept_threads: set[int] = set()
 
 
-def _keep_thread_state() -> None:
-    """Give the calling libfuse thread a Python thread state for good.
-
-    A ctypes callback on a thread Python did not start makes a thread state and deletes it
-    again on return, for every FUSE request; one more ``PyGILState_Ensure``, never released,
-    keeps it (libfuse's pool is fixed at MAX_THREADS, so that is at most that many).
-    """
-    ident = threading.get_ident()
-    if ident not in _kept_threads:
-        _PyGILState_Ensure()
-        _kept_threads.add(ident)
-
-
 class FUSE(mfusepy.FUSE):
     """mfusepy's FUSE with the open file (and rename flags) passed through, and data moved
     without copies (see the module docstring)."""
 
     def _wrapper(self, func, *args, **kwargs):
-        if threading.get_ident() not in _kept_threads:
-            _keep_thread_state()
+        # A ctypes callback on a thread Python did not start makes a thread state and deletes it
+        # again on return, for every request; one more PyGILState_Ensure, never released, keeps
+        # it for the thread's life (libfuse's pool is fixed at MAX_THREADS threads).
+        ident = threading.get_ident()
+        if ident not in _kept_threads:
+            _PyGILState_Ensure()
+            _kept_threads.add(ident)
         return super()._wrapper(func, *args, **kwargs)
 
     def getattr_fuse_3(self, path, buf, fip):
@@ -262,13 +254,12 @@ def _main_ending_the_session(argc, argv, ops, ops_size, user_data) -> int:
                     _loop_cfg_set_max_threads(loop_config, opts.max_threads)
                     res = _fuse_loop_mt(fuse, loop_config)
             finally:
-                end_session()
                 _remove_signal_handlers(session)
         finally:
             _fuse_unmount(fuse)
         return 8 if res else 0
     finally:
-        end_session()
+        end_session()  # unmounting leaves the path table alone; fuse_destroy frees it first thing
         if fuse:
             _fuse_destroy(fuse)
         if loop_config:

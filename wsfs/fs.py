@@ -800,16 +800,18 @@ class WsfsOperations(Operations):
                 invalidate_path(path)
 
     @staticmethod
-    def _forget_job_files(jobs) -> None:
-        """Records changed: the kernel asks again for the sizes of their virtual files.
+    def _forget_job_files(records) -> None:
+        """Records changed: the kernel asks again for the sizes of their virtual files, where
+        each job is shown (a move between views drops its old place in _forget_cached_job).
 
         Called after every store commit, from whichever thread made it.  A path the kernel
         never looked up costs a lookup in libfuse's table and nothing more.
         """
-        for job in jobs:
-            for top in ("workspaces", "quarantine"):
+        for record in records:
+            top = _VIEW_TOPS.get(record.get("where") or "")
+            if top is not None:
                 for name in JOB_CONTROL_FILES:
-                    invalidate_path(f"/{top}/{job}/{name}")
+                    invalidate_path(f"{top}/{record['id']}/{name}")
 
     @op
     @_marks_setattr

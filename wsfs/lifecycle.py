@@ -257,9 +257,9 @@ class JobService:
         # Called with a job id whenever its tree appears, moves or goes (the FUSE layer
         # drops the kernel's cached entries for it); set by fs.WsfsOperations.
         self.view_changed = lambda job_id: None
-        # Called with the ids of the records every commit changed (the FUSE layer drops the
-        # kernel's cached sizes of their .state, .job and .manifest); set by fs.WsfsOperations.
-        self.records_changed = lambda job_ids: None
+        # Called with the records every commit changed (the FUSE layer drops the kernel's
+        # cached sizes of their .state, .job and .manifest); set by fs.WsfsOperations.
+        self.records_changed = lambda records: None
         # (inode, size) -> sha256 of a file the FUSE layer is still hashing, or None;
         # set by fs.WsfsOperations (its hasher thread).
         self.pending_digest = lambda ino, size: None
@@ -276,7 +276,7 @@ class JobService:
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         if records:
-            self.records_changed([record["id"] for record in records])
+            self.records_changed(records)
 
     def _commit(self, fn):
         """Run ``fn(writer)`` -> list of changed records, in one transaction."""
