@@ -398,3 +398,32 @@ def test_copies_that_keep_their_mtime_leave_the_manifest_right(wsfs_mount, tmp_p
     assert lines[0]["mtime_ns"] == 1_000_000_000
     result = CliRunner().invoke(main, ["doctor", "--mount", str(m.mnt)])
     assert result.exit_code == 0 and result.stdout == "doctor: clean\n"
+
+
+def test_hidden_names_left_in_ended_and_quarantined_jobs_are_found_and_removed(core):
+    """What libfuse 3.14's RELEASE/UNLINK race left behind before wsfs removed such names itself."""
+    make_job(core, "ended", {"output/kept": b"result"}, state="completed")
+    make_job(core, "crashed", {"output/a": b"a"}, state="crashed")
+    empty_trash(core)  # the scratch areas the endings moved there
+    leftovers = [data(core) / "jobs" / "ended" / "output" / ".fuse_hidden0000000100000001",
+                 data(core) / "quarantine" / "crashed" / "output" / ".fuse_hidden0000000200000002"]
+    for path in leftovers:
+        path.write_bytes(b"j" * 4096)
+    findings = doctor.diagnose(core)
+    assert sorted((f.kind, f.job) for f in findings) == [("hidden", "crashed"), ("hidden", "ended")]
+    assert "1 hidden name(s)" in findings[0].detail
+    actions = doctor.repair(core, findings)
+    assert actions == ["crashed: removed 1 hidden name(s) of files unlinked while open",
+                       "ended: removed 1 hidden name(s) of files unlinked while open"]
+    assert not any(p.exists() for p in leftovers)
+    assert (data(core) / "jobs" / "ended" / "output" / "kept").read_bytes() == b"result"
+    assert doctor.diagnose(core) == []
+
+
+def test_recovery_after_a_crash_removes_hidden_names_of_running_jobs(core):
+    make_job(core, "run", {"temp/x": b"x"})
+    left = data(core) / "jobs" / "run" / "temp" / ".fuse_hidden0000000300000003"
+    left.write_bytes(b"journal")
+    core.recover(unclean=True)
+    assert not left.exists()
+    assert core.require("run")["usage"] == {"bytes": 1, "files": 1}

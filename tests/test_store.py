@@ -282,6 +282,65 @@ def test_manifest_prefix_delete(store):
 def test_manifest_key_layout():
     assert manifest_key("j", "output/a") == b"j\0output/a"
     assert manifest_key("j", "o/\udcff") == b"j\0o/\xff"
+    long_path = "output/" + "d" * 300 + "/" + "é" * 200
+    key = manifest_key("j" * 128, long_path)
+    assert len(key) <= 511 and key.startswith(b"j" * 128 + b"\0output/ddd")
+    assert key != manifest_key("j" * 128, long_path + "x")
+
+
+def deep(n: int, leaf: str = "f") -> str:
+    """A path of n 200-byte directories below output/ (n = 21: 4,230 bytes, past PATH_MAX)."""
+    return "/".join(["output"] + [f"{i:03d}" + "x" * 197 for i in range(n)] + [leaf])
+
+
+def test_manifest_holds_paths_of_any_length_sorted_and_by_prefix(store):
+    paths = [deep(1), deep(2, "a"), deep(2, "b"), deep(21, "a"), deep(21, "b"), "output/z", "output/" + "y" * 255]
+    with store.write() as w:
+        for i, p in enumerate(paths):
+            assert w.put_manifest("j" * 128, p, [i, 0, i, None]) is None
+        assert w.put_manifest("j" * 128, deep(21, "a"), [99, 0, 3, None]) == [3, 0, 3, None]
+    with store.read() as r:
+        listed = list(r.manifest("j" * 128))
+        assert [p for p, _ in listed] == sorted(paths, key=lambda p: p.encode())
+        assert dict(listed)[deep(21, "a")] == [99, 0, 3, None]  # entries are four fields, whatever the path
+        assert r.manifest_entry("j" * 128, deep(2, "b")) == [2, 0, 2, None]
+        under = deep(20, "")[:-1]
+        assert [p for p, _ in r.manifest("j" * 128, under)] == [deep(21, "a"), deep(21, "b")]
+        below_two = [deep(2, "a"), deep(2, "b"), deep(21, "a"), deep(21, "b")]
+        assert [p for p, _ in r.manifest("j" * 128, deep(2, "")[:-1])] == sorted(below_two, key=str.encode)
+    with store.write() as w:
+        removed = w.delete_manifest_prefix("j" * 128, deep(1, "")[:-1])
+        assert sorted(p for p, _ in removed) == sorted([deep(1), *below_two])
+        assert w.delete_manifest("j" * 128, deep(1)) is None
+    with store.read() as r:
+        assert [p for p, _ in r.manifest("j" * 128)] == ["output/" + "y" * 255, "output/z"]
+
+
+def test_a_schema_1_store_is_migrated_to_long_keys_on_open(path):
+    import lmdb
+    import msgpack
+
+    env = lmdb.open(path, max_dbs=16, subdir=True)
+    meta, manifest = env.open_db(b"meta"), env.open_db(b"manifest")
+    for name in (b"jobs", b"events", b"expiry", b"pending", b"owners"):
+        env.open_db(name)
+    long_path = "output/" + "a" * 400  # schema 1 keyed it as it is (under LMDB's 511 bytes)
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", msgpack.packb(1), db=meta)
+        txn.put(b"j\0" + long_path.encode(), msgpack.packb([5, 1, 2, None]), db=manifest)
+        txn.put(b"j\0output/short", msgpack.packb([1, 1, 3, None]), db=manifest)
+    env.close()
+    old = Store(path, readonly=True)  # a read-only open reads schema 1 as it is
+    with old.read() as r:
+        assert [p for p, _ in r.manifest("j")] == [long_path, "output/short"]
+    old.close()
+    store = Store(path)
+    with store.read() as r:
+        assert r.meta("schema") == SCHEMA_VERSION == 2
+        assert r.manifest_entry("j", long_path) == [5, 1, 2, None]
+        assert [p for p, _ in r.manifest("j")] == [long_path, "output/short"]
+    assert manifest_key("j", long_path) in raw_keys(store, b"manifest")
+    store.close()
 
 
 # -- events and counters -----------------------------------------------------------------------

@@ -683,34 +683,30 @@ def _path_of(length: int, area: str = "output") -> str:
     return path
 
 
-def test_paths_too_long_for_the_manifest_are_enametoolong_and_the_mount_stays(hostile_mount):
-    """An LMDB key is at most 511 bytes: job id, NUL, area path.  A file whose manifest key was
-    longer made the manifest thread crash on MDB_BAD_VALSIZE, and that stopped the whole mount
-    (every job's).  Now such a name is refused where it is made (ENAMETOOLONG); one byte less works
-    and is in the manifest and the receipt."""
+def test_paths_past_the_old_manifest_key_limit_work_and_the_mount_stays(hostile_mount):
+    """An LMDB key is at most 511 bytes: job id, NUL, area path.  Schema 1 keyed paths as they
+    are, so names past that were refused (ENAMETOOLONG), where the disk takes them.  Schema 2 keys
+    long paths by a cut and a hash: every way of making a name works one byte past the old limit
+    and far past it, and the receipt and the manifest list them."""
     m = hostile_mount
     job = "L" * 40
     os.mkdir(m.ws / job)
     room = 511 - len(job) - 1
-    fits, too_long = _path_of(room), _path_of(room + 1)
-    for rel in (fits, too_long):
+    fits, past = _path_of(room), _path_of(room + 1)
+    for rel in (fits, past):
         os.makedirs((m.ws / job / rel).parent, exist_ok=True)
-    (m.ws / job / fits).write_bytes(b"at the limit\n")
-    where = m.ws / job / too_long
-    for make in (lambda: where.write_bytes(b"x"), lambda: os.mkdir(where), lambda: os.mkfifo(where),
-                 lambda: os.symlink("x", where), lambda: os.link(m.ws / job / fits, where),
-                 lambda: os.rename(m.ws / job / fits, where)):
-        with pytest.raises(OSError) as info:
-            make()
-        assert info.value.errno == errno.ENAMETOOLONG
-        assert not os.path.lexists(where)
-    # A dir whose files would move past the limit is not renamed; one that stays within is.
-    holder = (m.ws / job / fits).parent
-    with pytest.raises(OSError) as info:
-        os.rename(holder, holder.with_name(holder.name + "x"))
-    assert info.value.errno == errno.ENAMETOOLONG
-    os.rename(holder, holder.with_name("e" * 200))
-    moved = "/".join(fits.split("/")[:-2] + ["e" * 200, fits.split("/")[-1]])
+    (m.ws / job / fits).write_bytes(b"at the old limit\n")
+    where = m.ws / job / past
+    for make, undo in ((lambda: where.write_bytes(b"x"), where.unlink), (lambda: os.mkdir(where), where.rmdir),
+                       (lambda: os.mkfifo(where), where.unlink), (lambda: os.symlink("x", where), where.unlink),
+                       (lambda: os.link(m.ws / job / fits, where), where.unlink)):
+        make()
+        assert os.path.lexists(where)
+        undo()
+    os.rename(m.ws / job / fits, where)
+    holder = where.parent
+    os.rename(holder, holder.with_name(holder.name + "x"))
+    moved = "/".join(past.split("/")[:-2] + [holder.name + "x", past.split("/")[-1]])
     assert_alive(m)
     sh(f"echo completed > workspaces/{job}/.state", cwd=m.mnt)
     receipt = json.loads((m.ws / job / "receipt.json").read_text())
@@ -719,14 +715,16 @@ def test_paths_too_long_for_the_manifest_are_enametoolong_and_the_mount_stays(ho
     assert daemon_errors(m) == []
 
 
-def test_the_manifest_writer_skips_a_path_it_cannot_store_instead_of_dying(core, caplog):
-    """Belt and braces behind the FUSE layer's check: an over-long entry is logged and left out."""
+def test_the_manifest_writer_stores_paths_of_any_length(core):
+    """Schema 2: what schema 1 could not key (600 bytes, and past PATH_MAX) is an entry like any other."""
     core.create_job("J", 0, 0)
     fd = core.tree.open("jobs", "J/output/f", os.O_WRONLY | os.O_CREAT, 0o644)
     st = os.fstat(fd)
     os.close(fd)
-    core.manifest.put("J", "output/" + "x" * 600, st)
+    long_ones = ["output/" + "x" * 600, "output/" + "/".join(["d" * 250] * 20) + "/f"]
+    for path in long_ones:
+        core.manifest.put("J", path, st)
     core.manifest.put("J", "output/f", st)
     core.manifest.flush()
-    assert [path for path, _entry in core.manifest_entries("J")] == ["output/f"]
-    assert "path too long to record" in caplog.text
+    assert [path for path, _entry in core.manifest_entries("J")] == [long_ones[1], "output/f", long_ones[0]]
+    assert core.require("J")["usage"]["files"] == 3

@@ -7,6 +7,8 @@ sysadmin can read::
     misplaced-tree  a job's tree is in the other root than its record says
     missing-tree    a record says the job has a tree, and there is none
     manifest        a job's manifest disagrees with its files (path, size, mtime, inode)
+    hidden          ``.fuse_hidden*`` names of files unlinked while open, left in a job
+                    that has no file open (a crash, or an older wsfs on libfuse 3.14)
     stray           something in DATA/jobs or DATA/quarantine that is not a directory
     pending         a transition a crash interrupted (no daemon runs to finish it)
     trash           an entry of DATA/trash not deleted yet
@@ -22,6 +24,7 @@ line per action::
     missing-tree    the record is marked purged (``where`` None, ``purged_at``);
                     a job that was still running also ends ``crashed``
     manifest        rebuilt from the files (``JobService.rebuild_manifest``)
+    hidden          removed (``JobService.remove_hidden_leftovers``)
     stray           removed (a symlink itself, never what it points to)
     pending         finished (``JobService.recover``), as the next mount would
     trash           deleted
@@ -59,8 +62,8 @@ log = logging.getLogger("wsfs.doctor")
 
 TREE_ROOTS = ("jobs", "quarantine")
 VIEW_NAMES = {"jobs": "workspaces", "quarantine": "quarantine"}
-REPAIR_ORDER = ("pending", "misplaced-tree", "missing-tree", "stray", "orphan-tree", "manifest", "trash",
-                "stale-readers")
+REPAIR_ORDER = ("pending", "misplaced-tree", "missing-tree", "stray", "orphan-tree", "manifest", "hidden",
+                "trash", "stale-readers")
 ADOPTED_TEMPLATE = "adopted"
 EXAMPLES = 3  # paths named per kind of manifest difference
 
@@ -147,13 +150,15 @@ def _is_dir(service: JobService, root: str, name: str) -> bool:
         return False
 
 
-def manifest_differences(service: JobService, record: dict) -> str | None:
-    """One line on how the job's manifest and usage disagree with its files, or None."""
+def manifest_differences(service: JobService, record: dict, hidden: list[str] | None = None) -> str | None:
+    """One line on how the job's manifest and usage disagree with its files, or None.
+
+    ``hidden``, when given, gets the job's hidden names (found in the same walk)."""
     job = record["id"]
     where = service.location(record)
     if where is None:
         return None
-    files = service.tree_files(record)
+    files = service.tree_files(record, hidden)
     with service.store.read() as r:
         entries = dict(r.manifest(job))
         usage = (r.job(job) or record)["usage"]
@@ -253,12 +258,17 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
                 continue
             if live and job in busy:
                 continue
-            detail = manifest_differences(service, record)
+            hidden: list[str] = []
+            detail = manifest_differences(service, record, hidden)
             if detail and live:
                 service.manifest.flush()  # a change queued meanwhile is not damage
                 detail = manifest_differences(service, record)
             if detail:
                 findings.append(Finding("manifest", job, detail))
+            if hidden:
+                shown = ", ".join(hidden[:EXAMPLES]) + (", ..." if len(hidden) > EXAMPLES else "")
+                findings.append(Finding("hidden", job, f"{len(hidden)} hidden name(s) of files unlinked while "
+                                        f"open, and no file of the job is open ({shown})"))
 
     for name in sorted(service.tree.listdir("trash", "")):
         if trash_stuck is not None and name not in trash_stuck:
@@ -438,6 +448,18 @@ def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, bu
     return f"{f.job}: rebuilt the manifest from the files ({usage['files']} files, {usage['bytes']} bytes)"
 
 
+def _repair_hidden(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
+    with service.lock(f.job).exclusive():
+        record = service.require(f.job)
+        if record.get("pending") or record.get("where") is None or (live and f.job in busy):
+            return f"{f.job}: changed meanwhile, hidden names left alone"
+        hidden: list[str] = []
+        service.tree_files(record, hidden)
+        removed = service.remove_hidden_leftovers(record, hidden)
+        service.usage.forget(f.job)
+    return f"{f.job}: removed {removed} hidden name(s) of files unlinked while open"
+
+
 def _repair_trash(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     errors: list[str] = []
 
@@ -458,7 +480,8 @@ def _repair_readers(service: JobService, f: Finding, now: float, live: bool, bus
 
 
 _REPAIRS = {"misplaced-tree": _repair_misplaced, "missing-tree": _repair_missing, "stray": _repair_stray,
-            "orphan-tree": _repair_orphan, "manifest": _repair_manifest, "trash": _repair_trash,
+            "orphan-tree": _repair_orphan, "manifest": _repair_manifest, "hidden": _repair_hidden,
+            "trash": _repair_trash,
             "stale-readers": _repair_readers}
 
 

@@ -39,7 +39,6 @@ from .binding import FuseOSError, Operations, end_session, fuse_get_context, inv
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
-from .store import manifest_key_fits
 from .model import JOB_ID_RE, is_hidden_name
 from .tree import Tree
 
@@ -187,6 +186,90 @@ class LinkedNames:
                     names.update(renamed)
 
 
+class HiddenNames:
+    """libfuse's names of files unlinked while open, each removed at its file's last close.
+
+    With ``hard_remove`` off, libfuse renames a file unlinked (or renamed over) while open to
+    ``.fuse_hiddenXXX`` and removes that name at its last RELEASE.  On libfuse 3.14 a RELEASE
+    that races the UNLINK leaves the name behind for good (libfuse #746, fixed upstream by
+    #782): bytes nobody can see, counted against the job's quota.  So wsfs does not rely on
+    libfuse for it.  It counts its own open backing handles per (root, inode), and keeps the
+    hidden names per (root, inode).  A hidden name is removed when its inode's count reaches
+    zero, by whichever step comes last, the rename that hid it or the release of the last
+    handle; both steps decide under one lock.  libfuse's own later unlink of the name then
+    finds nothing, which it ignores.
+
+    Threading: any FUSE thread; ``_lock`` is a leaf lock.
+    """
+
+    def __init__(self):
+        self._open: dict[tuple[str, int], int] = {}
+        self._names: dict[tuple[str, int], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def opened(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            self._open[key] = self._open.get(key, 0) + 1
+
+    def closed(self, key: tuple[str, int]) -> list[str]:
+        """One handle less; the hidden names to remove now (its last handle closed)."""
+        with self._lock:
+            count = self._open.get(key, 0) - 1
+            if count > 0:
+                self._open[key] = count
+                return []
+            self._open.pop(key, None)
+            return sorted(self._names.pop(key, ()))
+
+    def hidden(self, key: tuple[str, int], rel: str) -> bool:
+        """libfuse hid ``rel``: True when no handle has the file open any more (remove it now)."""
+        with self._lock:
+            if not self._open.get(key):
+                return True
+            self._names.setdefault(key, set()).add(rel)
+            return False
+
+    def forget(self, rel: str) -> None:
+        """The name went another way (libfuse's unlink, a directory's removal)."""
+        with self._lock:
+            for key in [k for k, names in self._names.items() if rel in names]:
+                self._names[key].discard(rel)
+                if not self._names[key]:
+                    del self._names[key]
+
+    def take_below(self, root: str, rel: str) -> list[str]:
+        """Every hidden name at or below ``root``/``rel``, no longer kept (a tree being sealed or leaving)."""
+        taken = []
+        with self._lock:
+            for key in list(self._names):
+                if key[0] != root:
+                    continue
+                mine = {n for n in self._names[key] if n.startswith(rel + "/")}
+                if mine:
+                    taken += mine
+                    self._names[key] -= mine
+                    if not self._names[key]:
+                        del self._names[key]
+        return sorted(taken)
+
+    def moved(self, root: str, old: str, new: str, exchange: bool = False) -> None:
+        """A rename of a directory: the hidden names below it moved with it."""
+        if not self._names:
+            return
+
+        def swap(p):
+            for a, b in ((old, new), (new, old)) if exchange else ((old, new),):
+                if p.startswith(a + "/"):
+                    return b + p[len(a):]
+            return p
+        with self._lock:
+            for key, names in self._names.items():
+                if key[0] == root:
+                    renamed = {swap(p) for p in names}
+                    names.clear()
+                    names.update(renamed)
+
+
 class PageInvalidator:
     """``invalidate_path`` (attributes *and* pages) run by the ``wsfs-invalidate`` thread.
 
@@ -261,6 +344,7 @@ class WsfsOperations(Operations):
         self._writers: dict[int, set[Handle]] = {}  # backing inode -> open writable handles
         self.hasher = Hasher()  # its thread is started by the daemon
         self._linked = LinkedNames()
+        self._hidden = HiddenNames()
         self._invalidate = PageInvalidator()
         # thread id -> (path, fh) of a setattr step whose getattr comes next on that thread.  Not a
         # threading.local: Python forgets those between two callbacks on a libfuse thread.
@@ -274,6 +358,7 @@ class WsfsOperations(Operations):
         service.view_changed = self._forget_cached_job
         service.records_changed = self._forget_job_files
         service.pending_digest = self.hasher.digest_now
+        service.tree_closing = self._tree_closing
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
@@ -366,27 +451,6 @@ class WsfsOperations(Operations):
             raise FuseOSError(errno.EROFS)
         return node
 
-    def _room_for(self, node: Node, moved: Node | None = None) -> None:
-        """ENAMETOOLONG unless the manifest can hold ``node``'s path (and, when ``moved`` comes
-        there, every file below it): an LMDB key is at most 511 bytes, job id included.  Without
-        this, the entry would be refused in the manifest thread, far from the call that made it."""
-        if node.job is None or node.area_path is None or _is_hidden(node):
-            return  # outside jobs nothing is recorded; libfuse's hidden names are not recorded either
-        longer_by = 0
-        if moved is not None and moved.area_path is not None and len(node.area_path) > len(moved.area_path):
-            try:  # a move to a longer path makes every path below it longer by as much
-                is_dir = stat.S_ISDIR(self.tree.lstat(moved.root, moved.rel).st_mode)
-            except OSError:
-                is_dir = False
-            if is_dir:
-                self.service.manifest.flush()
-                base = len(moved.area_path.encode("utf-8", "surrogateescape"))
-                with self.service.store.read() as r:
-                    longer_by = max((len(p.encode("utf-8", "surrogateescape")) - base
-                                     for p, _entry in r.manifest(moved.job, moved.area_path)), default=0)
-        if not manifest_key_fits(node.job, node.area_path, longer_by):
-            raise FuseOSError(errno.ENAMETOOLONG)
-
     def _limited(self, node: Node) -> bool:
         """Does this job have a quota or max_files to meter?  (Most have neither: no cost then.)"""
         if node.job is None or node.area_path is None:
@@ -444,7 +508,14 @@ class WsfsOperations(Operations):
             return self._vfile_attrs(node, 0 if node.name == "control" else len(self._content(node)))
         if node.kind == "absent":
             raise FuseOSError(errno.ENOENT)
-        st = self.tree.lstat(node.root, node.rel)
+        try:
+            st = self.tree.lstat(node.root, node.rel)
+        except FileNotFoundError:
+            # fstat() of an unlinked open file comes by path (libfuse #62), its hidden name maybe gone
+            handle = self._handle_at(node.root, node.rel) if _is_hidden(node) else None
+            if handle is None:
+                raise
+            return _stat_dict(os.fstat(handle.fd))
         if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
             self._linked.note((node.root, st.st_ino), path)
         return self._visible_links(node, _stat_dict(st), after_setattr)
@@ -583,7 +654,6 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or (node.area_path is not None and "/" not in node.area_path):
             raise NotAllowedError("areas are made with the job")
-        self._room_for(node)
         with self._changing(node):
             self.tree.mkdir(node.root, node.rel, mode & 0o7777)
             self._give_to_caller(node, uid, gid)
@@ -599,8 +669,26 @@ class WsfsOperations(Operations):
         if node.area_path is not None and "/" not in node.area_path:
             raise NotAllowedError("areas stay for the job's life")
         with self._changing(node):
-            self.tree.rmdir(node.root, node.rel)
+            try:
+                self.tree.rmdir(node.root, node.rel)
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY or not self._only_hidden_left(node):
+                    raise
+                self.tree.rmdir(node.root, node.rel)
         return 0
+
+    def _only_hidden_left(self, node: Node) -> bool:
+        """A directory that lists empty holds only hidden names of files unlinked while open:
+        they go (their files live on through the daemon's descriptors), so it can be removed
+        as on any disk.  False when a visible entry is left."""
+        names = [name for name, _ino, _kind in self.tree.scandir(node.root, node.rel)]
+        if not all(is_hidden_name(name) for name in names):
+            return False
+        for name in names:
+            rel = f"{node.rel}/{name}"
+            self._hidden.forget(rel)
+            self._remove_hidden(node.root, rel)
+        return True
 
     def _give_to_caller(self, node: Node, uid: int, gid: int) -> None:
         """Run as root with allow_other, a new entry belongs to the caller (SPEC §12)."""
@@ -626,6 +714,8 @@ class WsfsOperations(Operations):
                         if h.stream is not None:
                             h.stream.invalidate()
                 writers.add(handle)
+        if handle.fd >= 0:
+            self._hidden.opened((handle.node.root, handle.ino))
         fi.fh = fh
         return 0
 
@@ -642,7 +732,12 @@ class WsfsOperations(Operations):
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_DIRECT | os.O_NOCTTY)
         if not wants_write:
             fd = self.tree.open(node.root, node.rel, flags)
-            return self._register(fi, Handle(node, fd=fd))
+            try:
+                ino = os.fstat(fd).st_ino
+            except BaseException:
+                os.close(fd)
+                raise
+            return self._register(fi, Handle(node, fd=fd, ino=ino))
         if node.readonly:
             raise FuseOSError(errno.EROFS)
         with self._changing(node):
@@ -680,7 +775,6 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or node.area_path is None and node.job is not None:
             raise NotAllowedError("only the areas live at a job's root")
-        self._room_for(node)
         flags = (fi.flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT
         with self._changing(node):
             self._charge(node, 0, 1)
@@ -883,9 +977,10 @@ class WsfsOperations(Operations):
                         del self._writers[handle.ino]
         if handle is None or handle.fd < 0:
             return 0
+        node = handle.node
+        hidden_names = self._hidden.closed((node.root, handle.ino))
         stream, handle.stream = handle.stream, None
         try:
-            node = handle.node
             if handle.dirty and node.area_path is not None:
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
                 with self.service.lock(node.job).shared():
@@ -899,7 +994,44 @@ class WsfsOperations(Operations):
                 self.hasher.forget(stream)
                 stream.close()
             os.close(handle.fd)
+            if hidden_names:  # the file's last handle: its hidden names go (see HiddenNames)
+                with self.service.lock(node.job).shared() if node.job is not None else _NO_LOCK:
+                    for rel in hidden_names:
+                        self._remove_hidden(node.root, rel)
         return 0
+
+    def _remove_hidden(self, root: str, rel: str) -> None:
+        """Unlink a hidden name and give its bytes back to the job's quota.  A file still open
+        keeps its data through the daemon's descriptor, as an unlinked file does on any disk."""
+        try:
+            st = self.tree.lstat(root, rel)
+            if not is_hidden_name(rel.rsplit("/", 1)[-1]):
+                return
+            self.tree.unlink(root, rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # libfuse, a rmdir or the job's ending took it first
+        if not stat.S_ISREG(st.st_mode):
+            return
+        self._count_hidden_link((root, st.st_ino), -1)
+        job = rel.split("/", 1)[0] if root == "jobs" else None
+        record = self.service.get(job) if job is not None else None
+        if record is not None and (record.get("quota") or record.get("max_files")):
+            self.service.usage.charge(job, -st.st_size, -1)
+
+    def _tree_closing(self, job: str) -> None:
+        """A job's tree is sealed, quarantined or leaves: the hidden names of its files still
+        open go now (their data lives on in the daemon's descriptors until the last close)."""
+        for root in ("jobs", "quarantine"):
+            for rel in self._hidden.take_below(root, job):
+                self._remove_hidden(root, rel)
+
+    def _handle_at(self, root: str, rel: str) -> Handle | None:
+        """An open backing handle of the file at ``root``/``rel`` (a hidden name already removed)."""
+        with self._handles_lock:
+            for handle in self._handles.values():
+                if handle.fd >= 0 and handle.node.root == root and handle.node.rel == rel:
+                    return handle
+        return None
 
     def _hashed_later(self, node: Node, st: os.stat_result):
         """The hasher's callback for a file closed before its sha256 was done."""
@@ -990,6 +1122,7 @@ class WsfsOperations(Operations):
                 self.service.manifest.delete(node.job, node.area_path)
         if hidden is not None:
             self._count_hidden_link(hidden, -1)
+            self._hidden.forget(node.rel)
         if linked is not None:  # its other names have one link less
             self._linked.forget(linked, path)
             self._show_other_names(node, key=linked, path=path)
@@ -1004,9 +1137,6 @@ class WsfsOperations(Operations):
                 raise NotAllowedError("areas and control files are not renamed")
         if src.root != dst.root or src.job != dst.job:
             raise FuseOSError(errno.EXDEV)
-        self._room_for(dst, moved=src)
-        if flags & 2:  # RENAME_EXCHANGE: what is at dst moves to src as well
-            self._room_for(src, moved=dst)
         if not flags and self._same_file(src, dst):
             # rename(2): two links of one file stay as they are, the manifest keeps both names.  libfuse
             # moves its node of src to dst all the same: the open files follow it.
@@ -1027,6 +1157,7 @@ class WsfsOperations(Operations):
                 except FileNotFoundError:
                     pass
             self.tree.rename(src.root, src.rel, dst.root, dst.rel, flags)
+            self._hidden.moved(src.root, src.rel, dst.rel, exchange=bool(flags & 2))
             if replaced is not None and stat.S_ISREG(replaced.st_mode):
                 self._charge(dst, -replaced.st_size, -1)
             if src.job is not None:
@@ -1039,6 +1170,10 @@ class WsfsOperations(Operations):
                 if stat.S_ISREG(st.st_mode):
                     self._count_hidden_link((dst.root, st.st_ino), 1)
                     linked[0] = (dst.root, st.st_ino)
+                    if self._hidden.hidden((dst.root, st.st_ino), dst.rel):
+                        # its last release came first (the race of libfuse #746): nobody needs the name
+                        with self.service.lock(dst.job).shared() if dst.job is not None else _NO_LOCK:
+                            self._remove_hidden(dst.root, dst.rel)
                     if st.st_nlink > 1:  # another name may be the rename's source (see _undo_hide)
                         now = time.monotonic()
                         for path, mark in list(self._hidden_now.items()):
@@ -1071,7 +1206,7 @@ class WsfsOperations(Operations):
         lookup of b comes between the two, and ``getattr`` drops the mark.
         """
         with self._changing(dst):
-            self.tree.link(dst.root, hidden_rel, dst.rel)
+            self.tree.link(dst.root, src.rel, dst.rel)  # src is the hidden file's other name
             st = self.tree.lstat(dst.root, dst.rel)
             self._charge(dst, st.st_size, 1)
             if dst.area_path is not None:
@@ -1116,7 +1251,6 @@ class WsfsOperations(Operations):
             raise NotAllowedError("only the areas live at a job's root")
         if old.root != new.root or old.job != new.job:
             raise FuseOSError(errno.EXDEV)
-        self._room_for(new)
         with self._changing(new):
             if self._limited(new):
                 linked = self.tree.lstat(old.root, old.rel)
@@ -1139,7 +1273,6 @@ class WsfsOperations(Operations):
         node = self._backing(target, for_change=True)
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
-        self._room_for(node)
         with self._changing(node):
             self.tree.symlink(node.root, node.rel, source)
             self._give_to_caller(node, uid, gid)
@@ -1156,7 +1289,6 @@ class WsfsOperations(Operations):
         node = self._backing(path, for_change=True)
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
-        self._room_for(node)
         with self._changing(node):
             if stat.S_ISREG(mode):
                 self._charge(node, 0, 1)

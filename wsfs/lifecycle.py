@@ -49,7 +49,7 @@ from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
                      QuotaError, SealedError, StoreError, UnsafePathError, WsfsError)
 from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
-from .store import RWLock, Store, manifest_key_fits
+from .store import RWLock, Store
 from .tree import Tree
 
 log = logging.getLogger("wsfs.lifecycle")
@@ -173,9 +173,6 @@ class ManifestWriter:
         for op in ops:
             kind, job = op[0], op[1]
             if kind == "put":
-                if not manifest_key_fits(job, op[2]):  # the FUSE layer refuses such names: never here
-                    log.warning("manifest: %s: path too long to record: %s", job, op[2][:80])
-                    continue
                 account(job, op[2], w.put_manifest(job, op[2], op[3]), op[3])
             elif kind == "delete":
                 for path, old in w.delete_manifest_prefix(job, op[2]):
@@ -194,9 +191,6 @@ class ManifestWriter:
                 for path, entry in w.delete_manifest_prefix(job, src):
                     account(job, path, entry, None)  # a move, not a new file: it leaves src ...
                     new_path = dst + path[len(src):]
-                    if not manifest_key_fits(job, new_path):  # refused by the FUSE layer: never here
-                        log.warning("manifest: %s: path too long to record: %s", job, new_path[:80])
-                        continue
                     account(job, new_path, w.put_manifest(job, new_path, entry), entry)  # ... and lands at dst
         records = []
         for job, areas in deltas.items():
@@ -263,6 +257,9 @@ class JobService:
         # (inode, size) -> sha256 of a file the FUSE layer is still hashing, or None;
         # set by fs.WsfsOperations (its hasher thread).
         self.pending_digest = lambda ino, size: None
+        # Called with a job id before its tree is sealed, quarantined or leaves (the FUSE layer
+        # removes the hidden names of its files unlinked while open, see fs.HiddenNames).
+        self.tree_closing = lambda job_id: None
         fault = os.environ.get("WSFS_FAULT", "")
         self._fault = fault.partition("after:")[2] or None
 
@@ -628,6 +625,7 @@ class JobService:
     def _step_quarantine(self, record: dict, target: JobState) -> dict:
         """A crashed job's tree moves to quarantine/ (SPEC §7); idempotent."""
         job_id = record["id"]
+        self.tree_closing(job_id)
         if record.get("where") == "jobs" and self.tree.exists("jobs", job_id):
             self.tree.rename("jobs", job_id, "quarantine", job_id)
         log.warning("job %s crashed (%s): its tree is in quarantine/", job_id, record["pending"]["reason"])
@@ -638,6 +636,8 @@ class JobService:
         return self._set_step(job_id, "quarantine", moved)
 
     def _step_sealed(self, record: dict, target: JobState) -> dict:
+        self.tree_closing(record["id"])
+
         def seal(record, w):
             record["sealed"] = True
         return self._set_step(record["id"], "sealed", seal)
@@ -779,6 +779,7 @@ class JobService:
 
     def _step_tree(self, record: dict, target: JobState) -> dict:
         job_id = record["id"]
+        self.tree_closing(job_id)
         where = self.location(record)
         if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.archived"):
             self.trash_wake.set()
@@ -1031,22 +1032,49 @@ class JobService:
             self.tree.move_to_trash("jobs", name, f"{name}.unfinished")
             self.trash_wake.set()
 
-    def tree_files(self, record: dict) -> dict[str, os.stat_result]:
+    def tree_files(self, record: dict, hidden: list[str] | None = None) -> dict[str, os.stat_result]:
         """The files of a job's tree that belong in its manifest: AREA/path -> stat.
 
         Not the receipt, and not libfuse's ``.fuse_hidden*`` names of unlinked
-        files still open (they left the manifest when they were unlinked).
+        files still open (they left the manifest when they were unlinked): those
+        are appended to ``hidden``, when given, as paths below the job's root.
         """
         where = self.location(record)
         if where is None:
             return {}
-        return {path: st for path, st in self.tree.walk_files(*where)
-                if path not in (RECEIPT_FILE, RECEIPT_FILE + ".tmp")
-                and not is_hidden_name(path.rsplit("/", 1)[-1])}
+        files = {}
+        for path, st in self.tree.walk_files(*where):
+            if is_hidden_name(path.rsplit("/", 1)[-1]):
+                if hidden is not None:
+                    hidden.append(path)
+            elif path not in (RECEIPT_FILE, RECEIPT_FILE + ".tmp"):
+                files[path] = st
+        return files
+
+    def remove_hidden_leftovers(self, record: dict, paths: list[str]) -> int:
+        """Unlink hidden names that no open file needs any more (after a crash, or left by an
+        older wsfs or libfuse); the caller knows no file of the job is open.  Returns how many."""
+        where = self.location(record)
+        removed = 0
+        for path in paths if where else ():
+            try:
+                self.tree.unlink(where[0], f"{where[1]}/{path}")
+                removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            log.info("job %s: removed %d hidden name(s) of files unlinked while open", record["id"], removed)
+        return removed
 
     def rebuild_manifest(self, job_id: str) -> dict:
-        """Make a job's manifest equal to its tree (keeps hashes that still match)."""
-        files = self.tree_files(self.require(job_id))
+        """Make a job's manifest equal to its tree (keeps hashes that still match).
+
+        No file of the job may be open (recovery, doctor on an idle job): the hidden
+        names of files unlinked while open that a crash left behind go as well.
+        """
+        record, hidden = self.require(job_id), []
+        files = self.tree_files(record, hidden)
+        self.remove_hidden_leftovers(record, hidden)
 
         def fn(w):
             old = dict(w.manifest(job_id))

@@ -44,7 +44,13 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
 ``manifest``
     job id + ``b"\\0"`` + path (``AREA/rel/path``, UTF-8 with surrogateescape)
     -> ``[size, mtime_ns, ino, sha256 (32 bytes) or None]``.  One entry per
-    regular file in the job's tree.  ``sha256`` is valid only while the file's
+    regular file in the job's tree.  A path longer than ``PATH_KEY_BYTES``
+    (360) bytes is keyed by its first 360 bytes, ``b"\\xff"`` and the 16-byte
+    BLAKE2b of the whole path, and its entry carries the whole path as a
+    fifth element (schema 2: a job holds every path the disk does, PATH_MAX
+    and deeper, while an LMDB key is at most 511 bytes and a job id 128).
+    Readers give every entry as ``(path, [size, mtime_ns, ino, sha256])``,
+    sorted by path bytes.  ``sha256`` is valid only while the file's
     (size, mtime_ns, ino) equal the stored ones.  Invariant: the record's
     ``usage`` equals the sum over the job's entries once the caller's pending
     batch is flushed, except for a completed job's scratch areas, whose
@@ -88,6 +94,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import struct
 import threading
@@ -99,7 +106,9 @@ import msgpack
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Store versions this code migrates on a writable open (``_migrate``); a read-only open reads them as they are.
+_MIGRATES_FROM = (1,)
 MAX_EVENTS = 10_000
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling on MapFullError
 _DBS = (b"meta", b"jobs", b"manifest", b"events", b"expiry", b"pending", b"owners", b"publish", b"receipts")
@@ -116,8 +125,34 @@ def unpack(data: bytes):
     return msgpack.unpackb(data, raw=False)
 
 
+#: Manifest paths up to this many bytes are keys as they are; longer ones are cut and hashed (see above).
+PATH_KEY_BYTES = 360
+
+
 def manifest_key(job_id: str, path: str) -> bytes:
-    return job_id.encode() + b"\0" + path.encode("utf-8", "surrogateescape")
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) > PATH_KEY_BYTES:
+        raw = raw[:PATH_KEY_BYTES] + b"\xff" + hashlib.blake2b(raw, digest_size=16).digest()
+    return job_id.encode() + b"\0" + raw
+
+
+def _scan_start(job_id: str, prefix: str) -> bytes:
+    """Where the keys of every path that starts with ``prefix`` begin (cut as the keys are)."""
+    return job_id.encode() + b"\0" + prefix.encode("utf-8", "surrogateescape")[:PATH_KEY_BYTES]
+
+
+def _manifest_item(base: int, key: bytes, raw: bytes) -> tuple[str, list]:
+    """(path, entry) of a stored manifest item, the long form's path taken out of the entry."""
+    entry = unpack(raw)
+    if len(entry) > 4:
+        return entry.pop(), entry
+    return key[base:].decode("utf-8", "surrogateescape"), entry
+
+
+def _manifest_value(path: str, entry: list) -> bytes:
+    if len(path.encode("utf-8", "surrogateescape")) > PATH_KEY_BYTES:
+        return pack([*entry[:4], path])
+    return pack(entry)
 
 
 #: LMDB's longest key (MDB_MAXKEYSIZE as py-lmdb builds it: ``Environment.max_key_size()``).
@@ -125,12 +160,6 @@ MAX_KEY_BYTES = 511
 #: Below this much free space a commit that failed is put down to a full disk (ENOSPC), not to
 #: the disk itself (EIO): LMDB reports a short write as EIO.
 _FULL_BELOW = 4 << 20
-
-
-def manifest_key_fits(job_id: str, path: str, longer_by: int = 0) -> bool:
-    """Can the manifest hold ``path`` of ``job_id`` (made ``longer_by`` bytes longer)?  A longer key
-    is refused by LMDB (MDB_BAD_VALSIZE), so the FUSE layer refuses such a name (ENAMETOOLONG)."""
-    return len(manifest_key(job_id, path)) + longer_by <= MAX_KEY_BYTES
 
 
 def expiry_key(when: float, job_id: str) -> bytes:
@@ -207,19 +236,44 @@ class Reader:
                 yield key.decode()
 
     def manifest(self, job_id: str, under: str = "") -> Iterator[tuple[str, list]]:
-        """(path, [size, mtime_ns, ino, sha256]) for a job, sorted by path; only below ``under`` if given."""
+        """(path, [size, mtime_ns, ino, sha256]) for a job, sorted by path; only below ``under`` if given.
+
+        Long paths sharing their first ``PATH_KEY_BYTES`` bytes lie together in key order, sorted
+        by hash: each such run is sorted by path before it is given."""
         base = len(job_id) + 1
-        prefix = manifest_key(job_id, under + "/" if under else "")
+        under = under + "/" if under else ""
+        start = _scan_start(job_id, under)
+        run: list[tuple[bytes, str, list]] = []
         with self.txn.cursor(db=self._store.dbs[b"manifest"]) as cursor:
-            if not cursor.set_range(prefix):
+            if not cursor.set_range(start):
                 return
             for key, raw in cursor:
-                if not key.startswith(prefix):
+                if not key.startswith(start):
                     break
-                yield key[base:].decode("utf-8", "surrogateescape"), unpack(raw)
+                path, entry = _manifest_item(base, key, raw)
+                if under and not path.startswith(under):
+                    continue  # a long path that shares only its cut part with ``under``
+                if len(key) - base > PATH_KEY_BYTES:
+                    if run and run[0][0] != key[:base + PATH_KEY_BYTES]:
+                        yield from self._sorted_run(run)
+                    run.append((key[:base + PATH_KEY_BYTES], path, entry))
+                    continue
+                if run:
+                    yield from self._sorted_run(run)
+                yield path, entry
+        if run:
+            yield from self._sorted_run(run)
+
+    @staticmethod
+    def _sorted_run(run: list) -> Iterator[tuple[str, list]]:
+        run.sort(key=lambda item: item[1].encode("utf-8", "surrogateescape"))
+        for _cut, path, entry in run:
+            yield path, entry
+        run.clear()
 
     def manifest_entry(self, job_id: str, path: str) -> list | None:
-        return self._get(b"manifest", manifest_key(job_id, path))
+        raw = self.txn.get(manifest_key(job_id, path), db=self._store.dbs[b"manifest"])
+        return None if raw is None else _manifest_item(0, b"", raw)[1]
 
     def events(self, since: int = 0, limit: int | None = None) -> list[dict]:
         """Events with seq > since, oldest first; the newest ``limit`` if given."""
@@ -334,8 +388,8 @@ class Writer(Reader):
         key = manifest_key(job_id, path)
         db = self._store.dbs[b"manifest"]
         old = self.txn.get(key, db=db)
-        self.txn.put(key, pack(entry), db=db)
-        return None if old is None else unpack(old)
+        self.txn.put(key, _manifest_value(path, entry), db=db)
+        return None if old is None else _manifest_item(0, b"", old)[1]
 
     def delete_manifest(self, job_id: str, path: str) -> list | None:
         key = manifest_key(job_id, path)
@@ -343,24 +397,29 @@ class Writer(Reader):
         old = self.txn.get(key, db=db)
         if old is not None:
             self.txn.delete(key, db=db)
-        return None if old is None else unpack(old)
+        return None if old is None else _manifest_item(0, b"", old)[1]
 
     def delete_manifest_prefix(self, job_id: str, prefix: str = "") -> list[tuple[str, list]]:
         """Delete every entry of a job under ``prefix`` (a dir path, or all); return them."""
         db = self._store.dbs[b"manifest"]
         removed = []
         if prefix:
-            old = self.txn.get(manifest_key(job_id, prefix), db=db)
+            old = self.delete_manifest(job_id, prefix)
             if old is not None:
-                self.txn.delete(manifest_key(job_id, prefix), db=db)
-                removed.append((prefix, unpack(old)))
+                removed.append((prefix, old))
         # A range scan of the keys under prefix/ only: unlinking in a big job stays cheap.
-        start = manifest_key(job_id, prefix + "/" if prefix else "")
+        under = prefix + "/" if prefix else ""
+        start = _scan_start(job_id, under)
+        base = len(job_id) + 1
         with self.txn.cursor(db=db) as cursor:
             if cursor.set_range(start):
                 while cursor.key().startswith(start):
-                    key = cursor.key()
-                    removed.append((key[len(job_id) + 1:].decode("utf-8", "surrogateescape"), unpack(cursor.value())))
+                    path, entry = _manifest_item(base, cursor.key(), cursor.value())
+                    if under and not path.startswith(under):  # shares only the cut part of the key
+                        if not cursor.next():
+                            break
+                        continue
+                    removed.append((path, entry))
                     if not cursor.delete():
                         break
         return removed
@@ -427,10 +486,28 @@ class Store:
                 raise StoreError(f"{self.path} is an empty store")
             with self.write() as w:
                 w.put_meta("schema", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
+        elif version in _MIGRATES_FROM and not self.readonly:
+            self._migrate(version)
+        elif version != SCHEMA_VERSION and not (version in _MIGRATES_FROM and self.readonly):
             raise StoreError(
                 f"store {self.path} has schema version {version}; this wsfs knows {SCHEMA_VERSION}"
             )
+
+    def _migrate(self, version: int) -> None:
+        """Schema 1 -> 2, in one transaction: manifest paths longer than ``PATH_KEY_BYTES`` get
+        the long key form (schema 1 keyed every path as it is, up to LMDB's 511 bytes)."""
+        db = self.dbs[b"manifest"]
+        with self.write() as w:
+            moved = []
+            with w.txn.cursor(db=db) as cursor:
+                for key, raw in cursor:
+                    job, _sep, path = key.partition(b"\0")
+                    if len(path) > PATH_KEY_BYTES:
+                        moved.append((key, job.decode(), path.decode("utf-8", "surrogateescape"), unpack(raw)))
+            for key, job, path, entry in moved:
+                w.txn.delete(key, db=db)
+                w.put_manifest(job, path, entry)
+            w.put_meta("schema", SCHEMA_VERSION)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Reader]:

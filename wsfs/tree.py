@@ -37,6 +37,7 @@ NAME_MAX = 255
 
 _SYS_OPENAT2 = 437  # same number on every Linux architecture
 _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
+_PATH_CHUNK = 3072  # bytes of path one openat2 call resolves (PATH_MAX is 4096)
 _RESOLVE = 0x02 | 0x04 | 0x08  # NO_MAGICLINKS | NO_SYMLINKS | BENEATH
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -119,11 +120,14 @@ class Tree:
         if not parts:
             return os.dup(base)
         if self._has_openat2 if use_openat2 is None else use_openat2:
+            path = "/".join(parts)
             try:
-                return self._openat2(base, "/".join(parts), os.O_PATH | os.O_DIRECTORY)
+                if len(path) < _PATH_CHUNK // 4:  # at most 4 bytes a character: always fits
+                    return self._openat2(base, path, os.O_PATH | os.O_DIRECTORY)
+                return self._openat2_chunked(base, parts)
             except OSError as exc:
                 if exc.errno == errno.EXDEV:  # RESOLVE_BENEATH saw an escape attempt
-                    raise UnsafePathError(f"path leaves the data dir: {'/'.join(parts)}") from None
+                    raise UnsafePathError(f"path leaves the data dir: {path[:200]}") from None
                 raise
         fd = os.dup(base)
         try:
@@ -133,6 +137,27 @@ class Tree:
                 fd = nxt
         except BaseException:
             os.close(fd)
+            raise
+        return fd
+
+    def _openat2_chunked(self, base: int, parts: list[str]) -> int:
+        """openat2 of a path longer than one call takes (PATH_MAX): a job holds every path the
+        disk does, at any depth.  Each piece is resolved beneath the directory the last one gave."""
+        fd, owned, chunk, size = base, False, [], 0
+        try:
+            for part in [*parts, None]:
+                length = 0 if part is None else len(part.encode("utf-8", "surrogateescape")) + 1
+                if chunk and (part is None or size + length > _PATH_CHUNK):
+                    nxt = self._openat2(fd, "/".join(chunk), os.O_PATH | os.O_DIRECTORY)
+                    if owned:
+                        os.close(fd)
+                    fd, owned, chunk, size = nxt, True, [], 0
+                if part is not None:
+                    chunk.append(part)
+                    size += length
+        except BaseException:
+            if owned:
+                os.close(fd)
             raise
         return fd
 
