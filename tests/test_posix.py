@@ -361,9 +361,6 @@ def test_hard_links(where):
     assert on_both(where, scenario) == ((True, 2, 2), 1, b"linked+", ["alias"])
 
 
-@pytest.mark.xfail(strict=False, reason=(  # timing: passes when a stall outlasts attr_timeout
-    "high-level libfuse gives every path its own kernel inode, so a hard link's other name keeps its cached "
-    "size for attr_timeout (1 s) after a write through the first: the appended byte is not read back"))
 def test_write_through_one_hard_link_is_seen_at_once_through_the_other(where):
     here, _plain = where
     (here / "orig").write_bytes(b"linked")

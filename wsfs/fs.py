@@ -516,7 +516,7 @@ class WsfsOperations(Operations):
             if handle is None:
                 raise
             return _stat_dict(os.fstat(handle.fd))
-        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             self._linked.note((node.root, st.st_ino), path)
         return self._visible_links(node, _stat_dict(st), after_setattr)
 
@@ -657,6 +657,8 @@ class WsfsOperations(Operations):
         with self._changing(node):
             self.tree.mkdir(node.root, node.rel, mode & 0o7777)
             self._give_to_caller(node, uid, gid)
+            if mode & self.tree.umask:
+                self.tree.exact_mode((node.root, node.rel), mode, self.tree.lstat(node.root, node.rel))
         return 0
 
     @op
@@ -779,13 +781,15 @@ class WsfsOperations(Operations):
         with self._changing(node):
             self._charge(node, 0, 1)
             try:
-                fd = self.tree.open(node.root, node.rel, flags, mode & 0o7777)
+                fd, made = self.tree.create(node.root, node.rel, flags, mode & 0o7777)
             except BaseException:
                 self._charge(node, 0, -1)
                 raise
             try:
-                if self._as_root and (uid, gid) != (0, 0):
+                if made and self._as_root and (uid, gid) != (0, 0):
                     os.fchown(fd, uid, gid)
+                if made:
+                    self.tree.exact_mode(fd, mode)
                 st = os.fstat(fd)
             except BaseException:
                 os.close(fd)
@@ -1260,7 +1264,7 @@ class WsfsOperations(Operations):
             st = self.tree.lstat(new.root, new.rel)
             if new.area_path is not None and stat.S_ISREG(st.st_mode):
                 self.service.manifest.put(new.job, new.area_path, st)
-        if stat.S_ISREG(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):
             key = (new.root, st.st_ino)
             self._linked.note(key, source)
             self._linked.note(key, target)
@@ -1292,8 +1296,9 @@ class WsfsOperations(Operations):
         with self._changing(node):
             if stat.S_ISREG(mode):
                 self._charge(node, 0, 1)
-            self.tree.mknod(node.root, node.rel, mode)
+            self.tree.mknod(node.root, node.rel, mode, dev)
             self._give_to_caller(node, uid, gid)
+            self.tree.exact_mode((node.root, node.rel), mode)
             if node.area_path is not None and stat.S_ISREG(mode):
                 self.service.manifest.put(node.job, node.area_path, self.tree.lstat(node.root, node.rel))
         return 0

@@ -46,6 +46,18 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+def _process_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def check_name(name: str) -> str:
     """Refuse a path component that must never reach the backing store."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
@@ -74,6 +86,7 @@ class Tree:
 
     def __init__(self, data_dir: str):
         self.data_dir = os.path.abspath(data_dir)
+        self.umask = _process_umask()
         os.makedirs(self.data_dir, mode=0o755, exist_ok=True)
         self.data_fd = os.open(self.data_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.root_fds: dict[str, int] = {}
@@ -259,12 +272,39 @@ class Tree:
         with self.parent(root, rel) as (fd, name):
             return os.readlink(name, dir_fd=fd)
 
-    def mknod(self, root: str, rel: str, mode: int) -> None:
-        """Regular files, FIFOs and sockets only: device nodes are never made (SPEC §12)."""
-        if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, 0):
-            raise OSError(errno.EPERM, "wsfs makes no device nodes")
+    def mknod(self, root: str, rel: str, mode: int, device: int = 0) -> None:
+        """Any type the disk makes.  A device node comes only from a caller the kernel let make
+        one (CAP_MKNOD, or the whiteout ``c 0 0``); it is inert through the ``nodev`` mount, and
+        the data dir is for root alone."""
         with self.parent(root, rel) as (fd, name):
-            os.mknod(name, mode, dir_fd=fd)
+            os.mknod(name, mode, device, dir_fd=fd)
+
+    def create(self, root: str, rel: str, flags: int, mode: int) -> tuple[int, bool]:
+        """``open(O_CREAT)``; returns ``(fd, made)``: False when the file existed already."""
+        if flags & os.O_EXCL:
+            return self.open(root, rel, flags, mode), True
+        while True:
+            try:
+                return self.open(root, rel, flags | os.O_EXCL, mode), True
+            except FileExistsError:
+                pass
+            try:
+                return self.open(root, rel, flags & ~os.O_CREAT), False
+            except FileNotFoundError:
+                continue  # removed in between: make it after all
+
+    def exact_mode(self, made: int | tuple[str, str], mode: int, st: os.stat_result | None = None) -> None:
+        """Give a new entry exactly the mode the caller asked for.  The kernel applied the
+        caller's umask before the request; the daemon's own umask must not narrow it again.
+        ``made`` is an fd or (root, rel); a directory keeps the setgid bit it inherited."""
+        if not mode & self.umask:
+            return
+        if isinstance(made, int):
+            os.fchmod(made, mode & 0o7777)
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            mode |= st.st_mode & stat.S_ISGID
+        self.chmod(*made, mode & 0o7777)
 
     def link(self, root: str, src: str, dst: str) -> None:
         with self.parent(root, src) as (sfd, sname), self.parent(root, dst) as (dfd, dname):
@@ -315,36 +355,32 @@ class Tree:
             os.close(fd)
 
     @contextlib.contextmanager
-    def _xattr_fd(self, root: str, rel: str):
-        try:
-            if not rel:
-                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fds[root])
-            else:
-                fd = self.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a symlink: Linux allows no user xattrs on it
-                raise OSError(errno.EPERM, "no extended attributes on a symlink") from None
-            raise
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+    def _xattr_path(self, root: str, rel: str):
+        """``(path, follow)`` naming the entry itself for the xattr calls, of any type (a symlink,
+        a socket, a FIFO are not opened): its checked parent's fd through /proc, and its name,
+        not followed.  Linux itself then answers as on the disk (a symlink: ENODATA for
+        ``user.*`` reads, an empty list, EPERM for setting ``user.*``)."""
+        if not rel:
+            yield f"/proc/self/fd/{self.root_fds[root]}", True
+            return
+        with self.parent(root, rel) as (fd, name):
+            yield f"/proc/self/fd/{fd}/{name}", False
 
     def getxattr(self, root: str, rel: str, attr: str) -> bytes:
-        with self._xattr_fd(root, rel) as fd:
-            return os.getxattr(fd, attr)
+        with self._xattr_path(root, rel) as (path, follow):
+            return os.getxattr(path, attr, follow_symlinks=follow)
 
     def setxattr(self, root: str, rel: str, attr: str, value: bytes, flags: int) -> None:
-        with self._xattr_fd(root, rel) as fd:
-            os.setxattr(fd, attr, value, flags)
+        with self._xattr_path(root, rel) as (path, follow):
+            os.setxattr(path, attr, value, flags, follow_symlinks=follow)
 
     def listxattr(self, root: str, rel: str) -> list[str]:
-        with self._xattr_fd(root, rel) as fd:
-            return os.listxattr(fd)
+        with self._xattr_path(root, rel) as (path, follow):
+            return os.listxattr(path, follow_symlinks=follow)
 
     def removexattr(self, root: str, rel: str, attr: str) -> None:
-        with self._xattr_fd(root, rel) as fd:
-            os.removexattr(fd, attr)
+        with self._xattr_path(root, rel) as (path, follow):
+            os.removexattr(path, attr, follow_symlinks=follow)
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.data_dir)
