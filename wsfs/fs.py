@@ -480,9 +480,12 @@ class WsfsOperations(Operations):
         if node.job is None:
             mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
         else:
-            record = self.service.require(node.job)
-            mode = 0o644 if node.name == STATE_FILE else 0o444
-            uid, gid = record["uid"], record["gid"]
+            # .state, .job and .manifest may be read by whoever may read the job's root (its mode
+            # and group), as receipt.json: a job made with mkdir -m 0700 shows nothing to others.
+            root = self._job_root(node.job)
+            readable = stat.S_IMODE(root.st_mode) & 0o444
+            mode = readable | 0o200 if node.name == STATE_FILE else readable
+            uid, gid = root.st_uid, root.st_gid
         now = time.time_ns()
         return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": uid, "st_gid": gid, "st_size": size,
                 "st_ino": self._vfile_ino(node.job, node.name),
@@ -518,7 +521,23 @@ class WsfsOperations(Operations):
             return _stat_dict(os.fstat(handle.fd))
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             self._linked.note((node.root, st.st_ino), path)
+        if node.readonly and node.area_path is None and node.rel.endswith("/" + RECEIPT_FILE):
+            return self._receipt_attrs(node, _stat_dict(st))
         return self._visible_links(node, _stat_dict(st), after_setattr)
+
+    def _job_root(self, job: str) -> os.stat_result:
+        record = self.service.require(job)
+        where = self.service.location(record)
+        if where is None:
+            raise FuseOSError(errno.ENOENT)
+        return self.tree.lstat(*where)
+
+    def _receipt_attrs(self, node: Node, attrs: dict) -> dict:
+        """receipt.json is read by whoever may read its job's root (see _vfile_attrs)."""
+        root = self._job_root(node.job)
+        attrs["st_mode"] = stat.S_IFREG | (stat.S_IMODE(root.st_mode) & 0o444)
+        attrs["st_uid"], attrs["st_gid"] = root.st_uid, root.st_gid
+        return attrs
 
     def _visible_links(self, node: Node, attrs: dict, after_setattr: bool = False) -> dict:
         """Links without libfuse's hidden names: POSIX gives an unlinked open file 0 links.
@@ -558,18 +577,75 @@ class WsfsOperations(Operations):
         if name == "status":
             return (json.dumps(self._status(), indent=2, sort_keys=True) + "\n").encode()
         if name == "events":
+            caller = self._caller()
             with self.service.store.read() as r:
-                events = r.events(limit=EVENTS_SHOWN)
+                events = r.events(limit=None if caller else EVENTS_SHOWN)
+            if caller is not None:
+                events = [e for e in map(functools.partial(self._event_for, caller), events) if e][-EVENTS_SHOWN:]
             return b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in events)
         if name == "jobs":
-            return self._jobs_listing()
+            return self._jobs_listing(self._caller())
         return b""
 
-    def _jobs_listing(self) -> bytes:
+    # -- who may see which job ------------------------------------------------------
+
+    @staticmethod
+    def _caller() -> tuple[int, frozenset[int]] | None:
+        """The calling uid and its groups, or None for root (who sees every job)."""
+        uid, gid, pid = fuse_get_context()
+        if uid == 0:
+            return None
+        groups = {gid}
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:"):
+                        groups.update(int(g) for g in line.split()[1:])
+                        break
+        except (OSError, ValueError):
+            pass  # the caller is gone: its primary group alone
+        return uid, frozenset(groups)
+
+    def _may_read(self, caller: tuple[int, frozenset[int]] | None, record: dict) -> bool:
+        """May ``caller`` read the job's root directory (by its mode, owner and group)?  A job
+        without a tree any more is its owner's alone."""
+        if caller is None:
+            return True
+        uid, groups = caller
+        where = self.service.location(record)
+        if where is None:
+            return record.get("uid") == uid
+        try:
+            st = self.tree.lstat(*where)
+        except OSError:
+            return record.get("uid") == uid
+        if st.st_uid == uid:
+            return bool(st.st_mode & 0o400)
+        if st.st_gid in groups:
+            return bool(st.st_mode & 0o040)
+        return bool(st.st_mode & 0o004)
+
+    _SHARED_EVENT_FIELDS = frozenset({"seq", "t", "kind", "job", "dry_run", "counts", "duration_ms", "pid",
+                                      "repair", "problems", "remaining"})
+
+    def _event_for(self, caller, event: dict) -> dict | None:
+        """An event as a non-root caller sees it: a job's if it may read the job; a rejected
+        command of its own; of the rest (sweeps, doctor, recovery) the figures, not the jobs."""
+        job = event.get("job")
+        if job is not None:
+            record = self.service.get(job)
+            return event if record is not None and self._may_read(caller, record) else None
+        if event.get("kind") == "rejected":
+            return event if event.get("uid") == caller[0] else None
+        return {k: v for k, v in event.items() if k in self._SHARED_EVENT_FIELDS}
+
+    def _jobs_listing(self, caller=None) -> bytes:
         self.service.manifest.flush()
         lines = []
         with self.service.store.read() as r:
             for record in r.jobs():
+                if caller is not None and not self._may_read(caller, record):
+                    continue
                 lines.append(json.dumps({
                     k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
                                                "state_since", "expires_at", "hidden", "where", "purged_at",
@@ -1327,7 +1403,15 @@ class WsfsOperations(Operations):
         with self._changing(node):
             self.tree.chmod(node.root, node.rel, mode & 0o7777)
         self._show_other_names(node)
+        if node.kind == "jobroot":
+            self._job_root_changed(node.job)
         return 0
+
+    def _job_root_changed(self, job: str) -> None:
+        """A job root's mode or owner changed: the kernel asks again for its files' attributes."""
+        for top in ("workspaces", "quarantine"):
+            for name in (*JOB_CONTROL_FILES, RECEIPT_FILE):
+                invalidate_path(f"/{top}/{job}/{name}")
 
     @op
     @_marks_setattr
@@ -1336,6 +1420,8 @@ class WsfsOperations(Operations):
         with self._changing(node):
             self.tree.chown(node.root, node.rel, uid, gid)
         self._show_other_names(node)
+        if node.kind == "jobroot":
+            self._job_root_changed(node.job)
         return 0
 
     @op

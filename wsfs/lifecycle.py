@@ -449,12 +449,12 @@ class JobService:
 
     # -- commands -------------------------------------------------------------
 
-    def _reject(self, job_id: str | None, where: str, data: bytes, exc: WsfsError) -> None:
+    def _reject(self, job_id: str | None, where: str, data: bytes, exc: WsfsError, uid: int = 0) -> None:
         text = bytes(data[:200]).decode("utf-8", "replace").strip()
 
         def fn(w):
             w.add_event("rejected", job_id, via=where, command=text, errno=errno.errorcode.get(exc.errno, exc.errno),
-                        reason=str(exc))
+                        reason=str(exc), uid=uid)
             w.bump_counter("rejected_writes")
             return []
         try:
@@ -476,7 +476,7 @@ class JobService:
             elif command.verb == "owner":
                 self.set_owner(job_id, command.pid)
         except WsfsError as exc:
-            self._reject(job_id, ".state", data, exc)
+            self._reject(job_id, ".state", data, exc, uid)
             raise
 
     def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None) -> str | None:
@@ -519,7 +519,7 @@ class JobService:
                     raise NotAllowedError("doctor repair is for root (or the user the daemon runs as)")
                 return doctor(repair=command.repair)
         except WsfsError as exc:
-            self._reject(getattr(locals().get("command"), "job", None), "control", data, exc)
+            self._reject(getattr(locals().get("command"), "job", None), "control", data, exc, uid)
             raise
         return None
 
