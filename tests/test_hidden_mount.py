@@ -59,6 +59,18 @@ def sqlite_loop(db: str, rows: int, tag: str) -> None:
     con.close()
 
 
+def close_then_unlink(where: Path, prefix: str, count: int) -> None:
+    for i in range(count):
+        path = where / f"{prefix}{i}"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.write(fd, b"j" * 4096)
+        os.fsync(fd)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        os.unlink(path)
+
+
 def test_sqlite_rollback_journal_leaves_no_hidden_file_and_the_quota_stays_usable(mount_factory):
     m = mount_factory()
     sh('echo "create sq quota=1M" > .wsfs/control', cwd=m.mnt)
@@ -112,6 +124,15 @@ def test_unlink_while_open_with_lockf_and_fsync_leaves_nothing(mount_factory):
             fcntl.lockf(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+    # SQLite's journal: closed, then unlinked at once, so the RELEASE races the UNLINK; four
+    # processes at a time, as a loaded machine interleaves them.
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=close_then_unlink, args=(temp, f"p{n}-", 100)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
     assert wait_no_hidden(m.data) == []
     assert os.listdir(temp) == []
     # Neither bytes nor files were left charged: the 10-file limit and the 1 MiB quota are whole.

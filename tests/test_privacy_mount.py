@@ -40,6 +40,19 @@ def two_users(mount_factory) -> MountedWsfs:
     return m
 
 
+def test_a_job_others_may_enter_but_not_read_shows_them_nothing(two_users):
+    """0711: others may pass through the job's root (to a path they were given), not read it: its
+    .job, .manifest, .state and receipt.json are the owner's and the group's alone."""
+    m = two_users
+    ok(as_user(ALICE, "mkdir -m 0711 workspaces/alice-x && chmod 0755 workspaces/alice-x/output "
+                      "&& echo r > workspaces/alice-x/output/r && echo completed > workspaces/alice-x/.state", m.mnt))
+    for name in (".job", ".manifest", ".state", "receipt.json"):
+        denied = as_user(BOB, f"cat workspaces/alice-x/{name}", m.mnt)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, name
+    assert ok(as_user(BOB, "cat workspaces/alice-x/output/r", m.mnt)) == "r\n"  # given a path, the disk's rules
+    assert "alice-x" not in listed(m, BOB) and "alice-x" in listed(m, ALICE)
+
+
 def listed(m, uid, groups=()) -> set[str]:
     return {json.loads(line)["id"] for line in ok(as_user(uid, "cat .wsfs/jobs", m.mnt, groups)).splitlines()}
 
