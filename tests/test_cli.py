@@ -115,12 +115,12 @@ def test_create_copies_inputs_through_the_mount(wsfs_mount, tmp_path):
     assert job_dir == m.ws / "with-inputs"
     copied = {str(p.relative_to(job_dir / "input")): p.read_bytes()
               for p in (job_dir / "input").rglob("*") if p.is_file()}
-    assert copied == {"luke.xml": source.read_bytes(), "scans/a.bin": (tree / "a.bin").read_bytes(),
-                      "scans/sub/b.txt": b"b\n"}
+    # A file as itself, a directory's contents (so that `input/*.wav` finds an album's tracks).
+    assert copied == {"luke.xml": source.read_bytes(), "a.bin": (tree / "a.bin").read_bytes(), "sub/b.txt": b"b\n"}
     # Through the mount: the manifest knows them.
     manifest = {e["path"]: e for e in map(json.loads, (job_dir / ".manifest").read_text().splitlines())}
     assert {p: e["size"] for p, e in manifest.items()} == {
-        "input/luke.xml": len(source.read_bytes()), "input/scans/a.bin": 5000, "input/scans/sub/b.txt": 2}
+        "input/luke.xml": len(source.read_bytes()), "input/a.bin": 5000, "input/sub/b.txt": 2}
     assert not (m.data / "jobs" / "with-inputs" / "input" / "luke.xml").is_symlink()
 
 

@@ -67,7 +67,7 @@ def test_a_multiline_exception_gives_a_one_line_reason(wsfs_mount):
             raise RuntimeError("first line\nsecond line\x00 \x1b[31mred\x1b[0m")
     assert ws.state == "failed"
     reason = ws.info()["reason"]
-    assert "first line second line" in reason and "red" in reason
+    assert "first line | second line" in reason and "red" in reason
     assert all(c.isprintable() for c in reason)
 
 

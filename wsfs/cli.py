@@ -15,6 +15,7 @@ Threading: one thread, except ``sweep`` on a terminal with purges due: a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ import click
 from . import __version__
 from .client import Mount, WsfsClientError, resolve_mount
 from .config import ConfigError, load_config
-from .daemon import MountError, default_data_dir, default_mountpoint
+from .model import JOB_ID_RE
+from .mounts import MountError, default_data_dir, default_mountpoint
 from .units import format_duration, format_size
 
 LIVE_STATES = ("running", "completed", "failed", "cancelled", "crashed")
@@ -74,8 +76,8 @@ def setup_logging(level: str) -> None:
 
 def mount_option(func):
     return click.option("--mount", "mount", type=click.Path(file_okay=False), default=None,
-                        help="The wsfs mount point (default: $WSFS_MOUNT, else "
-                             f"{default_mountpoint()}).")(func)
+                        help="The wsfs mount point (default: $WSFS_MOUNT, else the one wsfs mount "
+                             f"mounted, else {default_mountpoint()}).")(func)
 
 
 def fail(message: str, code: int = 1):
@@ -87,7 +89,7 @@ def complete_jobs(ctx, _param, incomplete: str) -> list[str]:
     """Shell completion of job ids, from the mount's ``.wsfs/jobs`` (nothing when it is not mounted)."""
     try:
         records = Mount(ctx.params.get("mount")).jobs()
-    except (OSError, ValueError):
+    except (OSError, ValueError, WsfsClientError):
         return []
     return sorted(r["id"] for r in records if r["id"].startswith(incomplete))
 
@@ -139,7 +141,10 @@ def mount(ctx, mountpoint, data_dir, config_file, foreground, allow_other, debug
     """
     from . import daemon
 
-    mountpoint = mountpoint or default_mountpoint()
+    if mountpoint is None:  # the default place is made on first use, as the default data dir is
+        mountpoint = default_mountpoint()
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(mountpoint, mode=0o755)
     data_dir = data_dir or default_data_dir()
     try:
         config = load_config(config_file)
@@ -175,16 +180,56 @@ def unmount(mountpoint, lazy):
     click.echo(message)
 
 
+@main.command()
+@click.option("--timeout", default="30s", show_default=True, help="Give up after this long (0: ask once).")
+@mount_option
+def wait(timeout, mount):
+    """Wait until the mount answers (for scripts and boot ordering); exit 1 on timeout.
+
+    \b
+    Example:
+      wsfs wait --timeout 60s && wsfs list
+    """
+    seconds = _duration(timeout, "--timeout")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            m = Mount(mount).check()  # found anew each time: the mount may appear meanwhile
+            click.echo(f"{m.path}: wsfs answers")
+            return
+        except WsfsClientError as exc:
+            if time.monotonic() >= deadline:
+                fail(f"{exc} (waited {format_duration(seconds)})")
+        time.sleep(0.1)
+
+
 # -- jobs ---------------------------------------------------------------------------
 
 
+def _input_area(m: Mount, template: str | None, inputs) -> str | None:
+    """The template's input-kind area for ``--input``, checked before the job exists: an unknown
+    template or one without an input area fails here, and no id is used up."""
+    try:
+        areas = m.template_areas(template)
+    except WsfsClientError as exc:
+        fail(str(exc))
+    if not inputs:
+        return None
+    area = next((a for a, kind in areas.items() if kind == "input"), None)
+    if area is None:
+        fail(f"template {template or 'default'} has no input area for --input (its areas: "
+             + ", ".join(f"{a} ({k})" for a, k in areas.items()) + ")")
+    return area
+
+
 def _copy_inputs(paths, dest: Path) -> None:
-    """Copy inputs into the job's input/ with a progress bar on a terminal."""
+    """Copy inputs into the job's input area with a progress bar on a terminal: a file as itself,
+    a directory's contents (``--input album/`` and ``--input album`` both give ``input/*.wav``)."""
     files = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            files += [(p, dest / path.name / p.relative_to(path)) for p in sorted(path.rglob("*")) if p.is_file()]
+            files += [(p, dest / p.relative_to(path)) for p in sorted(path.rglob("*")) if p.is_file()]
         else:
             files.append((path, dest / path.name))
     total = sum(src.stat().st_size for src, _ in files)
@@ -203,7 +248,7 @@ def _copy_inputs(paths, dest: Path) -> None:
 @click.option("--quota", default=None, help="Bytes the job may use, e.g. 10G.")
 @click.option("--max-files", type=int, default=None, help="Files the job may hold.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(exists=True),
-              help="A file or directory to copy into input/ (repeatable).")
+              help="A file, or a directory's contents, to copy into the template's input area (repeatable).")
 @click.option("--git", "git_repo", type=click.Path(exists=True, file_okay=False), default=None,
               help="Make src/ a git worktree of this repository (template dev unless --template).")
 @click.option("--branch", default=None, help="With --git: the new branch (default wsfs/JOB).")
@@ -232,13 +277,26 @@ def create(job, template, quota, max_files, inputs, git_repo, branch, base, copy
         return
     if branch or base or includes or excludes:
         fail("--branch and --base go with --git; --include and --exclude with --copy-data", 2)
+    ws = _create_checked(m, job, template, quota, max_files, inputs)
+    click.echo(json.dumps({"job": ws.job, "path": str(ws.path)}, sort_keys=True) if as_json else str(ws.path))
+
+
+def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: int | None = None):
+    """Make a job after every check that can come first (id, template, input area, inputs), then
+    copy the inputs; a copy that fails ends the job ``failed`` and exits 1."""
+    if job is not None and not JOB_ID_RE.fullmatch(job):
+        fail(f"bad job id {job[:64]!r}: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    area = _input_area(m, template, inputs)
+    for path in inputs:
+        if not os.access(path, os.R_OK):
+            fail(f"cannot read input {path}")
     try:
-        ws = m.create(job, template=template, quota=quota, max_files=max_files)
+        ws = m.create(job, template=template, quota=quota, max_files=max_files, owner=owner)
     except WsfsClientError as exc:
         fail(str(exc))
     if inputs:
         try:
-            _copy_inputs(inputs, ws.input)
+            _copy_inputs(inputs, ws.area(area))
         except OSError as exc:
             reason = f"copying inputs failed: {exc.strerror or exc}"
             try:
@@ -246,10 +304,7 @@ def create(job, template, quota, max_files, inputs, git_repo, branch, base, copy
             except WsfsClientError:
                 pass
             fail(f"{reason}; job {ws.job} marked failed")
-    if as_json:
-        click.echo(json.dumps({"job": ws.job, "path": str(ws.path)}, sort_keys=True))
-        return
-    click.echo(str(ws.path))
+    return ws
 
 
 def _list_rows(records):
@@ -285,17 +340,19 @@ STATE_COLOURS = {"running": "cyan", "completed": "green", "failed": "red", "canc
 
 def _records(mount) -> list[dict]:
     """Job records: through the mount, or read-only from the store when none is mounted."""
-    m = Mount(mount)
     try:
+        m = Mount(mount)
         return m.check().jobs()
-    except WsfsClientError:
-        pass
+    except WsfsClientError as exc:
+        if exc.errno is None:  # several mounts: the user must say which
+            fail(str(exc))
+        problem = str(exc)
     from .store import Store
 
     data = os.environ.get("WSFS_DATA") or default_data_dir()
     store_path = os.path.join(data, "store")
     if not os.path.exists(os.path.join(store_path, "data.mdb")):
-        fail(f"{m.path} is not mounted and there is no store at {store_path}")
+        fail(f"{problem}; and there is no store at {store_path} to read instead")
     store = Store(store_path, readonly=True)
     try:
         with store.read() as r:
@@ -347,15 +404,28 @@ def list_jobs(states, show_all, publish_states, as_json, mount):
 @main.command()
 @click.argument("job", shell_complete=complete_jobs)
 @click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
+@click.option("--receipt", "receipt", is_flag=True,
+              help="Print the job's receipt, also once its tree is gone (archived, purged, published).")
 @mount_option
-def show(job, as_json, mount):
+def show(job, as_json, receipt, mount):
     """Show one job: state, times, stages, usage and where its files are.
 
     \b
-    Example:
+    Examples:
       wsfs show render-42 --json | jq .usage
+      wsfs show render-42 --receipt | jq '.outputs[].sha256'
     """
-    m = Mount(mount)
+    try:
+        m = Mount(mount)
+    except WsfsClientError as exc:
+        fail(str(exc))
+    if receipt:
+        try:
+            document = m.receipt(job)
+        except WsfsClientError as exc:
+            fail(str(exc))
+        click.echo(json.dumps(document, sort_keys=True) if as_json else json.dumps(document, indent=2, sort_keys=True))
+        return
     try:
         with open(m.job_dir(job) / ".job") as f:
             record = json.load(f)
@@ -421,54 +491,138 @@ def state(job, word, reason, force, mount):
     click.echo(f"{job}: {word}" + (f" {' '.join(reason)}" if reason else ""))
 
 
+def _duration(text: str, option: str) -> float:
+    from .units import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        fail(f"bad {option} {text!r}: a duration such as 30s or 2m", 2)
+    return seconds
+
+
+def _expand(command, ws, areas: dict[str, str]) -> list[str]:
+    """``{output}/out.flac`` -> the workspace's path: placeholders in the command's arguments."""
+    values = {"workspace": str(ws.path), "job": ws.job, **{a: str(ws.path / a) for a in areas}}
+    for kind in ("input", "output", "temp"):  # by kind too, whatever the template names them
+        named = next((a for a, k in areas.items() if k == {"output": "keep", "temp": "scratch"}.get(kind, kind)),
+                     None)
+        if kind not in values and named is not None:
+            values[kind] = str(ws.path / named)
+    expanded = []
+    for arg in command:
+        for name, value in values.items():
+            arg = arg.replace("{" + name + "}", value)
+        expanded.append(arg)
+    return expanded
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--job", default=None, help="The job id (generated when omitted).")
 @click.option("--template", "-t", default=None, help="The template naming the job's areas.")
 @click.option("--quota", default=None, help="Bytes the job may use, e.g. 10G.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True),
+              help="A file, or a directory's contents, to copy into the input area first (repeatable).")
+@click.option("--here", is_flag=True, help="Run in this directory instead of in the workspace.")
+@click.option("--kill-after", default="10s", show_default=True,
+              help="After SIGTERM or SIGINT, how long the command has before SIGKILL.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @mount_option
-def run(job, template, quota, command, mount):
+def run(job, template, quota, inputs, here, kill_after, command, mount):
     """Run COMMAND in a new job's workspace; exit 0 completes the job, anything else fails it.
 
-    The command runs with its working directory in the workspace and
-    WSFS_JOB, WSFS_WORKSPACE, WSFS_INPUT, WSFS_OUTPUT, WSFS_TEMP set; wsfs
-    exits with the command's status.
+    The command runs in the workspace (or, with --here, in this directory)
+    with WSFS_JOB, WSFS_WORKSPACE and WSFS_<AREA> (WSFS_INPUT, WSFS_OUTPUT,
+    WSFS_TEMP ...) set.  Its arguments may name the workspace with
+    placeholders, which wsfs expands (your shell would expand $WSFS_OUTPUT
+    before the job exists): {workspace}, {job}, {input}, {output}, {temp}
+    and {AREA} for each area of the template.
+
+    SIGTERM, SIGINT or SIGHUP (scancel, a time limit, Ctrl-C, systemctl stop)
+    go to the command, and the job ends cancelled with the signal as its
+    reason; a command still running --kill-after later is killed.  wsfs exits
+    with the command's status (128+N after signal N), or 1 when the job did
+    not end the way that status says (quarantined or ended meanwhile).
 
     \b
-    Example:
-      wsfs run --job transcode-7 -- ffmpeg -i in.wav "$WSFS_OUTPUT/out.flac"
+    Examples:
+      wsfs run --job transcode-7 --input in.wav -- ffmpeg -i input/in.wav output/out.flac
+      wsfs run --here -- ffmpeg -i in.wav {output}/out.flac
     """
+    grace = _duration(kill_after, "--kill-after")
     m = live_mount(mount)
-    try:
-        ws = m.create(job, template=template, quota=quota, owner=os.getpid())
-    except WsfsClientError as exc:
-        fail(str(exc))
+    ws = _create_checked(m, job, template, quota, None, inputs, owner=os.getpid())
+    areas = ws.info().get("areas") or {}
     path = ws.path
     env = dict(os.environ, WSFS_JOB=ws.job, WSFS_WORKSPACE=str(path), WSFS_MOUNT=str(m.path))
-    for area in ("input", "output", "temp"):
-        if (path / area).is_dir():
-            env[f"WSFS_{area.upper()}"] = str(path / area)
+    for area in areas:
+        env[f"WSFS_{area.upper()}"] = str(path / area)
+    argv = _expand(command, ws, areas)
     try:
-        child = subprocess.Popen(list(command), cwd=path, env=env)
+        child = subprocess.Popen(argv, cwd=None if here else path, env=env)
     except OSError as exc:
-        ws.fail(f"could not start {command[0]}: {exc.strerror}")
-        fail(f"could not start {command[0]}: {exc.strerror}", 127 if exc.errno == 2 else 126)
+        ws.fail(f"could not start {argv[0]}: {exc.strerror}")
+        fail(f"could not start {argv[0]}: {exc.strerror}", 127 if exc.errno == 2 else 126)
+    status, signalled = _wait_forwarding(child, grace)
+    sys.exit(_end_run(ws, status, signalled))
+
+
+def _wait_forwarding(child: subprocess.Popen, grace: float) -> tuple[int, int | None]:
+    """Wait for ``child``, forwarding SIGTERM, SIGHUP and (unless it came from our terminal, which
+    sent it to the child too) SIGINT; SIGKILL it ``grace`` seconds after the first.  Returns
+    (the child's wait status as Popen gives it, the signal that ended our wait or None)."""
+    got: list[int] = []
 
     def forward(signum, _frame):
-        child.send_signal(signum)
+        first = not got
+        got.append(signum)
+        from_terminal = signum == signal.SIGINT and _in_foreground()
+        if not from_terminal:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+        if first:
+            timer = threading.Timer(grace, lambda: child.poll() is None and child.kill())
+            timer.daemon = True
+            timer.start()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
-    status = child.wait()
+    while True:
+        try:
+            return child.wait(), (got[0] if got else None)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+
+
+def _in_foreground() -> bool:
+    """Is this process in the foreground process group of its terminal (Ctrl-C reached us all)?"""
     try:
-        if status == 0:
-            ws.complete()
-        elif status < 0:
-            ws.fail(f"killed by {signal.Signals(-status).name}")
-        else:
-            ws.fail(f"exit status {status}")
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
+def _end_run(ws, status: int, signalled: int | None) -> int:
+    """End the job as the command ended; the exit status that tells the truth about both."""
+    if signalled is not None:
+        word, reason, code = "cancelled", signal.Signals(signalled).name, 128 + signalled
+    elif status == 0:
+        word, reason, code = "completed", None, 0
+    elif status < 0:
+        word, reason, code = "failed", f"killed by {signal.Signals(-status).name}", 128 - status
+    else:
+        word, reason, code = "failed", f"exit status {status}", status
+    try:
+        ws.set_state(word, reason)
     except WsfsClientError as exc:
-        click.echo(f"wsfs: could not end job {ws.job}: {exc}", err=True)
-    sys.exit(128 - status if status < 0 else status)
+        try:
+            now = ws.state
+        except (OSError, WsfsClientError):
+            now = "unknown"
+        click.echo(f"wsfs: job {ws.job} did not end {word} ({exc}); it is {now}", err=True)
+        return code or 1
+    return code
 
 
 def _control_job(mount, verb: str, job: str) -> None:
@@ -863,16 +1017,16 @@ def doctor(repair, as_json, data_dir, config_file, mount):
       wsfs doctor --repair
       wsfs doctor --data /var/lib/wsfs     # with the daemon stopped
     """
-    m = Mount(mount)
     live = False
     if data_dir is None:
         try:
+            m = Mount(mount)
             m.check()
             live = True
-        except WsfsClientError:
+        except WsfsClientError as exc:
             data_dir = os.environ.get("WSFS_DATA") or default_data_dir()
             if not os.path.exists(os.path.join(data_dir, "store", "data.mdb")):
-                fail(f"{m.path} is not a mounted wsfs and {data_dir} has no store: give --mount or --data")
+                fail(f"{exc} and {data_dir} has no store: give --mount or --data")
     if live:
         before = max((e["seq"] for e in m.events()), default=0)
         try:

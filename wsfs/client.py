@@ -8,6 +8,15 @@
 
 Everything goes through the mount's files (``.wsfs/control``, ``.state``);
 nothing here opens the store, so it works for any user the mount lets in.
+Standard library only: importing it loads none of the daemon's modules or
+dependencies (lmdb, msgpack, psutil, mfusepy).
+
+A reason (``fail``, ``cancel``, ``set_state``) never keeps a job running: it is
+folded to one line and cut to what ``.state`` takes (``MAX_REASON_CHARS``), and
+when that changed it, the whole text goes to the job's events as a ``note``.
+
+``Workspace.info()`` is ``.job``: a documented document (``JOB_DOCUMENT_VERSION``,
+README "What is in the mount"); this module reads only its documented fields.
 """
 
 from __future__ import annotations
@@ -20,7 +29,13 @@ import secrets
 import urllib.parse
 from pathlib import Path
 
-from .daemon import default_mountpoint
+from .mounts import MountLookupError, find_mount
+
+#: What ``.state`` takes as a reason (wsfs.control.MAX_REASON_CHARS, one line, no control characters).
+MAX_REASON_CHARS = 1024
+#: A whole reason kept in the events (a ``note`` through ``.wsfs/control``; wsfs.control's limits).
+MAX_NOTE_CHARS = 64 * 1024
+MAX_NOTE_BYTES = 256 * 1024 - 200
 
 
 class WsfsClientError(Exception):
@@ -32,8 +47,22 @@ class WsfsClientError(Exception):
 
 
 def resolve_mount(mount: str | os.PathLike | None = None) -> Path:
-    """``mount``, else ``$WSFS_MOUNT``, else the default mount point."""
-    return Path(mount or os.environ.get("WSFS_MOUNT") or default_mountpoint())
+    """``mount``, else ``$WSFS_MOUNT``, else the one wsfs mount visible, else the default mount point."""
+    try:
+        return find_mount(mount)
+    except MountLookupError as exc:
+        raise WsfsClientError(str(exc)) from None
+
+
+def fold_reason(text: str) -> str:
+    """A reason as ``.state`` takes it: one line (newlines and control characters become
+    `` | `` and spaces), at most ``MAX_REASON_CHARS``, cut with a marker that says so."""
+    lines = ["".join(c if c.isprintable() else " " for c in line).strip() for line in text.splitlines()]
+    folded = " | ".join(line for line in lines if line)
+    if len(folded) > MAX_REASON_CHARS:
+        marker = f" [... cut: {len(folded)} characters, the whole text is in the job's events]"
+        folded = folded[:MAX_REASON_CHARS - len(marker)].rstrip() + marker
+    return folded
 
 
 def generate_job_id(now: datetime.datetime | None = None) -> str:
@@ -49,17 +78,30 @@ class Mount:
         self.path = resolve_mount(path)
 
     def check(self) -> "Mount":
+        """The mount answers, or a WsfsClientError that says why not (gone, or never mounted)."""
         try:
             with open(self.path / ".wsfs" / "status") as f:
                 json.load(f)
-        except (OSError, ValueError):
-            raise WsfsClientError(f"{self.path} is not a mounted wsfs (mount it with: wsfs mount {self.path})") \
-                from None
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise WsfsClientError(f"the wsfs mount at {self.path} is gone: its daemon stopped "
+                                      f"(mount it again with: wsfs mount {self.path})", exc.errno) from None
+            raise WsfsClientError(f"{self.path} is not a mounted wsfs (mount it with: wsfs mount {self.path})",
+                                  errno.ENODEV) from None
         return self
 
     def status(self) -> dict:
         with open(self.path / ".wsfs" / "status") as f:
             return json.load(f)
+
+    def template_areas(self, template: str | None) -> dict[str, str]:
+        """The areas (name -> kind) a new job of ``template`` gets; WsfsClientError if no such template."""
+        name = template or "default"
+        templates = self.status().get("templates") or {}
+        if name not in templates:
+            raise WsfsClientError(f"no template {name!r} (this mount has: {', '.join(sorted(templates)) or 'none'})",
+                                  errno.EINVAL)
+        return dict(templates[name]["areas"])
 
     def events(self) -> list[dict]:
         with open(self.path / ".wsfs" / "events") as f:
@@ -74,6 +116,7 @@ class Mount:
             candidate = self.path / top / job
             if candidate.is_dir():
                 return candidate
+        self.check()  # a mount that is gone says so, not that the job is
         raise WsfsClientError(f"no workspace {job} under {self.path} (archived, hidden or never made?)",
                               errno.ENOENT)
 
@@ -102,12 +145,40 @@ class Mount:
             pass
         return exc.strerror or str(exc)
 
+    def receipt(self, job: str) -> dict:
+        """A job's receipt: its ``receipt.json``, or, once its tree is gone (archived, purged,
+        deleted after publishing), the copy the store keeps (``.wsfs/receipts/JOB``)."""
+        try:
+            path = self.job_dir(job) / "receipt.json"
+        except WsfsClientError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            path = self.path / ".wsfs" / "receipts" / job
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise WsfsClientError(f"job {job} has no receipt (still running, or never ended?)", errno.ENOENT) \
+                from None
+        except OSError as exc:
+            raise WsfsClientError(f"{path}: {exc.strerror}", exc.errno) from None
+
     def control(self, line: str, *, job: str | None = None) -> None:
         self._command(self.path / ".wsfs" / "control", line, job=job)
 
     def set_state(self, job: str, word: str, reason: str | None = None) -> None:
-        line = word if not reason else f"{word} {reason}"
+        """Write ``word [reason]`` to the job's ``.state``; a reason is folded (``fold_reason``)."""
+        folded = fold_reason(reason) if reason else ""
+        line = word if not folded else f"{word} {folded}"
         self._command(self.job_dir(job) / ".state", line, job=job)
+        if reason and folded != reason.strip():
+            text = reason[:MAX_NOTE_CHARS]
+            while len(encoded := urllib.parse.quote(text, safe="")) > MAX_NOTE_BYTES:
+                text = text[:len(text) * 3 // 4]
+            try:
+                self.control(f"note {job} {encoded}", job=job)
+            except WsfsClientError:
+                pass  # the job ended as asked; only the long form of its reason is missing
 
     def create(self, job: str | None = None, *, template: str | None = None, quota: str | int | None = None,
                max_files: int | None = None, owner: int | None = None,
@@ -155,7 +226,9 @@ class Workspace:
 
     @property
     def input(self) -> Path:
-        return self.area("input")
+        """The template's input area, whatever its name (``input`` in the default template)."""
+        areas = self.info().get("areas") or {}
+        return self.area(next((a for a, kind in areas.items() if kind == "input"), "input"))
 
     @property
     def output(self) -> Path:
@@ -174,8 +247,7 @@ class Workspace:
             return json.load(f)
 
     def receipt(self) -> dict:
-        with open(self.path / "receipt.json") as f:
-            return json.load(f)
+        return self.mount.receipt(self.job)
 
     def set_state(self, word: str, reason: str | None = None) -> None:
         self.mount.set_state(self.job, word, reason)
@@ -201,11 +273,7 @@ class Workspace:
         if exc is None:
             self.complete()
         else:
-            # One line without control characters, or the daemon refuses it (SPEC §5) and the
-            # job stays running while the caller gets our error instead of theirs.
-            text = "".join(c if c.isprintable() else " " for c in f"{exc_type.__name__}: {exc}")
-            text = " ".join(text.split())[:1000]
-            self.fail(text)
+            self.fail(f"{exc_type.__name__}: {exc}")  # folded and cut by set_state, whole in a note
         return False
 
     def __repr__(self) -> str:

@@ -17,6 +17,10 @@ from .model import JobState, validate_job_id
 from .units import parse_size
 
 MAX_COMMAND_BYTES = 4096
+#: ``note JOB TEXT`` carries a whole reason (percent-encoded, newlines and all) into the events.
+MAX_NOTE_BYTES = 256 * 1024
+MAX_NOTE_CHARS = 64 * 1024
+_NOTE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
 MAX_REASON_CHARS = 1024
 MAX_PID = 1 << 22  # the kernel's ceiling for pid_max
 
@@ -48,11 +52,11 @@ class Command:
         return dict(self.options).get(name, default)
 
 
-def _decode_line(data: bytes) -> str:
+def _decode_line(data: bytes, limit: int = MAX_COMMAND_BYTES) -> str:
     if not isinstance(data, (bytes, bytearray)):
         raise BadCommandError("a command is bytes")
-    if len(data) > MAX_COMMAND_BYTES:
-        raise BadCommandError(f"command too long: {len(data)} bytes, at most {MAX_COMMAND_BYTES}")
+    if len(data) > limit:
+        raise BadCommandError(f"command too long: {len(data)} bytes, at most {limit}")
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
@@ -141,9 +145,21 @@ def _options(words: list[str], table: dict, verb: str) -> tuple:
 
 
 def parse_control_command(data: bytes) -> Command:
-    """Parse a ``.wsfs/control`` write (SPEC §10): create, clone, restore, resume, sweep, doctor."""
-    text = _decode_line(data)
+    """Parse a ``.wsfs/control`` write (SPEC §10): create, clone, restore, resume, sweep, doctor, note."""
+    is_note = isinstance(data, (bytes, bytearray)) and bytes(data[:5]) == b"note "
+    text = _decode_line(data, MAX_NOTE_BYTES if is_note else MAX_COMMAND_BYTES)
     verb, *rest = text.split()
+    if verb == "note":
+        if len(rest) != 2:
+            raise BadCommandError("usage: note JOB TEXT (TEXT percent-encoded)")
+        try:
+            note = urllib.parse.unquote(rest[1], errors="strict")
+        except UnicodeDecodeError:
+            raise BadCommandError("a note is UTF-8 text") from None
+        if not note or len(note) > MAX_NOTE_CHARS or _NOTE_CONTROL_RE.search(note):
+            raise BadCommandError(f"a note is 1 to {MAX_NOTE_CHARS} characters, no control characters but tab "
+                                  "and newline")
+        return Command("note", job=validate_job_id(rest[0]), reason=note)
     if verb == "create":
         if not rest:
             raise BadCommandError("usage: create JOB [template=T] [quota=SIZE] [max_files=N] [owner=PID]")
@@ -171,4 +187,4 @@ def parse_control_command(data: bytes) -> Command:
             raise BadCommandError("usage: doctor [repair]")
         return Command("doctor", repair=bool(rest))
     raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, clone, restore, resume, "
-                          "publish, sweep or doctor")
+                          "publish, sweep, doctor or note")

@@ -46,6 +46,7 @@ from .config import Config
 from .errors import StoreError
 from .lifecycle import JobService
 from .model import JobState
+from .mounts import FSNAME, MountError
 from .publish import Publisher
 from .retention import Sweeper
 from .store import Store
@@ -54,7 +55,6 @@ from .units import format_size
 
 log = logging.getLogger("wsfs.daemon")
 
-FSNAME = "wsfs"
 LOG_FILE = "wsfs.log"
 LOCK_FILE = "lock"
 READY_TIMEOUT = 30.0
@@ -67,21 +67,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 STATUS_INTERVAL = 2.0  # how often systemd's STATUS= line is refreshed (only sent when it changed)
 JOIN_TIMEOUT = 60.0  # a worker still busy after this at shutdown leaves the store "live" (recovered next mount)
 STORE_RETRY = 5.0  # a worker thread whose commit the store refused (disk full) starts again after this
-
-
-class MountError(Exception):
-    """A refusal to mount: the message is the one line the user sees."""
-
-
-def default_data_dir() -> str:
-    if os.geteuid() == 0:
-        return "/var/lib/wsfs"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(base, "wsfs")
-
-
-def default_mountpoint() -> str:
-    return "/mnt/wsfs" if os.geteuid() == 0 else os.path.expanduser("~/wsfs")
 
 
 def mount_entry(mountpoint: str) -> tuple[str, str] | None:
@@ -378,6 +363,8 @@ class Daemon:
             "last_sweep": self.sweeper.last,
             "started": self.started, "live_jobs": totals["live"],
             "sweep_interval_s": self.config.sweep_interval, "config": self.config.source,
+            "templates": {name: {"areas": {a: k.value for a, k in t.areas.items()}}
+                          for name, t in sorted(self.config.templates.items())},
         }
 
     def sweep(self, dry_run: bool = False) -> dict:

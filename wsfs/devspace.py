@@ -331,7 +331,7 @@ def check_writable(endpoint: Endpoint, mount) -> None:
     if endpoint.job is None:
         return
     info = _job_info(Path(mount.path) / "workspaces" / endpoint.job)
-    if info.get("state") != "running" or info.get("sealed") or info.get("pending"):
+    if info.get("state") != "running" or info.get("sealed") or info.get("ending"):
         raise DevspaceError(f"workspace {endpoint.job} is {info.get('state')} and sealed: nothing copied "
                             f"(EROFS)", errno.EROFS)
 

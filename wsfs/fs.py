@@ -49,6 +49,9 @@ JOB_CONTROL_FILES = (STATE_FILE, JOB_FILE, MANIFEST_FILE)
 WSFS_DIR = ".wsfs"
 WSFS_FILES = {"status": 0o444, "control": 0o222, "events": 0o444, "jobs": 0o444}
 TOP_DIRS = ("workspaces", "quarantine", "shared", WSFS_DIR)
+#: ``.wsfs/receipts/JOB``: the receipt the store keeps of a job whose tree is gone (archived,
+#: purged, deleted after publishing); looked up by name, never listed; its owner's (and root's).
+RECEIPTS_DIR, KEPT_RECEIPT = "receipts", "kept-receipt"
 EVENTS_SHOWN = 1000
 CACHE_TIMEOUT_S = 10.0  # the kernel's entry and attribute timeouts (see init_with_config)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
@@ -411,6 +414,13 @@ class WsfsOperations(Operations):
                 return Node("vdir", name=WSFS_DIR)
             if len(parts) == 2 and parts[1] in WSFS_FILES:
                 return Node("vfile", name=parts[1])
+            if parts[1] == RECEIPTS_DIR and len(parts) <= 3:
+                if len(parts) == 2:
+                    return Node("vdir", name=RECEIPTS_DIR)
+                if JOB_ID_RE.fullmatch(parts[2]) and self.service.get(parts[2]) is not None:
+                    with self.service.store.read() as r:
+                        if r.receipt(parts[2]) is not None:
+                            return Node("vfile", name=KEPT_RECEIPT, job=parts[2])
             raise FuseOSError(errno.ENOENT)
         if top not in ("workspaces", "quarantine"):
             raise FuseOSError(errno.ENOENT)
@@ -477,7 +487,10 @@ class WsfsOperations(Operations):
                 "st_atime": self._mounted_ns, "st_mtime": self._mounted_ns, "st_ctime": self._mounted_ns}
 
     def _vfile_attrs(self, node: Node, size: int) -> dict:
-        if node.job is None:
+        if node.name == KEPT_RECEIPT:
+            record = self.service.require(node.job)
+            mode, uid, gid = 0o400, record["uid"], record["gid"]
+        elif node.job is None:
             mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
         else:
             # .state, .job and .manifest may be read by whoever may read the job's root (its mode
@@ -566,6 +579,9 @@ class WsfsOperations(Operations):
 
     def _content(self, node: Node) -> bytes:
         name, job = node.name, node.job
+        if name == KEPT_RECEIPT:
+            with self.service.store.read() as r:
+                return bytes(r.receipt(job) or b"")
         if job is not None:
             if name == STATE_FILE:
                 return (self.service.require(job)["state"] + "\n").encode()
@@ -681,11 +697,14 @@ class WsfsOperations(Operations):
             raise FuseOSError(errno.EBADF) from None
         entries = [(".", self._dir_ino(node), stat.S_IFDIR), ("..", 1, stat.S_IFDIR)]
         if node.kind == "vdir":
-            if node.name == "/":
+            if node.name == RECEIPTS_DIR:
+                pass  # looked up by name only: listing every kept receipt would show every job
+            elif node.name == "/":
                 entries += [(name, self._vdir_ino(name), stat.S_IFDIR) for name in TOP_DIRS if name != "shared"]
                 entries.append(("shared", self.tree.lstat("shared", "").st_ino, stat.S_IFDIR))
             elif node.name == WSFS_DIR:
                 entries += [(name, self._vfile_ino(None, name), stat.S_IFREG) for name in WSFS_FILES]
+                entries.append((RECEIPTS_DIR, self._vdir_ino(RECEIPTS_DIR), stat.S_IFDIR))
             else:
                 where = "jobs" if node.name == "workspaces" else "quarantine"
                 inodes = {name: ino for name, ino, _kind in self.tree.scandir(where, "")}
@@ -713,6 +732,8 @@ class WsfsOperations(Operations):
 
     @staticmethod
     def _vdir_ino(name: str) -> int:
+        if name == RECEIPTS_DIR:
+            return _VIRTUAL_INO_BASE + len(TOP_DIRS) + 2
         return 1 if name == "/" else _VIRTUAL_INO_BASE + TOP_DIRS.index(name) + 2
 
     @staticmethod

@@ -512,6 +512,11 @@ class JobService:
                 if uid != 0 and uid != record["uid"]:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
                 publish.request(self, command.job, command.retry, self.clock())
+            elif command.verb == "note":  # a reason's whole text, kept in the events (wsfs.client.fold_reason)
+                record = self.require(command.job)
+                if uid != 0 and uid != record["uid"]:
+                    raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
+                self._commit(lambda w: (w.add_event("note", command.job, text=command.reason, uid=uid), [])[1])
             elif command.verb == "doctor":
                 if doctor is None:
                     raise WsfsError("no doctor runs here", errno=errno.ENOSYS)
@@ -777,14 +782,34 @@ class JobService:
         finally:
             os.close(dfd)
 
+    def read_receipt(self, record: dict) -> bytes | None:
+        """The bytes of the job's ``receipt.json``, while its tree is there."""
+        where = self.location(record)
+        if where is None:
+            return None
+        try:
+            fd = self.tree.open(where[0], f"{where[1]}/{RECEIPT_FILE}", os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
     def _step_tree(self, record: dict, target: JobState) -> dict:
         job_id = record["id"]
         self.tree_closing(job_id)
         where = self.location(record)
+        receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
         if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.archived"):
             self.trash_wake.set()
 
         def drop(record, w):
+            if receipt is not None:
+                w.put_receipt(job_id, receipt)
             w.delete_manifest_prefix(job_id)
             record["where"] = None
         return self._set_step(job_id, "tree", drop)
@@ -910,14 +935,21 @@ class JobService:
         A crash between a rename and the commit leaves a hidden record whose tree
         is gone: the next sweep purges it again and finds nothing to move.
         """
+        receipts: dict[str, bytes] = {}
+
         def check(record):
             if not record.get("hidden") or not _due(record, now):
                 raise NotAllowedError(f"job {record['id']} is no longer due to be purged")  # restored meanwhile
             where = self.location(record)
+            receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
+            if receipt is not None:
+                receipts[record["id"]] = receipt
             if where and self.tree.move_to_trash(where[0], where[1], f"{record['id']}.purged"):
                 self.trash_wake.set()
 
         def change(record, w):
+            if record["id"] in receipts:
+                w.put_receipt(record["id"], receipts[record["id"]])
             w.delete_manifest_prefix(record["id"])
             record.update(where=None, purged_at=now, expires_at=None)
             if publish.queue(record, self.template(record), "purged", now):
@@ -1114,9 +1146,30 @@ class JobService:
             return list(r.manifest(job_id))
 
     def job_document(self, job_id: str) -> dict:
-        """The ``.job`` file: the whole record, with readable times."""
+        """The ``.job`` file: the documented fields of the record (``job_document``)."""
         self.manifest.flush()
-        record = dict(self.require(job_id))
-        for key in ("created", "ended", "state_since", "expires_at", "purged_at"):
-            record[key + "_iso"] = iso(record.get(key))
-        return record
+        return job_document(self.require(job_id))
+
+
+#: ``.job``'s document (README "What is in the mount"): these fields, with this meaning, for as
+#: long as ``version`` stays.  The store's record may change; this document does not.
+JOB_DOCUMENT_VERSION = 1
+JOB_DOCUMENT_FIELDS = (
+    "id", "state", "reason", "stage", "stages", "history", "template", "areas", "uid", "gid", "owner",
+    "created", "state_since", "ended", "expires_at", "usage", "quota", "max_files", "sealed", "publish",
+    "git", "origin", "setup",
+)
+_DOCUMENT_TIMES = ("created", "state_since", "ended", "expires_at")
+
+
+def job_document(record: dict) -> dict:
+    """``version``, the ``JOB_DOCUMENT_FIELDS`` (absent optional ones as null), each time also as
+    ``*_iso``, ``location`` (``workspaces`` or ``quarantine``) and ``ending`` (the state a
+    transition in flight goes to, else null)."""
+    document = {"version": JOB_DOCUMENT_VERSION, **{key: record.get(key) for key in JOB_DOCUMENT_FIELDS}}
+    for key in _DOCUMENT_TIMES:
+        document[key + "_iso"] = iso(record.get(key))
+    document["location"] = {"jobs": "workspaces", "quarantine": "quarantine"}.get(record.get("where") or "")
+    document["ending"] = (record.get("pending") or {}).get("target")
+    document["sealed"] = bool(record.get("sealed") or record.get("pending"))
+    return document

@@ -659,15 +659,7 @@ class Publisher:
             where = service.location(record)
             if where is None or record["state"] != "completed":
                 return record
-            receipt = None
-            with contextlib.suppress(OSError):
-                fd = service.tree.open(where[0], f"{where[1]}/receipt.json", os.O_RDONLY | os.O_NONBLOCK)
-                try:
-                    receipt = b""
-                    while chunk := os.read(fd, COPY_CHUNK):
-                        receipt += chunk
-                finally:
-                    os.close(fd)
+            receipt = service.read_receipt(record)
             if service.tree.move_to_trash(where[0], where[1], f"{job_id}.published"):
                 service.trash_wake.set()
             now = self.clock()
