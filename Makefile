@@ -35,7 +35,7 @@ UNITS := wsfs.service wsfs@.service
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help system-deps venv run stop test stress bench clean install uninstall
+.PHONY: help system-deps venv run stop clean-run test stress bench clean install uninstall
 
 help:
 	@echo "wsfs make targets:"
@@ -43,6 +43,7 @@ help:
 	@echo "  make venv          create .venv and pip install -e '.[test]' (re-runs when pyproject.toml changes)"
 	@echo "  make run           mount wsfs at MOUNT=$(MOUNT) with DATA=$(DATA)"
 	@echo "  make stop          unmount MOUNT"
+	@echo "  make clean-run     remove the wsfs link make run put on PATH"
 	@echo "  make test          run the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
 	@echo "  make stress        the stress suites (tests/test_stress_*.py) at full size: crash matrix, concurrency, fsx ..."
 	@echo "  make bench         benchmark wsfs against the bare disk and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
@@ -99,6 +100,15 @@ run: system-deps venv
 		$(WSFS) mount "$(MOUNT)" --data "$(DATA)" || exit $$?; \
 		echo "run: wsfs mounted at $(MOUNT) (data in $(DATA))"; \
 	fi
+	@bindir=$$( [ "$$(id -u)" -eq 0 ] && echo /usr/local/bin || echo "$$HOME/.local/bin" ); \
+	link="$$bindir/wsfs"; \
+	if [ -e "$$link" ] && [ ! -L "$$link" ]; then \
+		echo "run: $$link exists (make install's?); left alone: type $(CURDIR)/$(WSFS) for this checkout's"; \
+	else \
+		mkdir -p "$$bindir" && ln -sfn "$(CURDIR)/$(WSFS)" "$$link" && \
+		echo "run: wsfs is on your PATH as $$link (a link to $(CURDIR)/$(WSFS); make clean-run removes it)"; \
+		case ":$$PATH:" in *":$$bindir:"*) ;; *) echo "run: add $$bindir to your PATH to type wsfs";; esac; \
+	fi
 	@echo ""
 	@echo "Try this:"
 	@echo "  cd $(MOUNT)"
@@ -106,9 +116,9 @@ run: system-deps venv
 	@echo "  echo hello > workspaces/demo/output/hello.txt"
 	@echo "  echo completed > workspaces/demo/.state"
 	@echo "  cat workspaces/demo/receipt.json"
-	@echo "  $(CURDIR)/$(WSFS) list --mount $(MOUNT)"
+	@echo "  wsfs list"
 	@echo ""
-	@echo "Stop it with: make stop   (or: $(CURDIR)/$(WSFS) unmount $(MOUNT))"
+	@echo "Stop it with: make stop   (or: wsfs unmount $(MOUNT))"
 
 stop:
 	@PATH="$$PATH:/usr/sbin:/sbin"; \
@@ -118,6 +128,12 @@ stop:
 	else \
 		echo "stop: $(MOUNT) is not mounted"; \
 	fi
+
+# The link `make run` put on PATH, when it still points into this checkout.
+clean-run:
+	@for link in /usr/local/bin/wsfs "$$HOME/.local/bin/wsfs"; do \
+		if [ -L "$$link" ] && [ "$$(readlink "$$link")" = "$(CURDIR)/$(WSFS)" ]; then rm -f "$$link" && echo "clean-run: removed $$link"; fi; \
+	done
 
 # The tests run `systemd-analyze verify` on the units (the systemd package brings it) and
 # `setfattr` as another user (attr); a target-specific variable, so system-deps sees it only

@@ -112,8 +112,15 @@ def test_units_say_what_the_service_needs():
         assert unit.one("Service", "KillMode") != "none", name
         state_dir = unit.one("Service", "StateDirectory")
         assert state_dir, name
-        pre = unit["Service"]["ExecStartPre"]
-        assert pre[0] == "-fusermount3 -uz ${WSFS_MOUNTPOINT}", name  # a stale mount is cleared first
+        # A normal start logs nothing alarming: no fusermount step that fails when nothing is
+        # mounted (wsfs mount clears a stale mount itself), and the mount point is made.
+        assert unit["Service"]["ExecStartPre"] == ["mkdir -p ${WSFS_MOUNTPOINT}"], name
+        # A bad config is final (exit 78): no restart every 5 s; reload reads the config again.
+        assert unit.one("Service", "RestartPreventExitStatus") == "78", name
+        assert unit.one("Service", "ExecReload") == "/usr/local/bin/wsfs reload --mount ${WSFS_MOUNTPOINT}", name
+        assert unit.one("Unit", "StartLimitBurst"), name
+        # Documentation= names a file make install installs.
+        assert unit.one("Unit", "Documentation") == "file:///usr/local/share/doc/wsfs/README.md", name
         exec_start = unit.one("Service", "ExecStart").split()
         assert exec_start[:3] == ["/usr/local/bin/wsfs", "mount", "${WSFS_MOUNTPOINT}"], name
         assert "--foreground" in exec_start and "--config" in exec_start, name

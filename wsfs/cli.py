@@ -1,6 +1,7 @@
 """The ``wsfs`` command: sugar over the mount (SPEC §10).
 
-Exit codes: 0 done, 1 error, 2 usage (click's own, and bad config).
+Exit codes: 0 done, 1 error, 2 usage (click's own, and bad config), and for
+``mount`` 78 for a bad config (EX_CONFIG: the units never restart on it).
 
 Data commands take ``--json``; tables and event lines are coloured only on
 a terminal (click strips the styles in a pipe); logs get journald's ``<N>``
@@ -36,6 +37,7 @@ from .model import JOB_ID_RE
 from .mounts import MountError, default_data_dir, default_mountpoint
 from .units import format_duration, format_size
 
+EX_CONFIG = 78  # sysexits.h; systemd calls it "CONFIGURATION"
 LIVE_STATES = ("running", "completed", "failed", "cancelled", "crashed")
 
 
@@ -149,10 +151,14 @@ def mount(ctx, mountpoint, data_dir, config_file, foreground, allow_other, debug
     try:
         config = load_config(config_file)
     except ConfigError as exc:
-        fail(str(exc), 2)
+        # Under systemd: a status line saying why, and an exit status it does not restart on
+        # (RestartPreventExitStatus=): the next try would read the same file.
+        daemon.sd_notify(f"STATUS=bad config, not mounted: {exc}")
+        fail(f"bad config, not mounted: {exc}", EX_CONFIG)
     try:
         if foreground:
-            sys.exit(daemon.serve(mountpoint, data_dir, config, allow_other=allow_other, debug=debug))
+            sys.exit(daemon.serve(mountpoint, data_dir, config, allow_other=allow_other, debug=debug,
+                                  config_file=config_file))
         level = logging.getLevelName(logging.getLogger().level).lower()
         daemon.spawn(mountpoint, data_dir, config_file, allow_other=allow_other, log_level=level)
     except MountError as exc:
@@ -178,6 +184,25 @@ def unmount(mountpoint, lazy):
     except MountError as exc:
         fail(str(exc))
     click.echo(message)
+
+
+@main.command()
+@mount_option
+def reload(mount):
+    """Make the daemon read its config again (systemctl reload runs this); nothing is unmounted.
+
+    A config that does not load is refused (exit 1, with the reason) and the one in use stays.
+
+    \b
+    Example:
+      wsfs reload --mount /mnt/wsfs
+    """
+    m = live_mount(mount)
+    try:
+        m.control("reload")
+    except WsfsClientError as exc:
+        fail(str(exc))
+    click.echo(f"{m.path}: config reloaded")
 
 
 @main.command()
@@ -682,8 +707,10 @@ def _publish_record(m: Mount, job: str) -> dict | None:
 def publish(job, retry, no_wait, mount):
     """Run publishing now for a completed job (its targets and hooks), and wait for the outcome.
 
-    Exit 0 when everything was published, 1 when it failed (the workspace is
-    kept; --retry starts over).
+    A job whose publishing is under way (queued by its completion) or done is
+    not published again: this waits for, or reports, that outcome.  Exit 0
+    when everything was published, 1 when it failed (the workspace is kept;
+    --retry starts over).
 
     \b
     Examples:
@@ -692,10 +719,14 @@ def publish(job, retry, no_wait, mount):
       wsfs publish render-42 --retry
     """
     m = live_mount(mount)
-    try:
-        m.control(f"publish {job}" + (" retry" if retry else ""), job=job)
-    except WsfsClientError as exc:
-        fail(str(exc))
+    record = _publish_record(m, job)
+    status = ((record or {}).get("publish") or {}).get("status")
+    # Done or under way already (a completion queues it): wait for, or report, that outcome.
+    if retry or status not in ("done", "pending"):
+        try:
+            m.control(f"publish {job}" + (" retry" if retry else ""), job=job)
+        except WsfsClientError as exc:
+            fail(str(exc))
     if no_wait:
         click.echo(f"{job}: publishing queued")
         return

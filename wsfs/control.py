@@ -182,9 +182,13 @@ def parse_control_command(data: bytes) -> Command:
         if len(rest) not in (1, 2) or rest[1:] not in ([], ["retry"]):
             raise BadCommandError("usage: publish JOB [retry]")
         return Command("publish", job=validate_job_id(rest[0]), retry=len(rest) == 2)
+    if verb == "reload":
+        if rest:
+            raise BadCommandError("usage: reload")
+        return Command("reload")
     if verb == "doctor":
         if rest not in ([], ["repair"]):
             raise BadCommandError("usage: doctor [repair]")
         return Command("doctor", repair=bool(rest))
     raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, clone, restore, resume, "
-                          "publish, sweep, doctor or note")
+                          "publish, sweep, doctor, reload or note")

@@ -30,11 +30,13 @@ thread that took the control write, one at a time (``_doctor_lock``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -199,10 +201,11 @@ def sd_notify(message: str) -> None:
 class Daemon:
     """One mounted data dir: the store, the service, the worker threads."""
 
-    def __init__(self, mountpoint: str, data_dir: str, config: Config):
+    def __init__(self, mountpoint: str, data_dir: str, config: Config, config_file: str | None = None):
         self.mountpoint = os.path.abspath(mountpoint)
         self.data_dir = os.path.abspath(data_dir)
         self.config = config
+        self.config_file = config_file
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.started = time.time()
@@ -367,6 +370,26 @@ class Daemon:
                           for name, t in sorted(self.config.templates.items())},
         }
 
+    def reload(self) -> str:
+        """Read the config file again (``reload`` on ``.wsfs/control``, ``systemctl reload``).
+
+        Templates, retention, limits and publish targets apply from now on, to new jobs and
+        to the next sweep; open files and running jobs are untouched.  A config that does
+        not load is refused whole (``EINVAL``, the reason in the event and the log) and the
+        one in use stays.  (``sweep_interval`` takes effect at the next start.)
+        """
+        from .config import ConfigError, load_config
+        from .errors import BadCommandError
+
+        try:
+            config = load_config(self.config_file)
+        except ConfigError as exc:
+            log.error("reload refused, the config in use stays: %s", exc)
+            raise BadCommandError(f"reload refused, the config in use stays: {exc}") from None
+        self.config = self.service.config = config
+        log.info("config reloaded from %s", config.source)
+        return config.source
+
     def sweep(self, dry_run: bool = False) -> dict:
         return self.sweeper.sweep(dry_run=dry_run).as_dict()
 
@@ -427,21 +450,23 @@ class Daemon:
         return clean
 
 
-def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool = False, debug: bool = False) -> int:
-    """Mount and serve in this process until unmounted or signalled."""
+def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool = False, debug: bool = False,
+          config_file: str | None = None) -> int:
+    """Mount and serve in this process until unmounted or signalled.  ``reload`` on
+    ``.wsfs/control`` (``systemctl reload``) reads ``config_file`` again (None: the default)."""
     from .binding import FUSE, LIBFUSE_VERSION  # only the daemon needs libfuse
     from .fs import WsfsOperations
 
     check_data_dir(data_dir)
     check_mountpoint(mountpoint)
     lock_fd = lock_data_dir(data_dir)
-    daemon = Daemon(mountpoint, data_dir, config)
+    daemon = Daemon(mountpoint, data_dir, config, config_file)
     try:
         daemon.open()
     except StoreError as exc:
         raise MountError(str(exc)) from None
     ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep,
-                         doctor=daemon.doctor)
+                         doctor=daemon.doctor, reload=daemon.reload)
     daemon.open_jobs = ops.open_jobs
     daemon.sweeper._open_jobs = ops.open_jobs
     daemon.hasher = ops.hasher
@@ -528,6 +553,7 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> st
     if state is None or not is_wsfs_mount(mountpoint):
         raise MountError(f"{mountpoint} is not a wsfs mount")
     pid = _daemon_pid(mountpoint)
+    connection = _connection(mountpoint)
     result = fusermount(mountpoint)
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
@@ -542,14 +568,59 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 30.0) -> st
         if result.returncode != 0:
             raise MountError(result.stderr.strip() or "fusermount3 -uz failed")
         return (f"detached {mountpoint}{held}; the daemon stops cleanly once those files are closed")
-    if pid:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if _alive(pid):
-            raise MountError(f"{mountpoint} is unmounted, but its daemon (pid {pid}) is still finishing after "
-                             f"{timeout:.0f}s; its log says why")
-    return f"unmounted {mountpoint}"
+    if pid is None:
+        return f"unmounted {mountpoint} (its daemon's pid was not readable: it may still be finishing)"
+    if _wait_gone(pid, HELD_ELSEWHERE_S):
+        return f"unmounted {mountpoint}"
+    # Unmounted here, and the daemon still serves: another mount namespace (a service with
+    # PrivateTmp=, a container started meanwhile) holds a copy of the mount, so the kernel never
+    # tells the daemon.  End the connection itself: every copy answers ENOTCONN from now on,
+    # and the daemon stops as after an unmount.
+    how = _end_connection(connection, pid)
+    if not _wait_gone(pid, timeout):
+        raise MountError(f"{mountpoint} is unmounted, but its daemon (pid {pid}) is still running "
+                         f"{timeout:.0f}s after {how}; its log says why")
+    return f"unmounted {mountpoint} (another mount namespace still held it: {how}, the daemon stopped)"
+
+
+HELD_ELSEWHERE_S = 3.0  # an unmounted daemon with nothing in flight is gone by then
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def _connection(mountpoint: str) -> str | None:
+    """The FUSE connection id of the mount (the minor of its st_dev, from mountinfo)."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with contextlib.suppress(OSError):
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4].replace("\\040", " ") == target and f" - fuse.{FSNAME} " in line:
+                    found = fields[2].split(":")[1]
+    return found
+
+
+def _end_connection(connection: str | None, pid: int) -> str:
+    """Abort the FUSE connection (root, through fusectl, mounted here if need be), else SIGTERM."""
+    if connection is not None and os.geteuid() == 0:
+        if not os.path.isdir(os.path.join(FUSECTL, connection)):
+            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
+        with contextlib.suppress(OSError):
+            with open(os.path.join(FUSECTL, connection, "abort"), "w") as f:
+                f.write("1")
+            return "its FUSE connection was aborted"
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    return "SIGTERM"
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _daemon_pid(mountpoint: str) -> int | None:

@@ -335,10 +335,11 @@ class WsfsOperations(Operations):
 
     use_ns = True
 
-    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None, doctor=None):
+    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None, doctor=None, reload=None):
         self.service = service
         self.tree = tree
         self._sweep = sweep
+        self._reload = reload
         self._doctor = doctor
         self._status = status or (lambda: {})
         self._handles: dict[int, Handle] = {}
@@ -975,7 +976,7 @@ class WsfsOperations(Operations):
         if node.name == STATE_FILE:
             self.service.write_state(node.job, data, uid)
         elif node.name == "control":
-            self.service.write_control(data, uid, gid, sweep=self._sweep, doctor=self._doctor)
+            self.service.write_control(data, uid, gid, sweep=self._sweep, doctor=self._doctor, reload=self._reload)
         else:
             raise FuseOSError(errno.EACCES)
         return len(data)

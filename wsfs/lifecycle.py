@@ -479,7 +479,8 @@ class JobService:
             self._reject(job_id, ".state", data, exc, uid)
             raise
 
-    def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None) -> str | None:
+    def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None,
+                      reload=None) -> str | None:
         """Apply one ``.wsfs/control`` write (SPEC §10).
 
         ``sweep(dry_run=)`` and ``doctor(repair=)`` are the daemon's: they
@@ -512,6 +513,12 @@ class JobService:
                 if uid != 0 and uid != record["uid"]:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
                 publish.request(self, command.job, command.retry, self.clock())
+            elif command.verb == "reload":
+                if reload is None:
+                    raise WsfsError("no daemon runs here to reload", errno=errno.ENOSYS)
+                if uid not in (0, os.getuid()):
+                    raise NotAllowedError("reload is for root (or the user the daemon runs as)")
+                return reload()
             elif command.verb == "note":  # a reason's whole text, kept in the events (wsfs.client.fold_reason)
                 record = self.require(command.job)
                 if uid != 0 and uid != record["uid"]:
@@ -837,6 +844,8 @@ class JobService:
                 publish.queue(record, self.template(record), target.value, now)
         record = self._update(record["id"], finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
+        log.info("job %s: %s -> %s%s", record["id"], pending.get("from"), target.value,
+                 f" ({pending['reason']})" if pending["reason"] else "")  # one journal line per transition
         if publish.status_of(record.get("publish")) == "pending":
             self.publish_wake.set()
         self.view_changed(record["id"])
@@ -872,8 +881,10 @@ class JobService:
                 record["history"].append({"state": "running", "at": now, "reason": "resumed"})
                 record.update(sealed=False, where="jobs", ended=None, expires_at=None, reason=None,
                               receipt_sha256=None, owner=owner)
-            record = self._update(job_id, change, ("transition", {"from": record["state"], "to": "running",
+            was = record["state"]
+            record = self._update(job_id, change, ("transition", {"from": was, "to": "running",
                                                                    "reason": "resumed"}))
+            log.info("job %s: %s -> running (resumed)", job_id, was)
             self._trash_stale_receipt(job_id)  # after the commit: until then the receipt is the record's
         self.view_changed(job_id)
         return record
