@@ -376,6 +376,6 @@ def test_doctor_refuses_what_is_not_a_data_dir(tmp_path):
     assert result.exit_code == 1 and result.stderr == f"wsfs: {tmp_path} is not a wsfs data dir (it has no store/)\n"
     result = cli("doctor", "--mount", str(tmp_path / "nomount"), env={"WSFS_DATA": str(tmp_path / "nodata")})
     assert result.exit_code == 1
-    assert result.stderr == (f"wsfs: {tmp_path / 'nomount'} is not a mounted wsfs and {tmp_path / 'nodata'} "
-                             "has no store: give --mount or --data\n")
+    assert result.stderr == (f"wsfs: {tmp_path / 'nomount'} is not a mounted wsfs (mount it with: wsfs mount "
+                             f"{tmp_path / 'nomount'}) and {tmp_path / 'nodata'} has no store: give --mount or --data\n")
     assert cli("doctor", "--repair=yes").exit_code == 2

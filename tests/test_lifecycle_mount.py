@@ -513,7 +513,7 @@ def _assert_finished(m, job: str, state: str, offset: int) -> None:
         return
     job_dir = m.ws / job
     assert record["state"] == state
-    assert record["pending"] is None
+    assert record["ending"] is None
     assert state_of(job_dir) == state
     assert not (job_dir / "temp").exists()
     assert not (m.data / "jobs" / job / "temp").exists()

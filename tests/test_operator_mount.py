@@ -20,6 +20,18 @@ pytestmark = pytest.mark.mount
 RESTART_PREVENT_EXIT_STATUS = 78  # systemd/wsfs.service
 
 
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """The CLI's ``main`` reconfigures the root logger: put it back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def wsfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=str(REPO))
     full_env.pop("WSFS_MOUNT", None)
@@ -94,6 +106,21 @@ def test_each_transition_is_one_info_line_in_the_log(mount_factory):
     lines = [line for line in m.log_text().splitlines() if "INFO wsfs.lifecycle" in line and "job logged:" in line]
     assert [line.split("job logged: ")[1] for line in lines] == [
         "running -> failed (disk full)", "failed -> running (resumed)", "running -> completed"]
+
+
+def test_mount_makes_its_default_mount_point(tmp_path, monkeypatch):
+    """``wsfs mount`` with no mount point makes the default one (``~/wsfs`` for a user) first."""
+    from click.testing import CliRunner
+
+    from wsfs import cli, daemon
+
+    target = tmp_path / "home" / "wsfs"
+    calls = []
+    monkeypatch.setattr(cli, "default_mountpoint", lambda: str(target))
+    monkeypatch.setattr(daemon, "spawn", lambda mountpoint, *args, **kwargs: calls.append(mountpoint))
+    result = CliRunner().invoke(cli.main, ["mount", "--data", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert target.is_dir() and calls == [str(target)]
 
 
 def test_the_stopped_mount_is_not_a_workspace_error(mount_factory):

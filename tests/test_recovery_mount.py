@@ -361,7 +361,8 @@ failed = "3d"
     ('[templates.media]\nareas = { audio = "scrach" }\n', "templates.media.areas.audio"),
 ])
 @pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
-def test_mount_with_a_bad_config_exits_2_and_mounts_nothing(tmp_path, text, key, foreground):
+def test_mount_with_a_bad_config_exits_78_and_mounts_nothing(tmp_path, text, key, foreground):
+    """78 (EX_CONFIG): the status the units never restart on (RestartPreventExitStatus=78)."""
     config = tmp_path / "bad.toml"
     config.write_text(text)
     mnt, data = tmp_path / "mnt", tmp_path / "data"
@@ -369,7 +370,7 @@ def test_mount_with_a_bad_config_exits_2_and_mounts_nothing(tmp_path, text, key,
     args = ["mount", str(mnt), "--data", str(data), "--config", str(config)] + (["--foreground"] if foreground else [])
     try:
         result = wsfs(None, *args, check=False)
-        assert result.returncode == 2, result.stderr
+        assert result.returncode == 78, result.stderr
         assert f"{config}: {key}:" in result.stderr
         assert "Traceback" not in result.stderr
         assert not is_mounted(mnt)
@@ -379,13 +380,13 @@ def test_mount_with_a_bad_config_exits_2_and_mounts_nothing(tmp_path, text, key,
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
 
 
-def test_mount_with_a_config_that_is_not_toml_exits_2(tmp_path):
+def test_mount_with_a_config_that_is_not_toml_exits_78(tmp_path):
     config = tmp_path / "broken.toml"
     config.write_text("[retention\nfailed = 1d\n")
     (tmp_path / "mnt").mkdir()
     result = wsfs(None, "mount", str(tmp_path / "mnt"), "--data", str(tmp_path / "data"), "--config", str(config),
                   check=False)
-    assert result.returncode == 2 and str(config) in result.stderr and "TOML" in result.stderr
+    assert result.returncode == 78 and str(config) in result.stderr and "TOML" in result.stderr
     assert not is_mounted(tmp_path / "mnt")
 
 

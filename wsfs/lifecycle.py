@@ -1168,7 +1168,7 @@ JOB_DOCUMENT_VERSION = 1
 JOB_DOCUMENT_FIELDS = (
     "id", "state", "reason", "stage", "stages", "history", "template", "areas", "uid", "gid", "owner",
     "created", "state_since", "ended", "expires_at", "usage", "quota", "max_files", "sealed", "publish",
-    "git", "origin", "setup",
+    "git", "origin", "setup", "receipt_sha256",
 )
 _DOCUMENT_TIMES = ("created", "state_since", "ended", "expires_at")
 
