@@ -187,6 +187,28 @@ def unmount(mountpoint, lazy):
 
 
 @main.command()
+@click.argument("job", shell_complete=complete_jobs)
+@click.argument("duration")
+@mount_option
+def extend(job, duration, mount):
+    """Push a running job's lease end DURATION further (e.g. 2d), within its template's max_extensions.
+
+    \b
+    Example:
+      wsfs extend slurm-4711 2d
+    """
+    m = live_mount(mount)
+    try:
+        m.set_state(job, "extend", duration)
+    except WsfsClientError as exc:
+        fail(str(exc))
+    record = m.job_dir(job) / ".job"
+    ends = json.loads(record.read_text()).get("expires_at")
+    click.echo(f"{job}: lease ends {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ends))}" if ends
+               else f"{job}: extended")
+
+
+@main.command()
 @mount_option
 def reload(mount):
     """Make the daemon read its config again (systemctl reload runs this); nothing is unmounted.
@@ -282,10 +304,12 @@ def _copy_inputs(paths, dest: Path) -> None:
               help="A data directory to copy into data/ (repeatable).")
 @click.option("--include", "includes", multiple=True, help="With --copy-data: only paths matching this glob.")
 @click.option("--exclude", "excludes", multiple=True, help="With --copy-data: skip paths matching this glob.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label for the job (repeatable).")
+@click.option("--max-running", default=None, help="The job's lease, e.g. 14d (default: its template's).")
 @click.option("--json", "as_json", is_flag=True, help="Print {job, path} as JSON instead of the path.")
 @mount_option
 def create(job, template, quota, max_files, inputs, git_repo, branch, base, copy_data, includes, excludes,
-           as_json, mount):
+           labels, max_running, as_json, mount):
     """Create a job's workspace and print its path (an id is generated when JOB is omitted).
 
     \b
@@ -302,11 +326,26 @@ def create(job, template, quota, max_files, inputs, git_repo, branch, base, copy
         return
     if branch or base or includes or excludes:
         fail("--branch and --base go with --git; --include and --exclude with --copy-data", 2)
-    ws = _create_checked(m, job, template, quota, max_files, inputs)
+    extra = _label_options(labels)
+    if max_running:
+        extra["max_running"] = max_running
+    ws = _create_checked(m, job, template, quota, max_files, inputs, extra=extra)
     click.echo(json.dumps({"job": ws.job, "path": str(ws.path)}, sort_keys=True) if as_json else str(ws.path))
 
 
-def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: int | None = None):
+def _label_options(labels) -> dict:
+    """``--label K=V`` -> create options (``label=K=V``, the value percent-encoded by the client)."""
+    out = {}
+    for n, label in enumerate(labels):
+        key, eq, value = label.partition("=")
+        if not eq or not key:
+            fail(f"--label {label!r}: KEY=VALUE", 2)
+        out[f"label#{n}"] = (key, value)
+    return out
+
+
+def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: int | None = None,
+                    extra: dict | None = None):
     """Make a job after every check that can come first (id, template, input area, inputs), then
     copy the inputs; a copy that fails ends the job ``failed`` and exits 1."""
     if job is not None and not JOB_ID_RE.fullmatch(job):
@@ -316,7 +355,7 @@ def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: in
         if not os.access(path, os.R_OK):
             fail(f"cannot read input {path}")
     try:
-        ws = m.create(job, template=template, quota=quota, max_files=max_files, owner=owner)
+        ws = m.create(job, template=template, quota=quota, max_files=max_files, owner=owner, extra=extra)
     except WsfsClientError as exc:
         fail(str(exc))
     if inputs:
@@ -342,7 +381,9 @@ def _list_rows(records):
             r.get("stage") or "-",
             format_duration(now - r["created"]),
             f"{format_size(r['usage']['bytes'])}/{r['usage']['files']}f",
-            "-" if expiry is None else ("due" if expiry <= now else "in " + format_duration(expiry - now)),
+            # A running job's expiry is its lease's end (max_running), an ended one's its retention.
+            "-" if expiry is None else ("due" if expiry <= now else "in " + format_duration(expiry - now))
+            + (" (lease)" if expiry is not None and r["state"] == "running" else ""),
             _publish_cell(r.get("publish")),
         ])
     return rows
@@ -392,17 +433,33 @@ def _records(mount) -> list[dict]:
 @click.option("--all", "show_all", is_flag=True, help="Archived, hidden and purged jobs too.")
 @click.option("--publish", "publish_states", multiple=True, type=click.Choice(["pending", "done", "failed"]),
               help="Only jobs whose publishing is in this state (repeatable); any tree or none.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Only jobs with this label (repeatable; VALUE may be a glob).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.argument("patterns", nargs=-1)
 @mount_option
-def list_jobs(states, show_all, publish_states, as_json, mount):
-    """List jobs with state, stage, age, usage, expiry and publishing.
+def list_jobs(states, show_all, publish_states, labels, as_json, patterns, mount):
+    """List jobs with state, stage, age, usage, expiry (a running job's: its lease) and publishing.
+
+    PATTERNS are globs on job ids.
 
     \b
     Examples:
       wsfs list --state failed
       wsfs list --publish failed
+      wsfs list 'slurm-*' --label partition=gpu
     """
+    import fnmatch
+
     records = _records(mount)
+    if patterns:
+        records = [r for r in records if any(fnmatch.fnmatchcase(r["id"], p) for p in patterns)]
+    for label in labels:
+        key, eq, value = label.partition("=")
+        if not eq:
+            fail(f"--label {label!r}: KEY=VALUE", 2)
+        records = [r for r in records if key in (r.get("labels") or {})
+                   and fnmatch.fnmatchcase(r["labels"][key], value)]
     if publish_states:
         records = [r for r in records if (r.get("publish") or {}).get("status") in publish_states]
     if states:
@@ -478,6 +535,11 @@ def show(job, as_json, receipt, mount):
         lines.append(("git", f"{git_info.get('repo')} on {git_info.get('branch')} from {git_info.get('base')}"))
     if record.get("origin"):
         lines.append(("origin", f"cloned from {record['origin']}"))
+    for key, value in sorted((record.get("labels") or {}).items()):
+        lines.append(("label", f"{key}={value}"))
+    if record.get("state") == "running" and record.get("expires_at"):
+        lines.append(("lease", f"ends {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['expires_at']))}"
+                               f" (extended {record.get('extensions') or 0} times)"))
     for stage in record.get("stages") or []:
         lines.append(("  stage", stage["name"]))
     for key, value in lines:

@@ -182,12 +182,16 @@ class Mount:
 
     def create(self, job: str | None = None, *, template: str | None = None, quota: str | int | None = None,
                max_files: int | None = None, owner: int | None = None,
-               extra: dict[str, str] | None = None) -> "Workspace":
+               extra: dict | None = None, labels: dict[str, str] | None = None) -> "Workspace":
         """Make a job (a generated id when none is given) and return its workspace.
 
-        ``extra``: more ``create`` options (``git_repo=`` ...), percent-encoded here.
+        ``extra``: more ``create`` options (``git_repo=`` ...), percent-encoded here; a label as
+        ``{"label#N": (KEY, VALUE)}`` (or use ``labels=``).
         """
         self.check()
+        extra = dict(extra or {})
+        for n, (key, value) in enumerate((labels or {}).items()):
+            extra[f"label#{len(extra) + n}"] = (key, value)
         for _attempt in range(5):
             job_id = job or generate_job_id()
             words = [f"create {job_id}"]
@@ -195,7 +199,11 @@ class Mount:
                                 ("owner", owner)):
                 if value is not None:
                     words.append(f"{name}={value}")
-            words += [f"{name}={urllib.parse.quote(str(value), safe='/')}" for name, value in (extra or {}).items()]
+            for name, value in (extra or {}).items():
+                if name.startswith("label#"):  # (key, value): label=KEY=VALUE, the value percent-encoded
+                    words.append(f"label={value[0]}={urllib.parse.quote(str(value[1]), safe='')}")
+                else:
+                    words.append(f"{name}={urllib.parse.quote(str(value), safe='/')}")
             try:
                 self.control(" ".join(words), job=job_id)
             except WsfsClientError as exc:

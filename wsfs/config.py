@@ -60,6 +60,7 @@ HOOK_NAMES = ("on_completed", "on_failed", "on_crashed", "on_purged")
 PUBLISH_MODES = ("copy", "move")
 PUBLISH_PLACEHOLDERS = ("job", "template", "date", "owner")
 DEFAULT_PUBLISH_RETRIES = 5
+DEFAULT_MAX_EXTENSIONS = 3  # like hpc-workspace's maxextensions
 DEFAULT_PUBLISH_BACKOFF = 30.0
 DEFAULT_HOOK_TIMEOUT = 600.0
 MAX_DURATION = 1000 * 365 * 86400.0
@@ -98,6 +99,10 @@ class Template:
     publish_retries: int = DEFAULT_PUBLISH_RETRIES
     publish_backoff: float = DEFAULT_PUBLISH_BACKOFF
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    # The lease of a running job: past it the job is crashed ("lease expired"), unless extended
+    # (`extend DUR` on .state, at most max_extensions times).  None: no lease.
+    max_running: float | None = None
+    max_extensions: int = DEFAULT_MAX_EXTENSIONS
 
     @property
     def after_publish(self) -> bool:
@@ -212,10 +217,11 @@ class _Reader:
 # Files the daemon writes at a job's root (lifecycle.RECEIPT_FILE and its tmp): no area takes their name.
 RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
 _PUBLISH_SETTINGS = {"publish_retries", "publish_backoff", "hook_timeout"}
+_LEASE_SETTINGS = {"max_running", "max_extensions"}
 _TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
-             "templates"} | _PUBLISH_SETTINGS
+             "templates"} | _PUBLISH_SETTINGS | _LEASE_SETTINGS
 _TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish"} | set(HOOK_NAMES)
-                  | _PUBLISH_SETTINGS)
+                  | _PUBLISH_SETTINGS | _LEASE_SETTINGS)
 _TARGET_KEYS = {"area", "to", "mode", "replace"}
 
 
@@ -252,7 +258,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if "retention" in data:
         retention, new_grace = r.retention(data["retention"], "retention", retention)
         grace = DEFAULT_GRACE if new_grace is None else new_grace
-    publish_defaults = _publish_settings(r, data, "", {})
+    publish_defaults = {**_publish_settings(r, data, "", {}), **_lease_settings(r, data, "", {})}
     templates = {"default": dataclasses.replace(_default_template(retention, grace, quota, max_files),
                                                 **publish_defaults)}
     raw_templates = data.get("templates", {})
@@ -291,6 +297,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             _setup_command(r, table, key),
             max_jobs=r.count(table["max_jobs"], key + ".max_jobs") if "max_jobs" in table else 0,
             **_publish_settings(r, table, key + ".", publish_defaults, areas),
+            **_lease_settings(r, table, key + ".", publish_defaults),
         )
     for name, template in templates.items():
         if template.after_publish and not template.publishes():
@@ -299,6 +306,19 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
                          "and no on_completed hook")
     kwargs["templates"] = templates
     return Config(**kwargs)
+
+
+def _lease_settings(r: _Reader, table: dict, prefix: str, defaults: dict) -> dict:
+    """``max_running`` (a duration or "never") and ``max_extensions``, over ``defaults``."""
+    out = {k: defaults[k] for k in _LEASE_SETTINGS if k in defaults}
+    if "max_running" in table:
+        value = r.duration(table["max_running"], prefix + "max_running")
+        if value is not None and value <= 0:
+            raise r.fail(prefix + "max_running", "must be a positive duration or 'never'")
+        out["max_running"] = value
+    if "max_extensions" in table:
+        out["max_extensions"] = r.count(table["max_extensions"], prefix + "max_extensions")
+    return out
 
 
 def _setup_command(r: _Reader, table: dict, key: str) -> str | None:

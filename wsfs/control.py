@@ -14,7 +14,7 @@ import urllib.parse
 
 from .errors import BadCommandError
 from .model import JobState, validate_job_id
-from .units import parse_size
+from .units import parse_duration, parse_size
 
 MAX_COMMAND_BYTES = 4096
 #: ``note JOB TEXT`` carries a whole reason (percent-encoded, newlines and all) into the events.
@@ -47,9 +47,13 @@ class Command:
     repair: bool = False
     retry: bool = False  # publish: start a failed (or finished) publish over
     source: str | None = None  # clone: the job copied from
+    seconds: float | None = None  # extend: the lease's extension
 
     def option(self, name: str, default=None):
         return dict(self.options).get(name, default)
+
+    def labels(self) -> dict[str, str]:
+        return dict(value for name, value in self.options if name == "label")
 
 
 def _decode_line(data: bytes, limit: int = MAX_COMMAND_BYTES) -> str:
@@ -100,10 +104,43 @@ def parse_state_command(data: bytes) -> Command:
         if len(rest) != 1:
             raise BadCommandError("usage: owner PID")
         return Command("owner", pid=_pid(rest[0]))
+    if verb == "extend":
+        if len(rest) != 1:
+            raise BadCommandError("usage: extend DURATION (e.g. 2d): a running job's lease")
+        return Command("extend", seconds=_lease(rest[0]))
     raise BadCommandError(
         f"unknown command {verb[:40]!r}: use completed, failed [REASON], cancelled [REASON], "
-        "archived, stage NAME or owner PID"
+        "archived, stage NAME, owner PID or extend DURATION"
     )
+
+
+_MAX_LEASE = 1000 * 365 * 86400.0
+
+
+def _lease(text: str) -> float:
+    """A positive duration (``14d``), at most 1000 years."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise BadCommandError(str(exc)) from None
+    if seconds is None or not 0 < seconds <= _MAX_LEASE:
+        raise BadCommandError(f"a lease is a positive duration, got {text[:40]!r}")
+    return seconds
+
+
+def _id_number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 1 << 32 else None
+
+
+def _label(value: str) -> tuple[str, str]:
+    """``KEY=VALUE``: KEY a token, VALUE percent-encoded text (one line, at most 1024 characters)."""
+    key, eq, raw = value.partition("=")
+    if not eq or not _TOKEN_RE.fullmatch(key):
+        raise BadCommandError(f"a label is KEY=VALUE, KEY letters, digits, . _ : -: {value[:40]!r}")
+    text = urllib.parse.unquote(raw, errors="strict")
+    if len(text) > MAX_REASON_CHARS or _CONTROL_CHARS_RE.search(text):
+        raise BadCommandError(f"bad label value for {key}")
+    return key, text
 
 
 def _git_text(value: str) -> str:
@@ -122,6 +159,10 @@ _CREATE_OPTIONS = {
     "quota": parse_size,
     "max_files": lambda v: v.isascii() and v.isdigit() and int(v) < 1 << 63 and int(v),
     "owner": _pid,
+    "uid": _id_number,        # on behalf of a user: root only (the lifecycle checks)
+    "gid": _id_number,
+    "label": _label,          # repeatable
+    "max_running": _lease,
     **{name: _git_text for name in GIT_OPTIONS},
 }
 _CLONE_OPTIONS = {name: _git_text for name in GIT_OPTIONS}
@@ -162,7 +203,8 @@ def parse_control_command(data: bytes) -> Command:
         return Command("note", job=validate_job_id(rest[0]), reason=note)
     if verb == "create":
         if not rest:
-            raise BadCommandError("usage: create JOB [template=T] [quota=SIZE] [max_files=N] [owner=PID]")
+            raise BadCommandError("usage: create JOB [template=T] [quota=SIZE] [max_files=N] [owner=PID] "
+                                  "[uid=U gid=G] [label=K=V ...] [max_running=DURATION]")
         job = validate_job_id(rest[0])
         return Command("create", job=job, options=_options(rest[1:], _CREATE_OPTIONS, "create"))
     if verb == "clone":

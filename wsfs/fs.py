@@ -667,7 +667,7 @@ class WsfsOperations(Operations):
                     k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
                                                "state_since", "expires_at", "hidden", "where", "purged_at",
                                                "usage", "uid", "reason", "quota", "max_files", "publish",
-                                               "git", "origin")
+                                               "git", "origin", "labels", "max_running")
                 }, sort_keys=True).encode() + b"\n")
         return b"".join(lines)
 

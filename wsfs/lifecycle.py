@@ -366,10 +366,13 @@ class JobService:
 
     def create_job(self, job_id: str, uid: int, gid: int, *, mode: int = 0o755, template: str = "default",
                    quota: int | None = None, max_files: int | None = None, owner_pid: int | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, labels: dict[str, str] | None = None,
+                   max_running: float | None = None) -> dict:
         """Make the record and the tree; durable before it returns.
 
         ``extra``: more record fields (``git``, ``origin``: see store.py), set in the same commit.
+        ``labels``: free KEY -> text (a scheduler's job id, partition ...).  ``max_running``: the
+        lease (else the template's): a running job past it is crashed by the sweeper.
         """
         validate_job_id(job_id)
         try:
@@ -397,6 +400,9 @@ class JobService:
                 now = self.clock()
                 record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
                 record["owner"] = owner
+                lease = tmpl.max_running if max_running is None else max_running
+                record.update(labels=dict(labels or {}), max_running=lease, extensions=0,
+                              expires_at=None if lease is None else now + lease)  # a running job's: its lease
                 if tmpl.setup:
                     record["setup"] = tmpl.setup  # for `wsfs create`, which runs it as the user
                 record.update(extra or {})
@@ -405,7 +411,8 @@ class JobService:
                     if w.job(job_id) is not None:
                         raise JobExistsError(f"job id {job_id} was used before")
                     w.put_job(record)
-                    w.add_event("created", job_id, template=tmpl.name, uid=uid)
+                    w.add_event("created", job_id, template=tmpl.name, uid=uid, **(
+                        {"labels": record["labels"]} if record["labels"] else {}))
                     return [record]
                 self._commit(fn)
             except BaseException:
@@ -475,9 +482,29 @@ class JobService:
                 self.set_stage(job_id, command.stage)
             elif command.verb == "owner":
                 self.set_owner(job_id, command.pid)
+            elif command.verb == "extend":
+                self.extend(job_id, command.seconds)
         except WsfsError as exc:
             self._reject(job_id, ".state", data, exc, uid)
             raise
+
+    def extend(self, job_id: str, seconds: float) -> dict:
+        """Push a running job's lease end ``seconds`` further, at most ``max_extensions`` times."""
+        with self.lock(job_id).exclusive():
+            record = self.require(job_id)
+            if record["state"] != JobState.RUNNING.value or self.is_sealed(record):
+                raise NotAllowedError(f"job {job_id} is {record['state']}: only a running job's lease is extended")
+            if record.get("max_running") is None:
+                raise NotAllowedError(f"job {job_id} has no lease to extend (its template has no max_running)")
+            cap = self.template(record).max_extensions
+            if record.get("extensions", 0) >= cap:
+                raise NotAllowedError(f"job {job_id} was extended {cap} times already, the most its template allows")
+            now = self.clock()
+
+            def change(record, w):
+                record["expires_at"] = max(record.get("expires_at") or now, now) + seconds
+                record["extensions"] = record.get("extensions", 0) + 1
+            return self._update(job_id, change, ("extended", {"by_s": seconds}))
 
     def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None,
                       reload=None) -> str | None:
@@ -490,9 +517,17 @@ class JobService:
             command = control.parse_control_command(data)
             if command.verb == "create":
                 from .cloning import git_fields  # cloning imports this module
+                on_behalf = command.option("uid"), command.option("gid")
+                if on_behalf != (None, None):
+                    if uid != 0:
+                        raise NotAllowedError("only root creates a job on behalf of a user (uid=, gid=)")
+                    if None in on_behalf:
+                        raise BadCommandError("uid= and gid= go together")
+                    uid, gid = on_behalf
                 self.create_job(command.job, uid, gid, template=command.option("template", "default"),
                                 quota=command.option("quota"), max_files=command.option("max_files"),
-                                owner_pid=command.option("owner"), extra=git_fields(command))
+                                owner_pid=command.option("owner"), extra=git_fields(command),
+                                labels=command.labels(), max_running=command.option("max_running"))
             elif command.verb == "clone":
                 from .cloning import clone_job, git_fields
                 clone_job(self, command.source, command.job, uid, gid, extra=git_fields(command))
@@ -695,6 +730,8 @@ class JobService:
                        "output_files": len(outputs), "output_bytes": sum(o["size"] for o in outputs)},
             "manifest_sha256": hashlib.sha256(manifest_bytes(ordered)).hexdigest(),
         }
+        if record.get("labels"):
+            receipt["labels"] = record["labels"]
         data = (json.dumps(receipt, indent=2) + "\n").encode()
         self._write_file_atomically(root, f"{rel}/{RECEIPT_FILE}", data)
 
@@ -879,8 +916,9 @@ class JobService:
                 record["state"] = JobState.RUNNING.value
                 record["state_since"] = now
                 record["history"].append({"state": "running", "at": now, "reason": "resumed"})
-                record.update(sealed=False, where="jobs", ended=None, expires_at=None, reason=None,
-                              receipt_sha256=None, owner=owner)
+                lease = record.get("max_running")
+                record.update(sealed=False, where="jobs", ended=None, reason=None, receipt_sha256=None,
+                              owner=owner, expires_at=None if lease is None else now + lease, extensions=0)
             was = record["state"]
             record = self._update(job_id, change, ("transition", {"from": was, "to": "running",
                                                                    "reason": "resumed"}))
@@ -1168,7 +1206,7 @@ JOB_DOCUMENT_VERSION = 1
 JOB_DOCUMENT_FIELDS = (
     "id", "state", "reason", "stage", "stages", "history", "template", "areas", "uid", "gid", "owner",
     "created", "state_since", "ended", "expires_at", "usage", "quota", "max_files", "sealed", "publish",
-    "git", "origin", "setup", "receipt_sha256",
+    "git", "origin", "setup", "receipt_sha256", "labels", "max_running", "extensions",
 )
 _DOCUMENT_TIMES = ("created", "state_since", "ended", "expires_at")
 

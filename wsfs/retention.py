@@ -137,6 +137,9 @@ class Sweeper:
             state = record["state"]
             age = format_duration(now - record["state_since"])
             template = service.template(record)
+            if state == JobState.RUNNING.value:  # a running job's deadline is its lease
+                actions.append(Action(job_id, "crash", "lease expired"))
+                continue
             if not record.get("hidden"):
                 policy = format_duration(template.expiry_after(JobState(state)))
                 grace = format_duration(template.grace)

@@ -37,6 +37,12 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
                     (``clone SRC NEW``, wsfs.cloning).
       ``setup``  -> str: the template's setup command at creation, which
                     ``wsfs create`` runs as the user.
+      ``labels`` -> ``{KEY: text}``: free labels given at creation (a scheduler's
+                    job id, partition ...).
+      ``max_running`` -> float seconds or None: the lease of a running job; its
+                    end is ``expires_at`` while it runs (the sweeper crashes it
+                    past that, reason "lease expired"), and ``extensions``
+                    (int) counts the ``extend`` commands that pushed it.
       ``area_usage`` -> ``{area: [bytes, files]}``: ``usage`` split by area, kept
                     by the manifest batches, so completion takes a scratch
                     area off in one subtraction (records made before it lack
@@ -60,7 +66,7 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
     Only the newest ``MAX_EVENTS`` are kept.
 ``expiry``
     8-byte big-endian time in milliseconds + job id -> ``b""``.  One key per job
-    that has a retention deadline; written in the same transaction as the
+    that has a retention deadline, or, running, a lease end (``expires_at``); written in the same transaction as the
     record, so the sweeper finds due jobs by a range scan (cost O(due)).
 ``pending``
     job id -> ``b""`` for every job with a transition in flight (the record's
