@@ -59,6 +59,8 @@ system-deps:
 	if [ -n "$(NEED_TEST_TOOLS)" ]; then \
 		command -v systemd-analyze >/dev/null 2>&1 || need="$$need systemd"; \
 		command -v setfattr >/dev/null 2>&1 || need="$$need attr"; \
+		command -v jq >/dev/null 2>&1 || need="$$need jq"; \
+		command -v slurmd >/dev/null 2>&1 || need="$$need slurm-wlm munge"; \
 	fi; \
 	if [ ! -x $(VENV)/bin/python ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		need="$$need python3 python3-venv"; \
@@ -135,8 +137,9 @@ clean-run:
 		if [ -L "$$link" ] && [ "$$(readlink "$$link")" = "$(CURDIR)/$(WSFS)" ]; then rm -f "$$link" && echo "clean-run: removed $$link"; fi; \
 	done
 
-# The tests run `systemd-analyze verify` on the units (the systemd package brings it) and
-# `setfattr` as another user (attr); a target-specific variable, so system-deps sees it only
+# The tests run `systemd-analyze verify` on the units (the systemd package brings it),
+# `setfattr` as another user (attr), jq (the README's examples) and a one-node Slurm
+# (slurm-wlm, munge); a target-specific variable, so system-deps sees it only
 # for `make test` and `make stress`.
 test stress: NEED_TEST_TOOLS := yes
 test: system-deps venv
@@ -177,6 +180,10 @@ install: system-deps
 		install -m 0644 etc/wsfs.toml "$(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml"; \
 		echo "install: $(DESTDIR)$(SYSCONFDIR)/wsfs/wsfs.toml (the commented sample)"; \
 	fi; \
+	install -d "$(INSTALL_LIB)/slurm"; \
+	install -m 0755 slurm/prolog slurm/task-prolog slurm/epilog "$(INSTALL_LIB)/slurm/"; \
+	install -m 0644 slurm/wsfs-slurm.sh "$(INSTALL_LIB)/slurm/"; \
+	echo "install: $(INSTALL_LIB)/slurm/{prolog,task-prolog,epilog} (README: Running on a cluster)"; \
 	install -d "$(INSTALL_DOC)" "$(INSTALL_COMPLETION)"; \
 	install -m 0644 README.md "$(INSTALL_DOC)/"; \
 	_WSFS_COMPLETE=bash_source "$(INSTALL_BIN)/wsfs" > "$(INSTALL_COMPLETION)/wsfs"; \

@@ -17,6 +17,7 @@ Threading: one thread, except ``sweep`` on a terminal with purges due: a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -410,7 +411,9 @@ def _records(mount) -> list[dict]:
         m = Mount(mount)
         return m.check().jobs()
     except WsfsClientError as exc:
-        if exc.errno is None:  # several mounts: the user must say which
+        # Several mounts (the user must say which), or a mount whose daemon is gone: its store
+        # may be any data dir, so none is read in its place.
+        if exc.errno is None or exc.errno == errno.ENOTCONN:
             fail(str(exc))
         problem = str(exc)
     from .store import Store

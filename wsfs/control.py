@@ -104,13 +104,17 @@ def parse_state_command(data: bytes) -> Command:
         if len(rest) != 1:
             raise BadCommandError("usage: owner PID")
         return Command("owner", pid=_pid(rest[0]))
+    if verb == "label":
+        if len(rest) != 1:
+            raise BadCommandError("usage: label KEY=VALUE (VALUE percent-encoded)")
+        return Command("label", options=(("label", _label(rest[0])),))
     if verb == "extend":
         if len(rest) != 1:
             raise BadCommandError("usage: extend DURATION (e.g. 2d): a running job's lease")
         return Command("extend", seconds=_lease(rest[0]))
     raise BadCommandError(
         f"unknown command {verb[:40]!r}: use completed, failed [REASON], cancelled [REASON], "
-        "archived, stage NAME, owner PID or extend DURATION"
+        "archived, stage NAME, owner PID, label KEY=VALUE or extend DURATION"
     )
 
 

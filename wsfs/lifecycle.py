@@ -484,9 +484,18 @@ class JobService:
                 self.set_owner(job_id, command.pid)
             elif command.verb == "extend":
                 self.extend(job_id, command.seconds)
+            elif command.verb == "label":
+                self.set_labels(job_id, command.labels())
         except WsfsError as exc:
             self._reject(job_id, ".state", data, exc, uid)
             raise
+
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> dict:
+        """Set (or replace) labels of a running job (``label KEY=VALUE`` on ``.state``)."""
+        with self.mutation(job_id):
+            def change(record, w):
+                record["labels"] = {**(record.get("labels") or {}), **labels}
+            return self._update(job_id, change, ("labelled", {"labels": labels}))
 
     def extend(self, job_id: str, seconds: float) -> dict:
         """Push a running job's lease end ``seconds`` further, at most ``max_extensions`` times."""
