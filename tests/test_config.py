@@ -13,6 +13,8 @@ from wsfs import config as config_module
 from wsfs.config import ConfigError, Config, Template, default_config, load_config, parse_config
 from wsfs.model import AreaKind, JobState
 
+from conftest import parse_toml_config
+
 DAY, HOUR = 86400.0, 3600.0
 
 # SPEC §4's table, by hand.
@@ -367,3 +369,18 @@ def test_random_templates(retention, areas):
         return
     assert_usable(cfg)
     assert {a: k.value for a, k in cfg.template("media").areas.items()} == areas
+
+
+def test_leases_top_level_and_per_template():
+    config = parse_toml_config('max_running = "14d"\nmax_extensions = 2\n[templates.short]\n'
+                               'areas = { o = "keep" }\nmax_running = "1h"\n[templates.free]\n'
+                               'areas = { o = "keep" }\nmax_running = "never"\nmax_extensions = 0\n')
+    assert (config.template("default").max_running, config.template("default").max_extensions) == (14 * 86400.0, 2)
+    assert (config.template("short").max_running, config.template("short").max_extensions) == (3600.0, 2)
+    assert (config.template("free").max_running, config.template("free").max_extensions) == (None, 0)
+    assert parse_toml_config("").template("default").max_running is None
+    for bad, key in (('max_running = "soon"', "max_running"), ("max_running = 0", "max_running"),
+                     ("max_extensions = -1", "max_extensions")):
+        with pytest.raises(ConfigError) as info:
+            parse_toml_config(bad)
+        assert f": {key}:" in str(info.value)

@@ -258,9 +258,10 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if "retention" in data:
         retention, new_grace = r.retention(data["retention"], "retention", retention)
         grace = DEFAULT_GRACE if new_grace is None else new_grace
-    publish_defaults = {**_publish_settings(r, data, "", {}), **_lease_settings(r, data, "", {})}
+    publish_defaults = _publish_settings(r, data, "", {})
+    lease_defaults = _lease_settings(r, data, "", {})
     templates = {"default": dataclasses.replace(_default_template(retention, grace, quota, max_files),
-                                                **publish_defaults)}
+                                                **publish_defaults, **lease_defaults)}
     raw_templates = data.get("templates", {})
     if not isinstance(raw_templates, dict):
         raise r.fail("templates", "expected a table of templates")
@@ -297,7 +298,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             _setup_command(r, table, key),
             max_jobs=r.count(table["max_jobs"], key + ".max_jobs") if "max_jobs" in table else 0,
             **_publish_settings(r, table, key + ".", publish_defaults, areas),
-            **_lease_settings(r, table, key + ".", publish_defaults),
+            **_lease_settings(r, table, key + ".", lease_defaults),
         )
     for name, template in templates.items():
         if template.after_publish and not template.publishes():
