@@ -215,6 +215,18 @@ def wsfs_mount(mount_factory) -> MountedWsfs:
     return mount_factory()
 
 
+@pytest.fixture
+def keep_logging():
+    """The CLI's ``main`` and ``setup_logging`` reconfigure the root logger: put it back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -27,13 +26,8 @@ JOB_ID_RE = re.compile(r"job_\d{8}_\d{6}_[0-9a-f]{4}")
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    """``main`` reconfigures the root logger onto CliRunner's stderr; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _logging_restored(keep_logging):
+    """The CLI's ``main`` reconfigures the root logger: conftest's ``keep_logging`` puts it back."""
 
 
 def cli(*args, env=None) -> Result:

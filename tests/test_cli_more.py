@@ -7,7 +7,6 @@ CliRunner for output and exit codes (0 done, 1 error, 2 usage); ``events
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import re
@@ -31,12 +30,8 @@ TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _logging_restored(keep_logging):
+    """The CLI's ``main`` reconfigures the root logger: conftest's ``keep_logging`` puts it back."""
 
 
 def cli(*args, env=None, color=False):

@@ -27,14 +27,8 @@ from wsfs.model import JobState
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _logging_restored(keep_logging):
+    """The CLI's ``main`` reconfigures the root logger: conftest's ``keep_logging`` puts it back."""
 
 
 def data(core) -> Path:

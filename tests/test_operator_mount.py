@@ -21,15 +21,8 @@ RESTART_PREVENT_EXIT_STATUS = 78  # systemd/wsfs.service
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    """The CLI's ``main`` reconfigures the root logger: put it back afterwards."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _logging_restored(keep_logging):
+    """The CLI's ``main`` reconfigures the root logger: conftest's ``keep_logging`` puts it back."""
 
 
 def wsfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:

@@ -36,13 +36,8 @@ WAIT = 30.0  # a deadline for things that must happen, never a measured duration
 
 
 @pytest.fixture(autouse=True)
-def keep_logging():
-    """``main`` and ``setup_logging`` reconfigure the root logger; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _logging_restored(keep_logging):
+    """The CLI's ``main`` reconfigures the root logger: conftest's ``keep_logging`` puts it back."""
 
 
 def require_systemd_analyze() -> str:
