@@ -883,6 +883,8 @@ class WsfsOperations(Operations):
             except BaseException:
                 self._charge(node, 0, -1)
                 raise
+            if not made:  # made by someone else meanwhile: opened, not a new file
+                self._charge(node, 0, -1)
             try:
                 if made and self._as_root and (uid, gid) != (0, 0):
                     os.fchown(fd, uid, gid)
