@@ -131,6 +131,7 @@ class Config:
     min_free_bytes: int = 0
     min_free_fraction: float = 0.05
     max_jobs: int = 0
+    metrics_listen: str | None = None  # "HOST:PORT": the metrics over HTTP too
     templates: dict[str, Template] = dataclasses.field(default_factory=dict)
 
     def template(self, name: str) -> Template:
@@ -219,7 +220,7 @@ RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
 _PUBLISH_SETTINGS = {"publish_retries", "publish_backoff", "hook_timeout"}
 _LEASE_SETTINGS = {"max_running", "max_extensions"}
 _TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
-             "templates"} | _PUBLISH_SETTINGS | _LEASE_SETTINGS
+             "templates", "metrics_listen"} | _PUBLISH_SETTINGS | _LEASE_SETTINGS
 _TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish"} | set(HOOK_NAMES)
                   | _PUBLISH_SETTINGS | _LEASE_SETTINGS)
 _TARGET_KEYS = {"area", "to", "mode", "replace"}
@@ -252,6 +253,12 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             kwargs["min_free_bytes"], kwargs["min_free_fraction"] = r.size(value, "min_free"), 0.0
     if "max_jobs" in data:
         kwargs["max_jobs"] = r.count(data["max_jobs"], "max_jobs")
+    if "metrics_listen" in data:
+        value = data["metrics_listen"]
+        host, _sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise r.fail("metrics_listen", f'expected "HOST:PORT", e.g. "127.0.0.1:9105", got {value!r}')
+        kwargs["metrics_listen"] = value
     quota = r.size(data["quota"], "quota") if "quota" in data else 0
     max_files = r.count(data["max_files"], "max_files") if "max_files" in data else 0
     retention, grace = dict(DEFAULT_RETENTION), DEFAULT_GRACE

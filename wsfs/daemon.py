@@ -235,7 +235,37 @@ class Daemon:
         if finished:
             log.warning("finished %d interrupted transition(s): %s", len(finished), ", ".join(finished))
 
+    def metrics_state(self) -> dict:
+        """What ``.wsfs/metrics`` reads when scraped (wsfs.metrics.StateCollector)."""
+        self.service.manifest.flush()
+        by_template: dict[tuple[str, str], list[int]] = {}
+        by_user: dict[int, list[int]] = {}
+        with self.store.read() as r:
+            totals = r.totals()
+            publish_queue = len(r.publish_queue())
+            for record in r.jobs():
+                if not record.get("where"):
+                    continue
+                usage = record["usage"]
+                mine = by_template.setdefault((record["state"], record["template"]), [0, 0])
+                mine[0] += usage["bytes"]
+                mine[1] += usage["files"]
+                user = by_user.setdefault(record["uid"], [0, 0, 0])
+                user[0] += usage["bytes"]
+                user[1] += usage["files"]
+                user[2] += 1
+        hasher = getattr(self, "hasher", None)
+        return {"jobs": totals["states"], "by_template": by_template, "by_user": by_user,
+                "trash_entries": len(self.tree.listdir("trash", "")), "publish_queue": publish_queue,
+                "hash_backlog": hasher.backlog() if hasher is not None else 0}
+
     def start_threads(self) -> None:
+        from . import metrics  # prometheus_client: the daemon's, never the client's
+
+        metrics.serve_state(self.metrics_state)
+        if self.config.metrics_listen:
+            metrics.listen(self.config.metrics_listen)
+            log.info("metrics on http://%s/metrics", self.config.metrics_listen)
         self._thread("wsfs-manifest", lambda: self.service.manifest.run(self.stop))
         self._thread("wsfs-hasher", lambda: self.hasher.run(self.stop))
         self._thread("wsfs-trash", self._empty_trash_loop)

@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 
-from . import __version__
+from . import metrics
 from .binding import FuseOSError, Operations, end_session, fuse_get_context, invalidate_path, remember_session
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
@@ -47,7 +47,7 @@ log = logging.getLogger("wsfs.fs")
 STATE_FILE, JOB_FILE, MANIFEST_FILE = ".state", ".job", ".manifest"
 JOB_CONTROL_FILES = (STATE_FILE, JOB_FILE, MANIFEST_FILE)
 WSFS_DIR = ".wsfs"
-WSFS_FILES = {"status": 0o444, "control": 0o222, "events": 0o444, "jobs": 0o444}
+WSFS_FILES = {"status": 0o444, "control": 0o222, "events": 0o444, "jobs": 0o444, "metrics": 0o400}
 TOP_DIRS = ("workspaces", "quarantine", "shared", WSFS_DIR)
 #: ``.wsfs/receipts/JOB``: the receipt the store keeps of a job whose tree is gone (archived,
 #: purged, deleted after publishing); looked up by name, never listed; its owner's (and root's).
@@ -64,21 +64,34 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 
 
 def op(func):
-    """The errno boundary (see the module docstring)."""
+    """The errno boundary (see the module docstring), counted and timed (wsfs.metrics)."""
+    name = func.__name__
+    latency, requests = metrics.FUSE_LATENCY.labels(op=name), metrics.FUSE_REQUESTS.labels(op=name)
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        started = time.perf_counter()
         try:
             return func(*args, **kwargs)
         except WsfsError as exc:
-            raise FuseOSError(exc.errno) from None
-        except FuseOSError:
-            raise
+            raise _refused(name, exc.errno) from None
+        except FuseOSError as exc:
+            raise _refused(name, exc.errno) from None
         except OSError as exc:
-            raise FuseOSError(exc.errno or errno.EIO) from None
+            raise _refused(name, exc.errno or errno.EIO) from None
         except Exception:
-            log.exception("%s failed", func.__name__)
-            raise FuseOSError(errno.EIO) from None
+            log.exception("%s failed", name)
+            raise _refused(name, errno.EIO) from None
+        finally:
+            requests.inc()
+            latency.observe(time.perf_counter() - started)
     return wrapper
+
+
+def _refused(op_name: str, number: int) -> FuseOSError:
+    if number != errno.ENOENT:  # lookups of names that are not there are no refusal
+        metrics.FUSE_ERRORS.labels(op=op_name, errno=metrics.errno_name(number)).inc()
+    return FuseOSError(number)
 
 
 @dataclasses.dataclass(slots=True)
@@ -602,6 +615,8 @@ class WsfsOperations(Operations):
             return b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in events)
         if name == "jobs":
             return self._jobs_listing(self._caller())
+        if name == "metrics":
+            return metrics.render()
         return b""
 
     # -- who may see which job ------------------------------------------------------

@@ -150,6 +150,11 @@ class Hasher:
         stream.close()
         done(None)
 
+    def backlog(self) -> int:
+        """Files closed whose sha256 is still being computed."""
+        with self._lock:
+            return len(self._finishing)
+
     def track(self, stream: StreamHash) -> None:
         with self._lock:
             self._live.add(stream)

@@ -43,7 +43,7 @@ import weakref
 
 import psutil
 
-from . import control, publish
+from . import control, metrics, publish
 from .config import Config, Template, default_config
 from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
@@ -458,6 +458,7 @@ class JobService:
 
     def _reject(self, job_id: str | None, where: str, data: bytes, exc: WsfsError, uid: int = 0) -> None:
         text = bytes(data[:200]).decode("utf-8", "replace").strip()
+        metrics.REJECTED.labels(via=where, errno=metrics.errno_name(exc.errno)).inc()
 
         def fn(w):
             w.add_event("rejected", job_id, via=where, command=text, errno=errno.errorcode.get(exc.errno, exc.errno),
@@ -890,6 +891,7 @@ class JobService:
                 publish.queue(record, self.template(record), target.value, now)
         record = self._update(record["id"], finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
+        metrics.TRANSITIONS.labels(from_state=pending.get("from") or "", to_state=target.value).inc()
         log.info("job %s: %s -> %s%s", record["id"], pending.get("from"), target.value,
                  f" ({pending['reason']})" if pending["reason"] else "")  # one journal line per transition
         if publish.status_of(record.get("publish")) == "pending":
@@ -931,6 +933,7 @@ class JobService:
             was = record["state"]
             record = self._update(job_id, change, ("transition", {"from": was, "to": "running",
                                                                    "reason": "resumed"}))
+            metrics.TRANSITIONS.labels(from_state=was, to_state="running").inc()
             log.info("job %s: %s -> running (resumed)", job_id, was)
             self._trash_stale_receipt(job_id)  # after the commit: until then the receipt is the record's
         self.view_changed(job_id)

@@ -60,6 +60,7 @@ import tempfile
 import threading
 import time
 
+from . import metrics
 from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
 from .tree import split
@@ -527,6 +528,7 @@ class Publisher:
             dest = locals().get("dest")
             error, event = str(exc), ("publish-error", {"area": target["area"], "dest": dest, "error": str(exc)})
             log.warning("job %s: publishing %s/ failed: %s", job_id, target["area"], exc)
+            metrics.PUBLISH_FAILURES.labels(what="target").inc()
         self._fault_point("after-copy")
 
         def change(record, w):
@@ -581,6 +583,7 @@ class Publisher:
             return record  # not an attempt: the next mount runs it again
         if error:
             log.warning("job %s: hook %s failed: %s", job_id, name, error)
+            metrics.PUBLISH_FAILURES.labels(what="hook").inc()
 
         def change(record, w):
             record["publish"]["hooks"][name].update(status="pending" if error else "done", exit=code, error=error)

@@ -29,6 +29,7 @@ import time
 
 import psutil
 
+from . import metrics
 from .errors import WsfsError
 from .lifecycle import JobService
 from .model import JobState
@@ -183,6 +184,8 @@ class Sweeper:
                     if action.action in ("hide", "purge") and not action.done and action.error is None:
                         action.error = "not done: wsfs is stopping"
             report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000)
+            if not dry_run:
+                metrics.SWEEPS.observe(report.duration_ms / 1000)
             summary = report.as_dict()
             if announce or actions:
                 self._record(summary)

@@ -1,0 +1,101 @@
+"""Prometheus metrics of the daemon: ``.wsfs/metrics`` (root's) and, optionally, an HTTP port.
+
+Counters and histograms move where things happen (a FUSE request, a transition, a refused
+write, a sweep, a failed publish); gauges are read from the store and the daemon when scraped
+(``StateCollector``).  The text is prometheus_client's own exposition format.
+
+Metric names (README "Metrics"):
+
+    wsfs_fuse_requests_total{op}                 FUSE requests by operation
+    wsfs_fuse_request_seconds{op}                their latency (histogram)
+    wsfs_fuse_errors_total{op,errno}             requests answered with an errno (EDQUOT, EROFS ...)
+    wsfs_transitions_total{from_state,to_state}  job transitions
+    wsfs_rejected_commands_total{via,errno}      refused .state and .wsfs/control writes
+    wsfs_sweeps_total, wsfs_sweep_seconds        retention sweeps and their duration (histogram)
+    wsfs_publish_failures_total{what}            failed publish targets and hooks
+    wsfs_jobs{state}                             jobs by state (records; archived and purged too)
+    wsfs_job_bytes{state,template}, wsfs_job_files{state,template}   usage of jobs with a tree
+    wsfs_user_bytes{uid}, wsfs_user_files{uid}, wsfs_user_jobs{uid}  per user, jobs with a tree
+    wsfs_trash_entries, wsfs_hash_backlog, wsfs_publish_queue        work waiting
+
+Threading: prometheus_client's metrics are thread-safe; ``collect`` runs on the thread that
+reads ``.wsfs/metrics`` or on the HTTP server's thread.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+FUSE_LATENCY = Histogram("wsfs_fuse_request_seconds", "FUSE request latency in the daemon, by operation",
+                         ["op"], registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+FUSE_REQUESTS = Counter("wsfs_fuse_requests", "FUSE requests by operation", ["op"], registry=REGISTRY)
+FUSE_ERRORS = Counter("wsfs_fuse_errors", "FUSE requests answered with an errno, by operation and errno",
+                      ["op", "errno"], registry=REGISTRY)
+TRANSITIONS = Counter("wsfs_transitions", "Job transitions", ["from_state", "to_state"], registry=REGISTRY)
+REJECTED = Counter("wsfs_rejected_commands", "Refused .state and .wsfs/control writes", ["via", "errno"],
+                   registry=REGISTRY)
+SWEEPS = Histogram("wsfs_sweep_seconds", "Retention sweeps and their duration", registry=REGISTRY,
+                   buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0))
+PUBLISH_FAILURES = Counter("wsfs_publish_failures", "Failed publish targets and hooks", ["what"], registry=REGISTRY)
+
+
+def errno_name(number: int | None) -> str:
+    return errno_module.errorcode.get(number or 0, str(number))
+
+
+class StateCollector:
+    """Gauges read when scraped, from ``state()``: a dict the daemon builds (``Daemon.metrics_state``)."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def collect(self):
+        state = self._state()
+        jobs = GaugeMetricFamily("wsfs_jobs", "Jobs by state", labels=["state"])
+        for name, count in sorted(state["jobs"].items()):
+            jobs.add_metric([name], count)
+        yield jobs
+        for what, key in (("bytes", 0), ("files", 1)):
+            family = GaugeMetricFamily(f"wsfs_job_{what}", f"{what.capitalize()} of jobs with a tree, by state and "
+                                       "template", labels=["state", "template"])
+            for (state_name, template), usage in sorted(state["by_template"].items()):
+                family.add_metric([state_name, template], usage[key])
+            yield family
+        for what, key in (("bytes", 0), ("files", 1), ("jobs", 2)):
+            family = GaugeMetricFamily(f"wsfs_user_{what}", f"{what.capitalize()} of each user's jobs with a tree",
+                                       labels=["uid"])
+            for uid, usage in sorted(state["by_user"].items()):
+                family.add_metric([str(uid)], usage[key])
+            yield family
+        for name, text in (("trash_entries", "Entries of the trash not deleted yet"),
+                           ("hash_backlog", "Files closed whose sha256 is still being computed"),
+                           ("publish_queue", "Jobs whose publishing is pending")):
+            yield GaugeMetricFamily(f"wsfs_{name}", text, value=state[name])
+
+
+_collector: StateCollector | None = None
+
+
+def serve_state(state) -> None:
+    """Register the daemon's gauges (once per process)."""
+    global _collector
+    if _collector is not None:
+        REGISTRY.unregister(_collector)
+    _collector = StateCollector(state)
+    REGISTRY.register(_collector)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def listen(address: str) -> None:
+    """``metrics_listen = "HOST:PORT"``: the same text over HTTP (prometheus_client's server thread)."""
+    host, _sep, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
