@@ -141,7 +141,7 @@ def test_list_table_json_state_and_all(four_jobs):
     result = cli("list", "--mount", mnt)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PUBLISH"]
+    assert lines[0].split() == ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PURGE", "PUBLISH"]
     rows = {line.split()[0]: line.split()[1] for line in lines[1:]}
     assert rows == {"a": "running", "b": "completed", "c": "failed"}
 

@@ -288,7 +288,7 @@ def test_list_is_coloured_only_on_a_terminal(wsfs_mount):
     plain = cli("list", "--mount", str(m.mnt)).stdout
     assert "\x1b[" not in plain
     header, *rows = plain.splitlines()
-    assert header.split() == ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PUBLISH"]
+    assert header.split() == ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PURGE", "PUBLISH"]
     assert [r.split()[:2] for r in rows] == [["l1", "running"], ["l2", "failed"]]
     assert rows[0].index("running") == header.index("STATE")  # aligned
     coloured = cli("list", "--mount", str(m.mnt), color=True).stdout

@@ -192,12 +192,17 @@ def unmount(mountpoint, lazy):
 @click.argument("duration")
 @mount_option
 def extend(job, duration, mount):
-    """Push a running job's lease end DURATION further (e.g. 2d), within its template's max_extensions.
+    """Push a job's deadline DURATION further (2d; a bare number is days), within max_extensions.
+
+    A running job's lease end, or an ended job's retention (when it is hidden, then purged).
 
     \b
-    Example:
+    Examples:
       wsfs extend slurm-4711 2d
+      wsfs extend render-42 7        # keep an ended job 7 days longer
     """
+    if duration.isdigit():
+        duration += "d"
     m = live_mount(mount)
     try:
         m.set_state(job, "extend", duration)
@@ -385,9 +390,14 @@ def _list_rows(records):
             # A running job's expiry is its lease's end (max_running), an ended one's its retention.
             "-" if expiry is None else ("due" if expiry <= now else "in " + format_duration(expiry - now))
             + (" (lease)" if expiry is not None and r["state"] == "running" else ""),
+            _date(r.get("purge_at")),
             _publish_cell(r.get("publish")),
         ])
     return rows
+
+
+def _date(when: float | None) -> str:
+    return "-" if when is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
 
 
 def _publish_cell(publish: dict | None) -> str:
@@ -476,7 +486,7 @@ def list_jobs(states, show_all, publish_states, labels, as_json, patterns, mount
     if not records:
         click.echo("no jobs", err=True)
         return
-    header = ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PUBLISH"]
+    header = ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PURGE", "PUBLISH"]
     rows = _list_rows(records)
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())

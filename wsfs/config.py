@@ -60,7 +60,8 @@ HOOK_NAMES = ("on_completed", "on_failed", "on_crashed", "on_purged")
 PUBLISH_MODES = ("copy", "move")
 PUBLISH_PLACEHOLDERS = ("job", "template", "date", "owner")
 DEFAULT_PUBLISH_RETRIES = 5
-DEFAULT_MAX_EXTENSIONS = 3  # like hpc-workspace's maxextensions
+DEFAULT_MAX_EXTENSIONS = 3
+DEFAULT_EXPIRING_NOTICE = 86400.0  # like hpc-workspace's maxextensions
 DEFAULT_PUBLISH_BACKOFF = 30.0
 DEFAULT_HOOK_TIMEOUT = 600.0
 MAX_DURATION = 1000 * 365 * 86400.0
@@ -103,6 +104,10 @@ class Template:
     # (`extend DUR` on .state, at most max_extensions times).  None: no lease.
     max_running: float | None = None
     max_extensions: int = DEFAULT_MAX_EXTENSIONS
+    # Notices before data goes (wsfs.retention): a shell command run as the owner, once,
+    # expiring_notice before the job is hidden and again before it is purged.
+    on_expiring: str | None = None
+    expiring_notice: float = DEFAULT_EXPIRING_NOTICE
 
     @property
     def after_publish(self) -> bool:
@@ -218,7 +223,7 @@ class _Reader:
 # Files the daemon writes at a job's root (lifecycle.RECEIPT_FILE and its tmp): no area takes their name.
 RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
 _PUBLISH_SETTINGS = {"publish_retries", "publish_backoff", "hook_timeout"}
-_LEASE_SETTINGS = {"max_running", "max_extensions"}
+_LEASE_SETTINGS = {"max_running", "max_extensions", "on_expiring", "expiring_notice"}
 _TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
              "templates", "metrics_listen"} | _PUBLISH_SETTINGS | _LEASE_SETTINGS
 _TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish"} | set(HOOK_NAMES)
@@ -326,6 +331,16 @@ def _lease_settings(r: _Reader, table: dict, prefix: str, defaults: dict) -> dic
         out["max_running"] = value
     if "max_extensions" in table:
         out["max_extensions"] = r.count(table["max_extensions"], prefix + "max_extensions")
+    if "on_expiring" in table:
+        value = table["on_expiring"]
+        if not isinstance(value, str) or not value.strip():
+            raise r.fail(prefix + "on_expiring", "expected a shell command line")
+        out["on_expiring"] = value
+    if "expiring_notice" in table:
+        value = r.duration(table["expiring_notice"], prefix + "expiring_notice")
+        if value is None or value <= 0:
+            raise r.fail(prefix + "expiring_notice", "must be a positive duration")
+        out["expiring_notice"] = value
     return out
 
 

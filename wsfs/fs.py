@@ -678,13 +678,26 @@ class WsfsOperations(Operations):
             for record in r.jobs():
                 if caller is not None and not self._may_read(caller, record):
                     continue
-                lines.append(json.dumps({
-                    k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
-                                               "state_since", "expires_at", "hidden", "where", "purged_at",
-                                               "usage", "uid", "reason", "quota", "max_files", "publish",
-                                               "git", "origin", "labels", "max_running")
-                }, sort_keys=True).encode() + b"\n")
+                line = {k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
+                                                   "state_since", "expires_at", "hidden", "where", "purged_at",
+                                                   "usage", "uid", "reason", "quota", "max_files", "publish",
+                                                   "git", "origin", "labels", "max_running", "extensions")}
+                line["hide_at"], line["purge_at"] = self._retention_dates(record)
+                lines.append(json.dumps(line, sort_keys=True).encode() + b"\n")
         return b"".join(lines)
+
+    def _retention_dates(self, record: dict) -> tuple[float | None, float | None]:
+        """When an ended job will be hidden and purged (None: not, or not any more)."""
+        expires = record.get("expires_at")
+        if expires is None or record["state"] == "running" or not record.get("where"):
+            return None, None
+        if record.get("hidden"):
+            return None, expires
+        try:
+            grace = self.service.template(record).grace
+        except KeyError:  # a template gone from the config
+            return expires, None
+        return expires, expires + grace
 
     # -- directories ------------------------------------------------------------
 

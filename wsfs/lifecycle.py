@@ -499,13 +499,18 @@ class JobService:
             return self._update(job_id, change, ("labelled", {"labels": labels}))
 
     def extend(self, job_id: str, seconds: float) -> dict:
-        """Push a running job's lease end ``seconds`` further, at most ``max_extensions`` times."""
+        """Push a job's deadline ``seconds`` further, at most ``max_extensions`` times: a running
+        job's lease end, or an ended job's retention (when it is hidden; README "Notices
+        before data goes").  A hidden job is restored first; a job with no deadline has
+        nothing to extend."""
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
-            if record["state"] != JobState.RUNNING.value or self.is_sealed(record):
-                raise NotAllowedError(f"job {job_id} is {record['state']}: only a running job's lease is extended")
-            if record.get("max_running") is None:
-                raise NotAllowedError(f"job {job_id} has no lease to extend (its template has no max_running)")
+            if record.get("pending") or record.get("hidden") or record["state"] == JobState.ARCHIVED.value:
+                raise NotAllowedError(f"job {job_id} is {record['state']}"
+                                      f"{' and hidden: restore it first' if record.get('hidden') else ''}: "
+                                      "nothing to extend")
+            if record.get("expires_at") is None:
+                raise NotAllowedError(f"job {job_id} has no deadline to extend (no lease, or kept forever)")
             cap = self.template(record).max_extensions
             if record.get("extensions", 0) >= cap:
                 raise NotAllowedError(f"job {job_id} was extended {cap} times already, the most its template allows")
@@ -881,6 +886,7 @@ class JobService:
             if target in ENDED_STATES:
                 record["ended"] = now
                 record["sealed"] = True
+                record["extensions"] = 0  # the lease's extensions were the running job's
                 after = self.template(record).expiry_after(target)
                 record["expires_at"] = None if after is None else now + after
             else:  # archived

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pwd
 import threading
 import time
 
@@ -33,6 +34,7 @@ from . import metrics
 from .errors import WsfsError
 from .lifecycle import JobService
 from .model import JobState
+from .publish import HOOK_PATH, run_hook
 from .units import format_duration
 
 log = logging.getLogger("wsfs.retention")
@@ -43,7 +45,7 @@ OWNER_TIME_SLACK = 0.05  # psutil's create_time is rounded to the clock tick
 @dataclasses.dataclass
 class Action:
     job: str
-    action: str          # hide | purge | skip | crash
+    action: str          # hide | purge | skip | crash | notice
     why: str
     done: bool = False
     error: str | None = None
@@ -159,7 +161,58 @@ class Sweeper:
         for job_id, owner in owners:
             if not owner_alive(owner):
                 actions.append(Action(job_id, "crash", f"owner pid {owner['pid']} is gone"))
+        actions += self._notices(now)
         return actions
+
+    def _notices(self, now: float) -> list[Action]:
+        """Jobs whose template has ``on_expiring`` and that are hidden or purged within its
+        ``expiring_notice``: the hook runs once per deadline and step (hide, purge)."""
+        service = self.service
+        leads = [t.expiring_notice for t in service.config.templates.values() if t.on_expiring]
+        if not leads:
+            return []
+        out = []
+        with service.store.read() as r:
+            soon = [(d, j) for d, j in r.due(now + max(leads)) if d > now]
+        for deadline, job_id in soon:
+            record = service.get(job_id)
+            if record is None or record.get("pending") or record["state"] == JobState.RUNNING.value:
+                continue
+            template = service.template(record)
+            step = "purge" if record.get("hidden") else "hide"
+            if not template.on_expiring or deadline - now > template.expiring_notice:
+                continue
+            if (record.get("notified") or {}).get(step) == record.get("expires_at"):
+                continue  # told already, for this deadline (the record's own: the index keeps milliseconds)
+            out.append(Action(job_id, "notice", f"{step} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(deadline))}"
+                                                f" UTC (notice {format_duration(template.expiring_notice)})"))
+        return out
+
+    def _notify(self, action: Action) -> None:
+        """Run the template's ``on_expiring`` as the owner; record that it ran (it runs once)."""
+        service = self.service
+        record = service.require(action.job)
+        deadline = record["expires_at"]
+        step = "purge" if record.get("hidden") else "hide"
+        template = service.template(record)
+        env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record["id"], "WSFS_ACTION": step,
+               "WSFS_EXPIRES": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
+               "WSFS_EXPIRES_EPOCH": str(int(deadline)), "WSFS_STATE": record["state"],
+               "WSFS_TEMPLATE": record["template"], "HOME": "/"}
+        try:
+            pw = pwd.getpwuid(record["uid"])
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, WSFS_OWNER=pw.pw_name)
+        except KeyError:
+            env["WSFS_OWNER"] = str(record["uid"])
+        code, output, error = run_hook(template.on_expiring, env=env, uid=record["uid"], gid=record["gid"], cwd="/",
+                                       timeout=template.hook_timeout, stop=self.stopping)
+        if error:
+            action.error = error
+
+        def change(record, w):
+            record.setdefault("notified", {})[step] = deadline
+        service._update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
+                                                        "error": error, "output": output[-2000:]}))
 
     def sweep(self, now: float | None = None, dry_run: bool = False, announce: bool = True) -> SweepReport:
         """One pass; ``announce`` records a ``sweep`` event even when nothing was due."""
@@ -218,6 +271,8 @@ class Sweeper:
                 service.purge(action.job, now)
             elif action.action == "crash":
                 service.transition(action.job, JobState.CRASHED, action.why)
+            elif action.action == "notice":
+                self._notify(action)
             elif action.action == "skip":
                 self.service._commit(lambda w: (w.add_event("skipped", action.job, why=action.why), [])[1])
             action.done = action.action != "skip"

@@ -43,6 +43,8 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
                     end is ``expires_at`` while it runs (the sweeper crashes it
                     past that, reason "lease expired"), and ``extensions``
                     (int) counts the ``extend`` commands that pushed it.
+      ``notified`` -> ``{"hide"|"purge": expires_at}``: the deadline whose
+                    ``on_expiring`` notice ran (wsfs.retention): once per deadline.
       ``area_usage`` -> ``{area: [bytes, files]}``: ``usage`` split by area, kept
                     by the manifest batches, so completion takes a scratch
                     area off in one subtraction (records made before it lack
