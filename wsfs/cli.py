@@ -448,10 +448,11 @@ def _records(mount) -> list[dict]:
               help="Only jobs whose publishing is in this state (repeatable); any tree or none.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Only jobs with this label (repeatable; VALUE may be a glob).")
+@click.option("--user", "user", default=None, help="Only this user's jobs (a name or a uid).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.argument("patterns", nargs=-1)
 @mount_option
-def list_jobs(states, show_all, publish_states, labels, as_json, patterns, mount):
+def list_jobs(states, show_all, publish_states, labels, user, as_json, patterns, mount):
     """List jobs with state, stage, age, usage, expiry (a running job's: its lease) and publishing.
 
     PATTERNS are globs on job ids.
@@ -465,6 +466,14 @@ def list_jobs(states, show_all, publish_states, labels, as_json, patterns, mount
     import fnmatch
 
     records = _records(mount)
+    if user is not None:
+        import pwd
+
+        try:
+            uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        except KeyError:
+            fail(f"no user {user!r}", 2)
+        records = [r for r in records if r.get("uid") == uid]
     if patterns:
         records = [r for r in records if any(fnmatch.fnmatchcase(r["id"], p) for p in patterns)]
     for label in labels:
@@ -1183,7 +1192,8 @@ def show_config(config_file):
         config = load_config(config_file)
     except ConfigError as exc:
         fail(str(exc), 2)
-    click.echo(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str))
+    shown = {k: v for k, v in dataclasses.asdict(config).items() if not k.startswith("_")}
+    click.echo(json.dumps(shown, indent=2, sort_keys=True, default=str))
 
 
 from . import cli_devspace  # noqa: E402,F401 - registers clone, sync, merge, prune-worktrees on main

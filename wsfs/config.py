@@ -137,6 +137,49 @@ class Config:
     min_free_fraction: float = 0.05
     max_jobs: int = 0
     metrics_listen: str | None = None  # "HOST:PORT": the metrics over HTTP too
+    # Per-user limits over all of a user's live jobs (0: none), with [users.NAME] and
+    # [groups.NAME] overrides: name -> (max_jobs, quota).
+    max_jobs_per_user: int = 0
+    quota_per_user: int = 0
+    user_limits: dict[str, tuple[int | None, int | None]] = dataclasses.field(default_factory=dict)
+    group_limits: dict[str, tuple[int | None, int | None]] = dataclasses.field(default_factory=dict)
+    # uid -> limits_for(uid): user and group lookups once per config (a reload starts afresh)
+    _limits_cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def limits_for(self, uid: int) -> tuple[int, int]:
+        """(max_jobs, quota) of a user, each: its [users.NAME] (or [users.UID]) table's, else
+        the most generous of its groups' [groups.NAME] tables (0, no limit, is the most
+        generous), else the top-level max_jobs_per_user and quota_per_user."""
+        if not (self.max_jobs_per_user or self.quota_per_user or self.user_limits or self.group_limits):
+            return 0, 0
+        cached = self._limits_cache.get(uid)
+        if cached is None:
+            cached = self._limits_cache[uid] = self._lookup_limits(uid)
+        return cached
+
+    def _lookup_limits(self, uid: int) -> tuple[int, int]:
+        import grp
+        import pwd
+
+        try:
+            entry = pwd.getpwuid(uid)
+            name, gid = entry.pw_name, entry.pw_gid
+        except KeyError:
+            name, gid = str(uid), None
+        limits = [self.max_jobs_per_user, self.quota_per_user]
+        own = self.user_limits.get(name) or self.user_limits.get(str(uid))
+        matching = []
+        if self.group_limits and gid is not None and own is None:
+            groups = {grp.getgrgid(g).gr_name for g in os.getgrouplist(name, gid) if _group_exists(g)}
+            matching = [self.group_limits[g] for g in groups if g in self.group_limits]
+        for i in (0, 1):
+            if own is not None and own[i] is not None:
+                limits[i] = own[i]
+            else:
+                values = [m[i] for m in matching if m[i] is not None]
+                if values:
+                    limits[i] = 0 if 0 in values else max(values)
+        return limits[0], limits[1]
     templates: dict[str, Template] = dataclasses.field(default_factory=dict)
 
     def template(self, name: str) -> Template:
@@ -225,7 +268,8 @@ RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
 _PUBLISH_SETTINGS = {"publish_retries", "publish_backoff", "hook_timeout"}
 _LEASE_SETTINGS = {"max_running", "max_extensions", "on_expiring", "expiring_notice"}
 _TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
-             "templates", "metrics_listen"} | _PUBLISH_SETTINGS | _LEASE_SETTINGS
+             "templates", "metrics_listen", "max_jobs_per_user", "quota_per_user", "users", "groups"} \
+    | _PUBLISH_SETTINGS | _LEASE_SETTINGS
 _TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish"} | set(HOOK_NAMES)
                   | _PUBLISH_SETTINGS | _LEASE_SETTINGS)
 _TARGET_KEYS = {"area", "to", "mode", "replace"}
@@ -258,6 +302,23 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             kwargs["min_free_bytes"], kwargs["min_free_fraction"] = r.size(value, "min_free"), 0.0
     if "max_jobs" in data:
         kwargs["max_jobs"] = r.count(data["max_jobs"], "max_jobs")
+    if "max_jobs_per_user" in data:
+        kwargs["max_jobs_per_user"] = r.count(data["max_jobs_per_user"], "max_jobs_per_user")
+    if "quota_per_user" in data:
+        kwargs["quota_per_user"] = r.size(data["quota_per_user"], "quota_per_user")
+    for table_name in ("users", "groups"):
+        table = data.get(table_name, {})
+        if not isinstance(table, dict):
+            raise r.fail(table_name, "expected tables like [users.alice] max_jobs = 5")
+        limits = {}
+        for name, entry in table.items():
+            key = f"{table_name}.{name}"
+            if not isinstance(entry, dict):
+                raise r.fail(key, "expected a table with max_jobs and/or quota")
+            r.check_keys(entry, {"max_jobs", "quota"}, key + ".")
+            limits[name] = (r.count(entry["max_jobs"], key + ".max_jobs") if "max_jobs" in entry else None,
+                            r.size(entry["quota"], key + ".quota") if "quota" in entry else None)
+        kwargs[f"{table_name[:-1]}_limits"] = limits
     if "metrics_listen" in data:
         value = data["metrics_listen"]
         host, _sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
@@ -319,6 +380,16 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
                          "and no on_completed hook")
     kwargs["templates"] = templates
     return Config(**kwargs)
+
+
+def _group_exists(gid: int) -> bool:
+    import grp
+
+    try:
+        grp.getgrgid(gid)
+        return True
+    except KeyError:
+        return False
 
 
 def _lease_settings(r: _Reader, table: dict, prefix: str, defaults: dict) -> dict:

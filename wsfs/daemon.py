@@ -398,6 +398,8 @@ class Daemon:
             "sweep_interval_s": self.config.sweep_interval, "config": self.config.source,
             "templates": {name: {"areas": {a: k.value for a, k in t.areas.items()}}
                           for name, t in sorted(self.config.templates.items())},
+            # uid -> live jobs, bytes, files and the limits that apply (a non-root reader sees its own)
+            "users": {str(uid): mine for uid, mine in sorted(self.service.usage.users().items())},
         }
 
     def reload(self) -> str:

@@ -479,8 +479,7 @@ class WsfsOperations(Operations):
         """Does this job have a quota or max_files to meter?  (Most have neither: no cost then.)"""
         if node.job is None or node.area_path is None:
             return False
-        record = self.service.require(node.job)
-        return bool(record.get("quota") or record.get("max_files"))
+        return self.service.metered(self.service.require(node.job))
 
     def _charge(self, node: Node, dbytes: int = 0, dfiles: int = 0) -> None:
         if self._limited(node):
@@ -605,7 +604,10 @@ class WsfsOperations(Operations):
             if name == MANIFEST_FILE:
                 return manifest_bytes(self.service.manifest_entries(job))
         if name == "status":
-            return (json.dumps(self._status(), indent=2, sort_keys=True) + "\n").encode()
+            status, caller = self._status(), self._caller()
+            if caller is not None and "users" in status:  # per-user usage: a user sees its own
+                status["users"] = {uid: v for uid, v in status["users"].items() if uid == str(caller[0])}
+            return (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
         if name == "events":
             caller = self._caller()
             with self.service.store.read() as r:
@@ -1147,7 +1149,7 @@ class WsfsOperations(Operations):
         self._count_hidden_link((root, st.st_ino), -1)
         job = rel.split("/", 1)[0] if root == "jobs" else None
         record = self.service.get(job) if job is not None else None
-        if record is not None and (record.get("quota") or record.get("max_files")):
+        if record is not None and self.service.metered(record):
             self.service.usage.charge(job, -st.st_size, -1)
 
     def _tree_closing(self, job: str) -> None:

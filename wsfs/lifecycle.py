@@ -384,6 +384,7 @@ class JobService:
             if self.get(job_id) is not None:
                 raise JobExistsError(f"job id {job_id} was used before")
             self._check_create_limits()
+            self._check_user_jobs(job_id, uid)
             self._check_template_jobs(tmpl)
             if self.tree.exists("jobs", job_id):
                 # A tree without a record: a creation that crashed before its commit.
@@ -446,6 +447,22 @@ class JobService:
                 live = r.totals()["live"]
             if live >= self.config.max_jobs:
                 raise QuotaError(f"max_jobs ({self.config.max_jobs}) live workspaces reached")
+
+    def metered(self, record: dict) -> bool:
+        """Does a change to this job go through the usage meter (a quota or max_files of its own,
+        or its owner's quota_per_user)?  Most jobs have none: no cost then."""
+        return bool(record.get("quota") or record.get("max_files") or self.config.limits_for(record["uid"])[1])
+
+    def _check_user_jobs(self, job_id: str, uid: int) -> None:
+        """``max_jobs_per_user`` (or the user's or group's own): EDQUOT, recorded as a rejected event."""
+        max_jobs, _quota = self.config.limits_for(uid)
+        if not max_jobs:
+            return
+        live = self.usage.user_jobs(uid)
+        if live >= max_jobs:
+            exc = QuotaError(f"uid {uid} has {live} live workspaces; its limit is {max_jobs} (max_jobs_per_user)")
+            self._reject(job_id, "create", f"create {job_id}".encode(), exc, uid)
+            raise exc
 
     def _owner_of(self, pid: int) -> dict:
         try:

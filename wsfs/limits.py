@@ -9,6 +9,9 @@ the record) whenever its tree changes wholesale: ending, resume, rebuild.
 Threading: any FUSE thread; ``_lock`` guards the table.  The check and the
 charge are one step, so two writers cannot both slip under the quota.
 Hard links count once per name, as the manifest does.
+
+A user's ``quota_per_user`` is checked in the same step, against the sum over the
+user's live jobs (``_user_bytes``), which every charge moves.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class UsageMeter:
     def __init__(self, service):
         self._service = service
         self._usage: dict[str, list[int]] = {}
+        self._users: dict[int, int] = {}  # uid -> bytes over its live jobs (quota_per_user)
         self._lock = threading.Lock()
 
     def _load(self, job: str) -> list[int]:
@@ -33,10 +37,12 @@ class UsageMeter:
         return usage
 
     def charge(self, job: str, dbytes: int = 0, dfiles: int = 0) -> None:
-        """Account a change; refuse it whole (EDQUOT) if it would cross a limit."""
+        """Account a change; refuse it whole (EDQUOT) if it would cross a limit: the job's own,
+        or its owner's ``quota_per_user`` over all of the owner's live jobs."""
         if not dbytes and not dfiles:
             return
         record = self._service.require(job)
+        _max_jobs, user_quota = self._service.config.limits_for(record["uid"])
         with self._lock:
             usage = self._load(job)
             quota, max_files = record.get("quota") or 0, record.get("max_files") or 0
@@ -44,8 +50,48 @@ class UsageMeter:
                 raise QuotaError(f"job {job} would use {usage[0] + dbytes} bytes; its quota is {quota}")
             if dfiles > 0 and max_files and usage[1] + dfiles > max_files:
                 raise QuotaError(f"job {job} would hold {usage[1] + dfiles} files; max_files is {max_files}")
+            if user_quota:
+                mine = self._user_bytes(record["uid"])
+                if dbytes > 0 and mine + dbytes > user_quota:
+                    raise QuotaError(f"uid {record['uid']} would use {mine + dbytes} bytes over its jobs; "
+                                     f"its quota is {user_quota} (quota_per_user)")
+                self._users[record["uid"]] = max(mine + dbytes, 0)
             usage[0] = max(usage[0] + dbytes, 0)
             usage[1] = max(usage[1] + dfiles, 0)
+
+    def _user_bytes(self, uid: int) -> int:
+        """Bytes of a user's live jobs: each job's meter where it has one, else its record
+        (a scan of the records, once, until one of the user's jobs changes wholesale)."""
+        if uid not in self._users:
+            self._service.manifest.flush()
+            total = 0
+            with self._service.store.read() as r:
+                for record in r.jobs():
+                    if record.get("uid") == uid and record.get("where"):
+                        mine = self._usage.get(record["id"])
+                        total += mine[0] if mine is not None else record["usage"]["bytes"]
+            self._users[uid] = total
+        return self._users[uid]
+
+    def user_jobs(self, uid: int) -> int:
+        """A user's live jobs (with a tree)."""
+        with self._service.store.read() as r:
+            return sum(1 for record in r.jobs() if record.get("uid") == uid and record.get("where"))
+
+    def users(self) -> dict[int, dict]:
+        """Per user: live jobs, bytes and files (records), and the limits that apply."""
+        self._service.manifest.flush()
+        out: dict[int, dict] = {}
+        with self._service.store.read() as r:
+            for record in r.jobs():
+                if record.get("where"):
+                    mine = out.setdefault(record["uid"], {"jobs": 0, "bytes": 0, "files": 0})
+                    mine["jobs"] += 1
+                    mine["bytes"] += record["usage"]["bytes"]
+                    mine["files"] += record["usage"]["files"]
+        for uid, mine in out.items():
+            mine["max_jobs"], mine["quota"] = self._service.config.limits_for(uid)
+        return out
 
     def current(self, job: str) -> tuple[int, int]:
         with self._lock:
@@ -55,3 +101,4 @@ class UsageMeter:
     def forget(self, job: str) -> None:
         with self._lock:
             self._usage.pop(job, None)
+            self._users.clear()  # a job's usage changed wholesale: its owner's sum is counted again
