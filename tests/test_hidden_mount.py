@@ -176,3 +176,34 @@ def test_ending_a_job_with_an_unlinked_file_still_open_leaves_no_hidden_file(mou
     receipt = json.loads((m.ws / "en" / "receipt.json").read_text())
     assert [o["path"] for o in receipt["outputs"]] == ["output/kept"]
     assert wait_no_hidden(m.data) == []
+
+
+def test_a_file_written_out_of_order_is_hashed_after_its_close_not_at_the_ending(mount_factory):
+    """No stream can follow writes out of order: the hasher hashes the file whole once it is
+    closed, so the ending finds its sha256 in the manifest (issue 16's O(1) endings)."""
+    import hashlib
+
+    m = mount_factory()
+    sh("mkdir workspaces/ooo", cwd=m.mnt)
+    out, tmp = m.ws / "ooo" / "output" / "sparse", m.ws / "ooo" / "temp" / "sparse"
+    for path in (out, tmp):
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            os.pwrite(fd, b"tail" * 1000, 3 << 20)  # a gap first, then the head
+            os.pwrite(fd, b"head" * 1000, 0)
+        finally:
+            os.close(fd)
+    expected = hashlib.sha256(out.read_bytes()).hexdigest()
+
+    def entry(path):
+        lines = [json.loads(line) for line in (m.ws / "ooo" / ".manifest").read_text().splitlines()]
+        return next(e for e in lines if e["path"] == path)
+    deadline = time.monotonic() + 20
+    while entry("output/sparse").get("sha256") is None:
+        assert time.monotonic() < deadline, entry("output/sparse")
+        time.sleep(0.05)
+    assert entry("output/sparse")["sha256"] == expected
+    assert entry("temp/sparse").get("sha256") is None  # scratch is never hashed
+    sh("echo completed > workspaces/ooo/.state", cwd=m.mnt)
+    receipt = json.loads((m.ws / "ooo" / "receipt.json").read_text())
+    assert [(o["path"], o["sha256"]) for o in receipt["outputs"]] == [("output/sparse", expected)]

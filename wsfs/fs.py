@@ -120,6 +120,7 @@ class Handle:
     data: bytes = b""
     writable: bool = False
     dirty: bool = False
+    changed: bool = False  # written to (truncated, allocated) through this handle, ever
     stream: StreamHash | None = None  # the running sha256, while written front to back
     ino: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -879,7 +880,7 @@ class WsfsOperations(Operations):
             if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
                 handle.stream = self._stream(fd, st.st_ino)
             if flags & os.O_TRUNC and node.area_path is not None:
-                handle.dirty = True
+                handle.dirty = handle.changed = True
             registered = self._register(fi, handle)
         if flags & os.O_TRUNC:
             self._show_other_names(node, st.st_ino, path=path)
@@ -969,7 +970,7 @@ class WsfsOperations(Operations):
                     raise
             else:
                 written = os.pwrite(handle.fd, data, offset)
-            handle.dirty = True
+            handle.dirty = handle.changed = True
             if handle.stream is not None and handle.stream.advance(offset, data, written):
                 self.hasher.poke()
         self._show_other_names(node, handle.ino)
@@ -1053,7 +1054,7 @@ class WsfsOperations(Operations):
                 if self._limited(node):
                     self._charge(node, length - os.fstat(handle.fd).st_size)
                 os.ftruncate(handle.fd, length)
-                handle.dirty = True
+                handle.dirty = handle.changed = True
                 self._forget_hashes(handle.ino)
             self._show_other_names(node, handle.ino)
             return 0
@@ -1115,14 +1116,17 @@ class WsfsOperations(Operations):
         hidden_names = self._hidden.closed((node.root, handle.ino))
         stream, handle.stream = handle.stream, None
         try:
-            if handle.dirty and node.area_path is not None:
+            if handle.changed and node.area_path is not None:
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
                 with self.service.lock(node.job).shared():
-                    st = self._record_file(handle, stream)
+                    st = self._record_file(handle, stream) if handle.dirty else self._still_there(handle)
                 if st is not None and stream is not None and stream.pending:
                     # Hashed later, in the hasher thread; the entry gets its sha256 then.
                     self.hasher.finish_later(stream, st.st_size, self._hashed_later(node, st))
                     stream = None
+                elif st is not None and self._needs_whole_hash(handle, stream, st):
+                    # Written out of order: hashed whole in the background now, not at the ending.
+                    self.hasher.hash_whole_later(handle.fd, st.st_ino, st.st_size, self._hashed_later(node, st))
         finally:
             if stream is not None:
                 self.hasher.forget(stream)
@@ -1167,10 +1171,35 @@ class WsfsOperations(Operations):
                     return handle
         return None
 
+    def _still_there(self, handle: Handle) -> os.stat_result | None:
+        """The stat of a file recorded at its flush, while its job runs and its name is its own."""
+        node = handle.node
+        if _is_hidden(node):
+            return None  # unlinked while open: it left the manifest when it was unlinked
+        record = self.service.get(node.job)
+        if record is None or self.service.is_sealed(record):
+            return None
+        st = os.fstat(handle.fd)
+        try:
+            return st if self.tree.lstat(node.root, node.rel).st_ino == st.st_ino else None
+        except OSError:
+            return None
+
+    def _needs_whole_hash(self, handle: Handle, stream: StreamHash | None, st: os.stat_result) -> bool:
+        """A kept file whose closing left no sha256 (no stream covered it), with no other writer."""
+        if st.st_size == 0 or (stream is not None and stream.valid and stream.written == st.st_size):
+            return False
+        with self._handles_lock:
+            if self._writers.get(handle.ino):
+                return False  # another writer still has it open: its own close decides
+        record = self.service.get(handle.node.job)
+        area = handle.node.area_path.split("/", 1)[0]
+        return record is not None and area in self.service.template(record).keep_areas()
+
     def _hashed_later(self, node: Node, st: os.stat_result):
         """The hasher's callback for a file closed before its sha256 was done."""
         def done(digest: bytes | None) -> None:
-            if digest is None:
+            if digest is None or _is_hidden(node):
                 return
             with self.service.lock(node.job).shared():
                 record = self.service.get(node.job)
@@ -1230,7 +1259,7 @@ class WsfsOperations(Operations):
             if _libc.fallocate(handle.fd, mode, offset, size) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
-            handle.dirty = True
+            handle.dirty = handle.changed = True
             self._forget_hashes(handle.ino)
         self._show_other_names(handle.node, handle.ino)
         return 0

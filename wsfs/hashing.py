@@ -150,6 +150,19 @@ class Hasher:
         stream.close()
         done(None)
 
+    def hash_whole_later(self, writer_fd: int, ino: int, size: int, done) -> None:
+        """A file closed after writes no stream could follow (a gap, an overwrite, a truncate,
+        fallocate, an append to an existing file): hash it whole in this thread, from a reading
+        fd opened now (``writer_fd`` is about to close), then ``done(digest or None)``.  So
+        ending the job finds the sha256 in the manifest instead of re-reading the file."""
+        stream = StreamHash(writer_fd, ino)
+        stream.written = size
+        stream._open_reader()
+        if not stream.valid:
+            done(None)
+            return
+        self.finish_later(stream, size, done)
+
     def backlog(self) -> int:
         """Files closed whose sha256 is still being computed."""
         with self._lock:
