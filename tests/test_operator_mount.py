@@ -73,6 +73,7 @@ def test_reload_reads_the_config_again_and_refuses_a_bad_one(mount_factory):
 def test_unmount_ends_the_daemon_while_another_mount_namespace_holds_the_mount(mount_factory):
     m = mount_factory()
     pid = m.proc.pid
+    fusectl_before = "/sys/fs/fuse/connections" in open("/proc/mounts").read()
     # A process in its own mount namespace, made after the mount: it holds a copy of it.
     holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "300"])
     try:
@@ -86,6 +87,8 @@ def test_unmount_ends_the_daemon_while_another_mount_namespace_holds_the_mount(m
         assert time.monotonic() - started < 30
         assert not is_mounted(m.mnt)
         assert "wsfs stopped (clean)" in m.log_text()
+        # fusectl, if wsfs had to mount it to abort the connection, is unmounted again.
+        assert ("/sys/fs/fuse/connections" in open("/proc/mounts").read()) == fusectl_before
     finally:
         holder.kill()
         holder.wait()

@@ -94,20 +94,27 @@ def tune_readahead(mountpoint: str) -> None:
     The knob is the mount's backing device info in sysfs (root only); the device number comes
     from /proc/self/mountinfo, so no thread of ours stats its own mount.
     """
+    device = mount_device(mountpoint)
+    try:
+        if device is not None:
+            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+                f.write(f"{READ_AHEAD_KB}\n")
+    except OSError as exc:
+        log.debug("readahead of %s stays the kernel's: %s", mountpoint, exc)
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """``MAJOR:MINOR`` of the wsfs mount at ``mountpoint`` (the one on top), from mountinfo."""
     target = os.path.abspath(mountpoint)
     device = None
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) > 4 and fields[4].replace("\\040", " ") == target \
                         and f" - fuse.{FSNAME} " in line:
                     device = fields[2]  # the last one listed is on top
-        if device is not None:
-            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
-                f.write(f"{READ_AHEAD_KB}\n")
-    except OSError as exc:
-        log.debug("readahead of %s stays the kernel's: %s", mountpoint, exc)
+    return device
 
 
 def is_wsfs_mount(mountpoint: str) -> bool:
@@ -620,27 +627,26 @@ FUSECTL = "/sys/fs/fuse/connections"
 
 
 def _connection(mountpoint: str) -> str | None:
-    """The FUSE connection id of the mount (the minor of its st_dev, from mountinfo)."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    with contextlib.suppress(OSError):
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4].replace("\\040", " ") == target and f" - fuse.{FSNAME} " in line:
-                    found = fields[2].split(":")[1]
-    return found
+    """The FUSE connection id of the mount: the minor of its device number."""
+    device = mount_device(mountpoint)
+    return None if device is None else device.split(":")[1]
 
 
 def _end_connection(connection: str | None, pid: int) -> str:
-    """Abort the FUSE connection (root, through fusectl, mounted here if need be), else SIGTERM."""
+    """Abort the FUSE connection (root, through fusectl, mounted for that moment if it is not
+    mounted: the machine is left as it was), else SIGTERM."""
     if connection is not None and os.geteuid() == 0:
-        if not os.path.isdir(os.path.join(FUSECTL, connection)):
-            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
-        with contextlib.suppress(OSError):
+        mounted_here = not os.path.ismount(FUSECTL) and subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True).returncode == 0
+        try:
             with open(os.path.join(FUSECTL, connection, "abort"), "w") as f:
                 f.write("1")
             return "its FUSE connection was aborted"
+        except OSError:
+            pass
+        finally:
+            if mounted_here:
+                subprocess.run(["umount", FUSECTL], capture_output=True)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGTERM)
     return "SIGTERM"
