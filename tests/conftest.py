@@ -243,6 +243,23 @@ def sh(command: str, *, cwd=None, check: bool = True, env=None) -> subprocess.Co
     return result
 
 
+def wsfs_cli(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """``wsfs ARGS`` as a separate process, as a user's shell runs it (no ``$WSFS_MOUNT`` unless given)."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO))
+    full_env.pop("WSFS_MOUNT", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+def as_user(uid: int, command: str, cwd, groups: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """A bash command line run as uid and gid ``uid`` (``setpriv``: no account needed), in ``groups``
+    besides, else in no supplementary group."""
+    extra = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", *extra, "bash", "-c", command],
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
 def parse_toml_config(text: str):
     import tomllib
 

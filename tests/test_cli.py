@@ -11,14 +11,12 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import REPO
+from conftest import wsfs_cli
 from test_lifecycle_mount import log_errors
 from wsfs.cli import main
 
@@ -34,13 +32,7 @@ def cli(*args, env=None) -> Result:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
-def wsfs(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    """``wsfs ARGS`` as a separate process, as a user's shell runs it."""
-    full_env = dict(os.environ, PYTHONPATH=str(REPO))
-    full_env.pop("WSFS_MOUNT", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=120)
+wsfs = wsfs_cli  # ``wsfs ARGS`` as a separate process, as a user's shell runs it
 
 
 def read_json(path) -> dict:

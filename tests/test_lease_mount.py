@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, sh
+from conftest import as_user, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
@@ -26,10 +25,7 @@ def job(m, name: str, top: str = "workspaces") -> dict:
     return json.loads((m.mnt / top / name / ".job").read_text())
 
 
-def wsfs(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("WSFS_MOUNT", None)
-    return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True, env=env, timeout=60)
+wsfs = wsfs_cli
 
 
 def test_root_creates_a_job_on_behalf_of_a_user_with_labels(mount_factory):
@@ -43,14 +39,11 @@ def test_root_creates_a_job_on_behalf_of_a_user_with_labels(mount_factory):
     assert (record["uid"], record["gid"]) == (NOBODY, NOBODY)
     assert record["labels"] == {"slurm_job": "42", "partition": "debug", "name": "my sim"}
     # The user it was made for writes and ends it, as if it were its own.
-    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "bash", "-c",
-                        "echo x > workspaces/slurm-42/output/r && echo completed > workspaces/slurm-42/.state"],
-                       cwd=m.mnt, capture_output=True, text=True)
+    r = as_user(NOBODY, "echo x > workspaces/slurm-42/output/r && echo completed > workspaces/slurm-42/.state", m.mnt)
     assert r.returncode == 0, r.stderr
     assert json.loads((m.ws / "slurm-42" / "receipt.json").read_text())["labels"]["slurm_job"] == "42"
     # Only root may: a user asking for another owner gets EPERM, and nothing is made.
-    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "bash", "-c",
-                        'echo "create theirs uid=0 gid=0" > .wsfs/control'], cwd=m.mnt, capture_output=True, text=True)
+    r = as_user(NOBODY, 'echo "create theirs uid=0 gid=0" > .wsfs/control', m.mnt)
     assert r.returncode != 0 and "Operation not permitted" in r.stderr
     assert not (m.ws / "theirs").exists()
     events = [json.loads(line) for line in (m.mnt / ".wsfs" / "events").read_text().splitlines()]
@@ -66,6 +59,9 @@ def test_list_filters_by_label_and_glob(mount_factory):
     assert [j["id"] for j in json.loads(r.stdout)] == ["slurm-1"]
     r = wsfs("list", "slurm-*", "--mount", str(m.mnt))
     assert "slurm-1" in r.stdout and "slurm-2" in r.stdout and "other" not in r.stdout
+    r = wsfs("create", "labelled", "--label", "team=render", "--label", "note=a b=c", "--mount", str(m.mnt))
+    assert r.returncode == 0, r.stderr
+    assert job(m, "labelled")["labels"] == {"team": "render", "note": "a b=c"}
 
 
 def test_a_running_job_past_its_lease_is_crashed_unless_extended(mount_factory):

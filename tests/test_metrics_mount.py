@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import sh
+from conftest import as_user, sh
 
 pytestmark = pytest.mark.mount
 
@@ -59,8 +59,7 @@ def test_metrics_are_scraped_with_cat_and_over_http_and_counters_move(mount_fact
         over_http = samples(response.read().decode())
     assert value(over_http, "wsfs_transitions_total", from_state="running", to_state="completed") >= 1
     # Per-user usage is root's to read (as every job's listing is, README "What is in the mount").
-    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", ".wsfs/metrics"],
-                            cwd=m.mnt, capture_output=True, text=True)
+    nobody = as_user(65534, "cat .wsfs/metrics", m.mnt)
     assert nobody.returncode != 0 and "Permission denied" in nobody.stderr
 
 

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, sh
+from conftest import sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
 
-def wsfs(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("WSFS_MOUNT", None)
-    return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True, env=env, timeout=60)
+wsfs = wsfs_cli
 
 
 def test_on_expiring_runs_once_before_the_hide_and_once_before_the_purge(mount_factory, tmp_path):

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, MountedWsfs, is_mounted, sh
+from conftest import MountedWsfs, is_mounted, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
@@ -25,12 +24,7 @@ def _logging_restored(keep_logging):
     """The CLI's ``main`` reconfigures the root logger: conftest's ``keep_logging`` puts it back."""
 
 
-def wsfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO))
-    full_env.pop("WSFS_MOUNT", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+wsfs = wsfs_cli
 
 
 @pytest.mark.parametrize("config", ["bad_key = 1\n", None])

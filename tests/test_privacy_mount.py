@@ -12,17 +12,14 @@ import subprocess
 
 import pytest
 
-from conftest import MountedWsfs, sh
+from conftest import MountedWsfs, as_user, sh
 
 pytestmark = pytest.mark.mount
 
 ALICE, BOB = 65534, 65533
 
 
-def as_user(uid: int, command: str, cwd, groups: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
-    extra = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
-    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", *extra, "bash", "-c", command],
-                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
 
 
 def ok(result: subprocess.CompletedProcess) -> str:

@@ -15,19 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sh
+from conftest import REPO, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
 ALBUM = '[templates.album]\nareas = { source = "input", processed = "keep", work = "scratch" }\n'
 
 
-def wsfs(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO))
-    full_env.pop("WSFS_MOUNT", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+wsfs = wsfs_cli
 
 
 def job(m, name: str) -> dict:

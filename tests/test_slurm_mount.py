@@ -88,7 +88,7 @@ class Cluster:
         host = socket.gethostname().split(".")[0]
         (self.dir / "slurm.conf").write_text(SLURM_CONF.format(host=host, dir=self.dir, ctld_port=_free_port(),
                                                                d_port=_free_port()))
-        self.settings.write_text(f"WSFS_SLURM_WAIT=30\nWSFS_SLURM_LEASE=1h\n")
+        self.settings.write_text("WSFS_SLURM_WAIT=30\nWSFS_SLURM_LEASE=1h\n")
         for name in ("prolog", "task-prolog", "epilog"):  # the shipped scripts, pointed at this mount, timed
             wrapper = self.dir / name
             wrapper.write_text(f"#!/bin/sh\nexport WSFS_MOUNT={self.mount.mnt} WSFS_SLURM_CONF={self.settings}\n"

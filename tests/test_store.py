@@ -107,21 +107,22 @@ def test_put_job_replaces(store):
 
 
 def test_totals_follow_every_put(store):
-    put(store, rec("a", usage={"bytes": 10, "files": 1}))
-    put(store, rec("b", usage={"bytes": 5, "files": 2}))
-    put(store, rec("c", state="completed", usage={"bytes": 7, "files": 1}, where=None))
+    put(store, rec("a", uid=7, usage={"bytes": 10, "files": 1}))
+    put(store, rec("b", uid=8, usage={"bytes": 5, "files": 2}))
+    put(store, rec("c", uid=7, state="completed", usage={"bytes": 7, "files": 1}, where=None))
     with store.read() as r:
-        assert r.totals() == {"states": {"running": 2, "completed": 1}, "live": 2, "bytes": 15, "files": 3}
-    put(store, rec("a", state="failed", usage={"bytes": 100, "files": 4}))
-    put(store, rec("b", state="archived", where=None, usage={"bytes": 5, "files": 2}))
+        assert r.totals() == {"states": {"running": 2, "completed": 1}, "live": 2, "bytes": 15, "files": 3,
+                              "users": {"7": [1, 10, 1], "8": [1, 5, 2]}}
+    put(store, rec("a", uid=7, state="failed", usage={"bytes": 100, "files": 4}))
+    put(store, rec("b", uid=8, state="archived", where=None, usage={"bytes": 5, "files": 2}))
     with store.read() as r:
         assert r.totals() == {"states": {"failed": 1, "completed": 1, "archived": 1}, "live": 1, "bytes": 100,
-                              "files": 4}
+                              "files": 4, "users": {"7": [1, 100, 4]}}
 
 
 def test_empty_store_totals(store):
     with store.read() as r:
-        assert r.totals() == {"states": {}, "live": 0, "bytes": 0, "files": 0}
+        assert r.totals() == {"states": {}, "live": 0, "bytes": 0, "files": 0, "users": {}}
 
 
 def test_an_exception_in_a_write_commits_nothing(store):
@@ -322,13 +323,17 @@ def test_a_schema_1_store_is_migrated_to_long_keys_on_open(path):
 
     env = lmdb.open(path, max_dbs=16, subdir=True)
     meta, manifest = env.open_db(b"meta"), env.open_db(b"manifest")
-    for name in (b"jobs", b"events", b"expiry", b"pending", b"owners"):
+    jobs = env.open_db(b"jobs")
+    for name in (b"events", b"expiry", b"pending", b"owners"):
         env.open_db(name)
     long_path = "output/" + "a" * 400  # schema 1 keyed it as it is (under LMDB's 511 bytes)
     with env.begin(write=True) as txn:
         txn.put(b"schema", msgpack.packb(1), db=meta)
         txn.put(b"j\0" + long_path.encode(), msgpack.packb([5, 1, 2, None]), db=manifest)
         txn.put(b"j\0output/short", msgpack.packb([1, 1, 3, None]), db=manifest)
+        for job, uid, where in (("j", 7, "jobs"), ("k", 7, "quarantine"), ("gone", 7, None)):
+            txn.put(job.encode(), msgpack.packb({"id": job, "uid": uid, "where": where, "state": "running",
+                                                 "usage": {"bytes": 6, "files": 2}}), db=jobs)
     env.close()
     old = Store(path, readonly=True)  # a read-only open reads schema 1 as it is
     with old.read() as r:
@@ -339,6 +344,7 @@ def test_a_schema_1_store_is_migrated_to_long_keys_on_open(path):
         assert r.meta("schema") == SCHEMA_VERSION == 2
         assert r.manifest_entry("j", long_path) == [5, 1, 2, None]
         assert [p for p, _ in r.manifest("j")] == [long_path, "output/short"]
+        assert r.totals()["users"] == {"7": [2, 12, 4]}  # counted once, jobs with a tree only
     assert manifest_key("j", long_path) in raw_keys(store, b"manifest")
     store.close()
 

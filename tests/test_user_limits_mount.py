@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, sh
+from conftest import REPO, as_user, sh
 
 pytestmark = pytest.mark.mount
 
@@ -17,8 +17,7 @@ NOBODY = 65534
 
 
 def as_nobody(command: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "bash", "-c",
-                           command], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return as_user(NOBODY, command, cwd)
 
 
 def test_max_jobs_and_quota_per_user_with_an_override(mount_factory):

@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from conftest import MountedWsfs, sh
+from conftest import MountedWsfs, as_user, sh
 
 pytestmark = pytest.mark.mount
 
@@ -45,8 +45,7 @@ def daemon_problems(m: MountedWsfs) -> list[str]:
 
 def as_nobody(command: str, cwd) -> subprocess.CompletedProcess:
     """A bash command line run as uid/gid 65534 with no supplementary groups."""
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           "bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return as_user(NOBODY, command, cwd)
 
 
 def owner(path) -> tuple[int, int]:

@@ -332,26 +332,24 @@ def create(job, template, quota, max_files, inputs, git_repo, branch, base, copy
         return
     if branch or base or includes or excludes:
         fail("--branch and --base go with --git; --include and --exclude with --copy-data", 2)
-    extra = _label_options(labels)
-    if max_running:
-        extra["max_running"] = max_running
-    ws = _create_checked(m, job, template, quota, max_files, inputs, extra=extra)
+    ws = _create_checked(m, job, template, quota, max_files, inputs, labels=_labels(labels),
+                         extra={"max_running": max_running} if max_running else None)
     click.echo(json.dumps({"job": ws.job, "path": str(ws.path)}, sort_keys=True) if as_json else str(ws.path))
 
 
-def _label_options(labels) -> dict:
-    """``--label K=V`` -> create options (``label=K=V``, the value percent-encoded by the client)."""
+def _labels(labels) -> dict[str, str]:
+    """``--label K=V`` (repeatable) -> {K: V}."""
     out = {}
-    for n, label in enumerate(labels):
+    for label in labels:
         key, eq, value = label.partition("=")
         if not eq or not key:
             fail(f"--label {label!r}: KEY=VALUE", 2)
-        out[f"label#{n}"] = (key, value)
+        out[key] = value
     return out
 
 
 def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: int | None = None,
-                    extra: dict | None = None):
+                    labels: dict[str, str] | None = None, extra: dict | None = None):
     """Make a job after every check that can come first (id, template, input area, inputs), then
     copy the inputs; a copy that fails ends the job ``failed`` and exits 1."""
     if job is not None and not JOB_ID_RE.fullmatch(job):
@@ -361,7 +359,8 @@ def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: in
         if not os.access(path, os.R_OK):
             fail(f"cannot read input {path}")
     try:
-        ws = m.create(job, template=template, quota=quota, max_files=max_files, owner=owner, extra=extra)
+        ws = m.create(job, template=template, quota=quota, max_files=max_files, owner=owner, labels=labels,
+                      extra=extra)
     except WsfsClientError as exc:
         fail(str(exc))
     if inputs:

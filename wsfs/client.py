@@ -185,13 +185,10 @@ class Mount:
                extra: dict | None = None, labels: dict[str, str] | None = None) -> "Workspace":
         """Make a job (a generated id when none is given) and return its workspace.
 
-        ``extra``: more ``create`` options (``git_repo=`` ...), percent-encoded here; a label as
-        ``{"label#N": (KEY, VALUE)}`` (or use ``labels=``).
+        ``extra``: more ``create`` options (``git_repo=``, ``max_running=`` ...) and ``labels``
+        (KEY -> text), percent-encoded here.
         """
         self.check()
-        extra = dict(extra or {})
-        for n, (key, value) in enumerate((labels or {}).items()):
-            extra[f"label#{len(extra) + n}"] = (key, value)
         for _attempt in range(5):
             job_id = job or generate_job_id()
             words = [f"create {job_id}"]
@@ -199,11 +196,8 @@ class Mount:
                                 ("owner", owner)):
                 if value is not None:
                     words.append(f"{name}={value}")
-            for name, value in (extra or {}).items():
-                if name.startswith("label#"):  # (key, value): label=KEY=VALUE, the value percent-encoded
-                    words.append(f"label={value[0]}={urllib.parse.quote(str(value[1]), safe='')}")
-                else:
-                    words.append(f"{name}={urllib.parse.quote(str(value), safe='/')}")
+            words += [f"{name}={urllib.parse.quote(str(value), safe='/')}" for name, value in (extra or {}).items()]
+            words += [f"label={key}={urllib.parse.quote(str(value), safe='')}" for key, value in (labels or {}).items()]
             try:
                 self.control(" ".join(words), job=job_id)
             except WsfsClientError as exc:

@@ -246,7 +246,7 @@ class Daemon:
         """What ``.wsfs/metrics`` reads when scraped (wsfs.metrics.StateCollector)."""
         self.service.manifest.flush()
         by_template: dict[tuple[str, str], list[int]] = {}
-        by_user: dict[int, list[int]] = {}
+        by_user = {uid: [u["bytes"], u["files"], u["jobs"]] for uid, u in self.service.usage.users().items()}
         with self.store.read() as r:
             totals = r.totals()
             publish_queue = len(r.publish_queue())
@@ -257,10 +257,6 @@ class Daemon:
                 mine = by_template.setdefault((record["state"], record["template"]), [0, 0])
                 mine[0] += usage["bytes"]
                 mine[1] += usage["files"]
-                user = by_user.setdefault(record["uid"], [0, 0, 0])
-                user[0] += usage["bytes"]
-                user[1] += usage["files"]
-                user[2] += 1
         hasher = getattr(self, "hasher", None)
         return {"jobs": totals["states"], "by_template": by_template, "by_user": by_user,
                 "trash_entries": len(self.tree.listdir("trash", "")), "publish_queue": publish_queue,

@@ -214,7 +214,8 @@ class HiddenNames:
     hidden names per (root, inode).  A hidden name is removed when its inode's count reaches
     zero, by whichever step comes last, the rename that hid it or the release of the last
     handle; both steps decide under one lock.  libfuse's own later unlink of the name then
-    finds nothing, which it ignores.
+    finds nothing, which it ignores.  The names kept are also what ``stat`` takes off a
+    file's link count (POSIX: an unlinked open file has no link).
 
     Threading: any FUSE thread; ``_lock`` is a leaf lock.
     """
@@ -223,6 +224,13 @@ class HiddenNames:
         self._open: dict[tuple[str, int], int] = {}
         self._names: dict[tuple[str, int], set[str]] = {}
         self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._names)
+
+    def links(self, key: tuple[str, int]) -> int:
+        """How many of a file's links are hidden names (fstat and stat must not count them)."""
+        return len(self._names.get(key, ()))
 
     def opened(self, key: tuple[str, int]) -> None:
         with self._lock:
@@ -370,9 +378,6 @@ class WsfsOperations(Operations):
         # view path -> (hidden rel, inode, thread id, time) of libfuse's hide_node of that name, for
         # the rename that may follow it in the same request (see _undo_hide)
         self._hidden_now: dict[str, tuple] = {}
-        # (root, inode) -> how many of its links are libfuse's .fuse_hidden* names of unlinked open
-        # files: fstat() and stat() must not count them (POSIX: an unlinked open file has 0 links).
-        self._hidden_links: dict[tuple[str, int], int] = {}
         service.view_changed = self._forget_cached_job
         service.records_changed = self._forget_job_files
         service.pending_digest = self.hasher.digest_now
@@ -572,22 +577,14 @@ class WsfsOperations(Operations):
         libfuse's getattr takes one off a hidden node's own count before it replies; its
         setattr (truncate, chmod, chown, utimens) replies with ours as it is.
         """
-        if not self._hidden_links:
+        if not self._hidden:
             return attrs
-        hidden = self._hidden_links.get((node.root, attrs["st_ino"]), 0)
+        hidden = self._hidden.links((node.root, attrs["st_ino"]))
         if _is_hidden(node) and not after_setattr:
             hidden -= 1
         if hidden > 0:
             attrs["st_nlink"] = max(attrs["st_nlink"] - hidden, 0)
         return attrs
-
-    def _count_hidden_link(self, key: tuple[str, int], delta: int) -> None:
-        with self._handles_lock:
-            count = self._hidden_links.get(key, 0) + delta
-            if count > 0:
-                self._hidden_links[key] = count
-            else:
-                self._hidden_links.pop(key, None)
 
     # -- virtual files ----------------------------------------------------------
 
@@ -786,8 +783,7 @@ class WsfsOperations(Operations):
         with self._changing(node):
             self.tree.mkdir(node.root, node.rel, mode & 0o7777)
             self._give_to_caller(node, uid, gid)
-            if mode & self.tree.umask:
-                self.tree.exact_mode((node.root, node.rel), mode, self.tree.lstat(node.root, node.rel))
+            self.tree.exact_mode((node.root, node.rel), mode)
         return 0
 
     @op
@@ -1150,7 +1146,6 @@ class WsfsOperations(Operations):
             return  # libfuse, a rmdir or the job's ending took it first
         if not stat.S_ISREG(st.st_mode):
             return
-        self._count_hidden_link((root, st.st_ino), -1)
         job = rel.split("/", 1)[0] if root == "jobs" else None
         record = self.service.get(job) if job is not None else None
         if record is not None and self.service.metered(record):
@@ -1272,10 +1267,6 @@ class WsfsOperations(Operations):
         if node.area_path is None and node.job is not None:
             raise NotAllowedError("the control files stay")
         linked = self._linked_key(node)
-        hidden = None
-        if _is_hidden(node):  # libfuse removing the name it gave an unlinked file, at its last close
-            with contextlib.suppress(OSError):
-                hidden = (node.root, self.tree.lstat(node.root, node.rel).st_ino)
         with self._changing(node):
             gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
             self.tree.unlink(node.root, node.rel)
@@ -1283,8 +1274,7 @@ class WsfsOperations(Operations):
                 self._charge(node, -gone.st_size, -1)
             if node.area_path is not None:
                 self.service.manifest.delete(node.job, node.area_path)
-        if hidden is not None:
-            self._count_hidden_link(hidden, -1)
+        if _is_hidden(node):  # libfuse removing the name it gave an unlinked file, at its last close
             self._hidden.forget(node.rel)
         if linked is not None:  # its other names have one link less
             self._linked.forget(linked, path)
@@ -1331,7 +1321,6 @@ class WsfsOperations(Operations):
             with contextlib.suppress(OSError):
                 st = self.tree.lstat(dst.root, dst.rel)
                 if stat.S_ISREG(st.st_mode):
-                    self._count_hidden_link((dst.root, st.st_ino), 1)
                     linked[0] = (dst.root, st.st_ino)
                     if self._hidden.hidden((dst.root, st.st_ino), dst.rel):
                         # its last release came first (the race of libfuse #746): nobody needs the name

@@ -60,37 +60,34 @@ class UsageMeter:
             usage[1] = max(usage[1] + dfiles, 0)
 
     def _user_bytes(self, uid: int) -> int:
-        """Bytes of a user's live jobs: each job's meter where it has one, else its record
-        (a scan of the records, once, until one of the user's jobs changes wholesale)."""
+        """Bytes of a user's live jobs: the store's per-user total of their records, corrected by
+        the meters of their jobs loaded here (what is written but not yet in a record).  Counted
+        again only after one of the user's jobs changed wholesale (``forget``)."""
         if uid not in self._users:
             self._service.manifest.flush()
-            total = 0
             with self._service.store.read() as r:
-                for record in r.jobs():
-                    if record.get("uid") == uid and record.get("where"):
-                        mine = self._usage.get(record["id"])
-                        total += mine[0] if mine is not None else record["usage"]["bytes"]
+                total = r.totals().get("users", {}).get(str(uid), [0, 0, 0])[1]
+            for job, usage in self._usage.items():
+                record = self._service.get(job)
+                if record is not None and record.get("uid") == uid and record.get("where"):
+                    total += usage[0] - record["usage"]["bytes"]
             self._users[uid] = total
         return self._users[uid]
 
     def user_jobs(self, uid: int) -> int:
-        """A user's live jobs (with a tree)."""
+        """A user's live jobs (with a tree), from the store's totals: O(1)."""
         with self._service.store.read() as r:
-            return sum(1 for record in r.jobs() if record.get("uid") == uid and record.get("where"))
+            return r.totals().get("users", {}).get(str(uid), [0, 0, 0])[0]
 
     def users(self) -> dict[int, dict]:
-        """Per user: live jobs, bytes and files (records), and the limits that apply."""
+        """Per user: live jobs, bytes and files (the records'), and the limits that apply."""
         self._service.manifest.flush()
-        out: dict[int, dict] = {}
         with self._service.store.read() as r:
-            for record in r.jobs():
-                if record.get("where"):
-                    mine = out.setdefault(record["uid"], {"jobs": 0, "bytes": 0, "files": 0})
-                    mine["jobs"] += 1
-                    mine["bytes"] += record["usage"]["bytes"]
-                    mine["files"] += record["usage"]["files"]
-        for uid, mine in out.items():
-            mine["max_jobs"], mine["quota"] = self._service.config.limits_for(uid)
+            users = r.totals().get("users", {})
+        out = {}
+        for uid, (jobs, nbytes, files) in users.items():
+            max_jobs, quota = self._service.config.limits_for(int(uid))
+            out[int(uid)] = {"jobs": jobs, "bytes": nbytes, "files": files, "max_jobs": max_jobs, "quota": quota}
         return out
 
     def current(self, job: str) -> tuple[int, int]:

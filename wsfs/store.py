@@ -19,10 +19,12 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
                       finds ``live`` knows the previous one crashed (SPEC §7).
     ``b"event_seq"`` -> int, the last event sequence number used.
     ``b"counters"`` -> ``{name: int}``: rejected writes, failed removals ...
-    ``b"totals"``  -> ``{"states": {state: n}, "live": n, "bytes": n, "files": n}``:
-                      kept in step by ``put_job`` so status and ``max_jobs``
+    ``b"totals"``  -> ``{"states": {state: n}, "live": n, "bytes": n, "files": n,
+                      "users": {uid (str): [live, bytes, files]}}``: kept in step by
+                      ``put_job`` so status, ``max_jobs`` and the per-user limits
                       cost O(1), not O(jobs).  ``live`` counts records whose
-                      tree exists (``where`` set).
+                      tree exists (``where`` set); ``users`` splits the same by owner
+                      (schema 2; the migration from 1 counts it once).
 ``jobs``
     job id (ASCII) -> the job record, a dict (see ``new_record``).  Records
     are never deleted: an id is used once, even after archive or purge.
@@ -316,7 +318,7 @@ class Reader:
             return [(key.decode(), unpack(raw)) for key, raw in cursor]
 
     def totals(self) -> dict:
-        return self.meta("totals", None) or {"states": {}, "live": 0, "bytes": 0, "files": 0}
+        return self.meta("totals", None) or {"states": {}, "live": 0, "bytes": 0, "files": 0, "users": {}}
 
     def publish_queue(self) -> list[tuple[str, float]]:
         """(job id, next attempt time) of every job with publishing pending."""
@@ -380,6 +382,7 @@ class Writer(Reader):
     def _count(self, old: dict | None, new: dict) -> None:
         totals = self.totals()
         states = totals["states"]
+        users = totals.setdefault("users", {})
         for record, sign in ((old, -1), (new, 1)):
             if record is None:
                 continue
@@ -388,7 +391,12 @@ class Writer(Reader):
                 totals["live"] += sign
                 totals["bytes"] += sign * record["usage"]["bytes"]
                 totals["files"] += sign * record["usage"]["files"]
+                user = users.setdefault(str(record.get("uid")), [0, 0, 0])
+                user[0] += sign
+                user[1] += sign * record["usage"]["bytes"]
+                user[2] += sign * record["usage"]["files"]
         totals["states"] = {k: v for k, v in states.items() if v}
+        totals["users"] = {k: v for k, v in users.items() if v[0]}
         self.put_meta("totals", totals)
 
     def put_manifest(self, job_id: str, path: str, entry: list) -> list | None:
@@ -515,6 +523,15 @@ class Store:
             for key, job, path, entry in moved:
                 w.txn.delete(key, db=db)
                 w.put_manifest(job, path, entry)
+            totals = w.totals()  # schema 2 keeps live jobs and usage per user too: count them once
+            totals["users"] = {}
+            for record in w.jobs():
+                if record.get("where"):
+                    user = totals["users"].setdefault(str(record.get("uid")), [0, 0, 0])
+                    user[0] += 1
+                    user[1] += record["usage"]["bytes"]
+                    user[2] += record["usage"]["files"]
+            w.put_meta("totals", totals)
             w.put_meta("schema", SCHEMA_VERSION)
 
     @contextlib.contextmanager

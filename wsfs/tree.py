@@ -293,16 +293,17 @@ class Tree:
             except FileNotFoundError:
                 continue  # removed in between: make it after all
 
-    def exact_mode(self, made: int | tuple[str, str], mode: int, st: os.stat_result | None = None) -> None:
+    def exact_mode(self, made: int | tuple[str, str], mode: int) -> None:
         """Give a new entry exactly the mode the caller asked for.  The kernel applied the
         caller's umask before the request; the daemon's own umask must not narrow it again.
         ``made`` is an fd or (root, rel); a directory keeps the setgid bit it inherited."""
         if not mode & self.umask:
-            return
+            return  # nothing was narrowed: no syscall
         if isinstance(made, int):
             os.fchmod(made, mode & 0o7777)
             return
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        st = self.lstat(*made)
+        if stat.S_ISDIR(st.st_mode):
             mode |= st.st_mode & stat.S_ISGID
         self.chmod(*made, mode & 0o7777)
 
