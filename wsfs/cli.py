@@ -562,7 +562,8 @@ def show(job, as_json, receipt, mount):
         lines.append(("lease", f"ends {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['expires_at']))}"
                                f" (extended {record.get('extensions') or 0} times)"))
     for stage in record.get("stages") or []:
-        lines.append(("  stage", stage["name"]))
+        dropped = f"  (dropped {', '.join(a + '/' for a in stage['dropped'])})" if stage.get("dropped") else ""
+        lines.append(("  stage", stage["name"] + dropped))
     for key, value in lines:
         click.echo(f"{key:>10}  {value}")
 

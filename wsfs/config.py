@@ -44,7 +44,7 @@ import os
 import string
 import tomllib
 
-from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState
+from .model import DEFAULT_TEMPLATE, JOB_ID_RE, STAGE_RE, AreaKind, JobState
 from .units import MAX_SIZE, parse_duration, parse_size
 
 DEFAULT_CONFIG_FILE = "/etc/wsfs/wsfs.toml"
@@ -108,6 +108,13 @@ class Template:
     # expiring_notice before the job is hidden and again before it is purged.
     on_expiring: str | None = None
     expiring_notice: float = DEFAULT_EXPIRING_NOTICE
+    # Eager scratch cleanup (README "Dropping scratch during a run"): scratch area -> the stages
+    # whose start empties it, as `stage NAME drop=AREA` does.
+    drop_on_stage: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def drops_at(self, stage: str) -> list[str]:
+        """The scratch areas that entering ``stage`` empties."""
+        return [area for area, stages in self.drop_on_stage.items() if stage in stages]
 
     @property
     def after_publish(self) -> bool:
@@ -270,7 +277,8 @@ _LEASE_SETTINGS = {"max_running", "max_extensions", "on_expiring", "expiring_not
 _TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
              "templates", "metrics_listen", "max_jobs_per_user", "quota_per_user", "users", "groups"} \
     | _PUBLISH_SETTINGS | _LEASE_SETTINGS
-_TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish"} | set(HOOK_NAMES)
+_TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish", "drop_on_stage"}
+                  | set(HOOK_NAMES)
                   | _PUBLISH_SETTINGS | _LEASE_SETTINGS)
 _TARGET_KEYS = {"area", "to", "mode", "replace"}
 
@@ -370,6 +378,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             r.count(table["max_files"], key + ".max_files") if "max_files" in table else max_files,
             _setup_command(r, table, key),
             max_jobs=r.count(table["max_jobs"], key + ".max_jobs") if "max_jobs" in table else 0,
+            drop_on_stage=_drop_on_stage(r, table, key, areas),
             **_publish_settings(r, table, key + ".", publish_defaults, areas),
             **_lease_settings(r, table, key + ".", lease_defaults),
         )
@@ -412,6 +421,22 @@ def _lease_settings(r: _Reader, table: dict, prefix: str, defaults: dict) -> dic
         if value is None or value <= 0:
             raise r.fail(prefix + "expiring_notice", "must be a positive duration")
         out["expiring_notice"] = value
+    return out
+
+
+def _drop_on_stage(r: _Reader, table: dict, key: str, areas: dict) -> dict[str, tuple[str, ...]]:
+    """``drop_on_stage = { temp = ["encode"] }``: a scratch area emptied when a stage starts."""
+    value = table.get("drop_on_stage", {})
+    key += ".drop_on_stage"
+    if not isinstance(value, dict):
+        raise r.fail(key, 'expected a table like { temp = ["encode"] }')
+    out = {}
+    for area, stages in value.items():
+        if areas.get(area) != AreaKind.SCRATCH:
+            raise r.fail(f"{key}.{area}", f"{area!r} is not a scratch area of this template: only scratch is dropped")
+        if not isinstance(stages, list) or not all(isinstance(s, str) and STAGE_RE.fullmatch(s) for s in stages):
+            raise r.fail(f"{key}.{area}", 'expected a list of stage names, e.g. ["encode"]')
+        out[area] = tuple(stages)
     return out
 
 

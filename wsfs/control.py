@@ -13,7 +13,7 @@ import re
 import urllib.parse
 
 from .errors import BadCommandError
-from .model import JobState, validate_job_id
+from .model import JOB_ID_RE, STAGE_RE, JobState, validate_job_id
 from .units import parse_duration, parse_size
 
 MAX_COMMAND_BYTES = 4096
@@ -24,7 +24,7 @@ _NOTE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control chara
 MAX_REASON_CHARS = 1024
 MAX_PID = 1 << 22  # the kernel's ceiling for pid_max
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_TOKEN_RE = STAGE_RE
 # A reason is free text on one line: no control characters at all (C0, DEL and C1,
 # whose CSI \x9b would reach a terminal through `wsfs events`).
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -48,6 +48,7 @@ class Command:
     retry: bool = False  # publish: start a failed (or finished) publish over
     source: str | None = None  # clone: the job copied from
     seconds: float | None = None  # extend: the lease's extension
+    areas: tuple[str, ...] = ()  # drop AREA, stage NAME drop=AREA: scratch areas emptied now
 
     def option(self, name: str, default=None):
         return dict(self.options).get(name, default)
@@ -97,9 +98,19 @@ def parse_state_command(data: bytes) -> Command:
             raise BadCommandError("'archived' takes no argument")
         return Command("transition", target=JobState.ARCHIVED)
     if verb == "stage":
-        if len(rest) != 1 or not _TOKEN_RE.fullmatch(rest[0]):
-            raise BadCommandError("usage: stage NAME (one word of letters, digits, . _ : -)")
-        return Command("stage", stage=rest[0])
+        if not rest or not _TOKEN_RE.fullmatch(rest[0]):
+            raise BadCommandError("usage: stage NAME [drop=AREA ...] (NAME one word of letters, digits, . _ : -)")
+        drops = []
+        for word in rest[1:]:
+            name, eq, area = word.partition("=")
+            if name != "drop" or not eq:
+                raise BadCommandError(f"unknown stage option {word[:40]!r}: use drop=AREA")
+            drops.append(_area(area))
+        return Command("stage", stage=rest[0], areas=tuple(dict.fromkeys(drops)))
+    if verb == "drop":
+        if len(rest) != 1:
+            raise BadCommandError("usage: drop AREA (a scratch area, emptied now)")
+        return Command("drop", areas=(_area(rest[0]),))
     if verb == "owner":
         if len(rest) != 1:
             raise BadCommandError("usage: owner PID")
@@ -114,8 +125,14 @@ def parse_state_command(data: bytes) -> Command:
         return Command("extend", seconds=_lease(rest[0]))
     raise BadCommandError(
         f"unknown command {verb[:40]!r}: use completed, failed [REASON], cancelled [REASON], "
-        "archived, stage NAME, owner PID, label KEY=VALUE or extend DURATION"
+        "archived, stage NAME, drop AREA, owner PID, label KEY=VALUE or extend DURATION"
     )
+
+
+def _area(name: str) -> str:
+    if not JOB_ID_RE.fullmatch(name):
+        raise BadCommandError(f"bad area name {name[:40]!r}")
+    return name
 
 
 _MAX_LEASE = 1000 * 365 * 86400.0

@@ -378,10 +378,14 @@ class WsfsOperations(Operations):
         # view path -> (hidden rel, inode, thread id, time) of libfuse's hide_node of that name, for
         # the rename that may follow it in the same request (see _undo_hide)
         self._hidden_now: dict[str, tuple] = {}
+        # rel -> an open handle of a file whose area was dropped (_area_dropping): its fstat() comes
+        # by its old path (libfuse #62), as an unlinked file's does, until its last close
+        self._dropped_open: dict[str, Handle] = {}
         service.view_changed = self._forget_cached_job
         service.records_changed = self._forget_job_files
         service.pending_digest = self.hasher.digest_now
         service.tree_closing = self._tree_closing
+        service.area_dropping = self._area_dropping
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
@@ -547,7 +551,8 @@ class WsfsOperations(Operations):
             st = self.tree.lstat(node.root, node.rel)
         except FileNotFoundError:
             # fstat() of an unlinked open file comes by path (libfuse #62), its hidden name maybe gone
-            handle = self._handle_at(node.root, node.rel) if _is_hidden(node) else None
+            handle = self._handle_at(node.root, node.rel) if _is_hidden(node) else \
+                self._dropped_open.get(node.rel) if self._dropped_open else None
             if handle is None:
                 raise
             return _stat_dict(os.fstat(handle.fd))
@@ -955,6 +960,8 @@ class WsfsOperations(Operations):
             self._show_other_names(node, handle.ino)
             return written
         with self.service.mutation(node.job), handle.lock:
+            if handle.node is not node:  # its area was dropped while this write waited (_area_dropping)
+                return os.pwrite(handle.fd, data, offset)
             if self._limited(node):
                 size = os.fstat(handle.fd).st_size
                 growth = max(offset + len(data) - size, 0)
@@ -1047,7 +1054,7 @@ class WsfsOperations(Operations):
                 return self._truncate_virtual(handle.node)
             node = handle.node
             with self._changing(node), handle.lock:
-                if self._limited(node):
+                if self._limited(node) and handle.node is node:
                     self._charge(node, length - os.fstat(handle.fd).st_size)
                 os.ftruncate(handle.fd, length)
                 handle.dirty = handle.changed = True
@@ -1106,6 +1113,8 @@ class WsfsOperations(Operations):
                     writers.discard(handle)
                     if not writers:
                         del self._writers[handle.ino]
+            if handle is not None and self._dropped_open.get(handle.node.rel) is handle:
+                del self._dropped_open[handle.node.rel]
         if handle is None or handle.fd < 0:
             return 0
         node = handle.node
@@ -1157,6 +1166,20 @@ class WsfsOperations(Operations):
         for root in ("jobs", "quarantine"):
             for rel in self._hidden.take_below(root, job):
                 self._remove_hidden(root, rel)
+
+    def _area_dropping(self, job: str, area: str) -> None:
+        """A running job's scratch area is about to be emptied into the trash (``drop AREA``).
+        Its files still open keep working, as files unlinked while open do, but they leave the
+        job: their writes are no longer the job's (no quota, no manifest entry), and their
+        hidden names go to the trash with the rest (nothing to remove at their last close)."""
+        prefix = f"{job}/{area}/"
+        self._hidden.take_below("jobs", f"{job}/{area}")
+        with self._handles_lock:
+            for handle in self._handles.values():
+                node = handle.node
+                if handle.fd >= 0 and node.root == "jobs" and node.rel.startswith(prefix):
+                    handle.node = Node("real", root="jobs", rel=node.rel)  # no job, no area: no manifest
+                    self._dropped_open[node.rel] = handle
 
     def _handle_at(self, root: str, rel: str) -> Handle | None:
         """An open backing handle of the file at ``root``/``rel`` (a hidden name already removed)."""
@@ -1248,8 +1271,9 @@ class WsfsOperations(Operations):
         handle = self._handle(fi)
         if handle.fd < 0:
             raise FuseOSError(errno.EOPNOTSUPP)
-        with self._changing(handle.node), handle.lock:
-            if self._limited(handle.node) and not mode & 1:  # FALLOC_FL_KEEP_SIZE grows no file
+        node = handle.node
+        with self._changing(node), handle.lock:
+            if self._limited(node) and handle.node is node and not mode & 1:  # FALLOC_FL_KEEP_SIZE grows no file
                 self._charge(handle.node, max(offset + size - os.fstat(handle.fd).st_size, 0))
             if _libc.fallocate(handle.fd, mode, offset, size) != 0:
                 err = ctypes.get_errno()

@@ -260,6 +260,9 @@ class JobService:
         # Called with a job id before its tree is sealed, quarantined or leaves (the FUSE layer
         # removes the hidden names of its files unlinked while open, see fs.HiddenNames).
         self.tree_closing = lambda job_id: None
+        # Called with a job id and an area just before the area is emptied (drop_areas): the FUSE
+        # layer lets go of the files open there, which now belong to the trash.
+        self.area_dropping = lambda job_id, area: None
         fault = os.environ.get("WSFS_FAULT", "")
         self._fault = fault.partition("after:")[2] or None
 
@@ -497,7 +500,9 @@ class JobService:
             if command.verb == "transition":
                 self.transition(job_id, command.target, command.reason)
             elif command.verb == "stage":
-                self.set_stage(job_id, command.stage)
+                self.set_stage(job_id, command.stage, command.areas)
+            elif command.verb == "drop":
+                self.drop_areas(job_id, list(command.areas))
             elif command.verb == "owner":
                 self.set_owner(job_id, command.pid)
             elif command.verb == "extend":
@@ -602,7 +607,12 @@ class JobService:
             raise
         return None
 
-    def set_stage(self, job_id: str, stage: str) -> dict:
+    def set_stage(self, job_id: str, stage: str, drop: tuple[str, ...] = ()) -> dict:
+        """Record a stage; the scratch areas it names (``drop=AREA``) or its template drops at
+        it (``drop_on_stage``) are emptied in the same step."""
+        areas = list(dict.fromkeys([*drop, *self.template(self.require(job_id)).drops_at(stage)]))
+        if areas:
+            return self.drop_areas(job_id, areas, stage)
         with self.lock(job_id).shared():
             now = self.clock()
 
@@ -613,6 +623,58 @@ class JobService:
                 record["stage"] = stage
                 record["stages"].append({"name": stage, "at": now})
             return self._update(job_id, change, ("stage", {"stage": stage}))
+
+    def drop_areas(self, job_id: str, areas: list[str], stage: str | None = None) -> dict:
+        """Empty scratch areas of a running job now (``drop AREA``, README "Dropping scratch
+        during a run"), as completion does: each area is swapped with an empty twin and its
+        old contents wait in the trash, O(1) whatever they hold.  Their usage leaves the
+        record in the same commit, which records the drop in the stages (and the stage, if
+        one is given); their manifest entries go in the background batch, after which
+        anything written there anew is counted afresh.  Keep and input areas: EPERM."""
+        with self.lock(job_id).exclusive():  # no write is half-way in the job while it happens
+            record = self.require(job_id)
+            if record["state"] != JobState.RUNNING.value or self.is_sealed(record) or record.get("where") != "jobs":
+                raise SealedError(f"job {job_id} is {record['state']}: only a running job's scratch is dropped",
+                                  errno=errno.EPERM)
+            kinds = self.template(record).areas
+            for area in areas:
+                if area not in record["areas"]:
+                    raise BadCommandError(f"job {job_id} has no area {area!r}")
+                if kinds.get(area) != AreaKind.SCRATCH:
+                    raise NotAllowedError(f"{area}/ is a{'n' if kinds.get(area) == AreaKind.INPUT else ''} "
+                                          f"{kinds[area].value} area: only scratch areas are dropped")
+            self.manifest.flush()
+            now = self.clock()
+            for area in areas:
+                self.area_dropping(job_id, area)
+                self.tree.empty_into_trash("jobs", f"{job_id}/{area}", f"{job_id}.{area}")
+            self.trash_wake.set()
+            self._fault_point("drop-swapped")  # a crash here: the tree is emptied, the record not yet
+            freed = {}
+
+            def change(record, w):
+                by_area = record.setdefault("area_usage", {})
+                for area in areas:
+                    if area not in by_area:  # a record from before per-area sums: count them
+                        entries = list(w.manifest(job_id, area))
+                        by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
+                    dbytes, dfiles = by_area[area]
+                    by_area[area] = [0, 0]
+                    freed[area] = {"bytes": dbytes, "files": dfiles}
+                    record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
+                    record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
+                if stage is not None:
+                    record["stage"] = stage
+                record["stages"].append({"name": stage or "drop", "at": now, "dropped": list(areas)})
+                if stage is not None:
+                    w.add_event("stage", job_id, stage=stage)
+                w.add_event("dropped", job_id, stage=stage, areas=freed)
+            record = self._update(job_id, change)
+            for area in areas:
+                self.manifest.drop(job_id, area)  # queued under the lock: before any entry written anew
+            self.usage.forget(job_id)
+        self.view_changed(job_id)
+        return record
 
     def set_owner(self, job_id: str, pid: int) -> dict:
         owner = self._owner_of(pid)
@@ -756,7 +818,8 @@ class JobService:
             "created": iso(record["created"]), "ended": iso(ended),
             "duration_s": round(ended - record["created"], 3),
             "stage": record.get("stage"),
-            "stages": [{"name": s["name"], "at": iso(s["at"])} for s in record["stages"]],
+            "stages": [{"name": s["name"], "at": iso(s["at"]), **({"dropped": s["dropped"]} if "dropped" in s else {})}
+                       for s in record["stages"]],
             "outputs": outputs,
             "totals": {"files": len(entries), "bytes": sum(e[0] for e in entries.values()),
                        "output_files": len(outputs), "output_bytes": sum(o["size"] for o in outputs)},

@@ -13,6 +13,8 @@ import re
 from .errors import BadJobIdError, InvalidTransitionError
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: A stage name (``stage NAME``), a label key: one word.
+STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class JobState(str, enum.Enum):

@@ -32,6 +32,7 @@ import uuid
 
 from .errors import UnsafePathError
 
+_RENAME_EXCHANGE = 2
 ROOTS = ("jobs", "quarantine", "shared", "trash")
 NAME_MAX = 255
 
@@ -405,6 +406,26 @@ class Tree:
             self.rename(root, rel, "trash", trash_name)
         except FileNotFoundError:
             return None
+        return trash_name
+
+    def empty_into_trash(self, root: str, rel: str, label: str) -> str:
+        """Empty a directory in one step, whatever it holds: an empty twin (same mode, owner and
+        group) is made in the trash and swapped with it (``RENAME_EXCHANGE``), so the name never
+        goes missing, even for a crash between two syscalls.  Returns the trash name, which
+        now holds the old contents."""
+        st = self.lstat(root, rel)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel)
+        trash_name = f"{label}.{uuid.uuid4().hex[:12]}"
+        self.mkdir("trash", trash_name, 0o700)
+        try:
+            with self.parent("trash", trash_name) as (fd, name):
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=fd, follow_symlinks=False)
+                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=fd)
+            self.rename(root, rel, "trash", trash_name, _RENAME_EXCHANGE)
+        except BaseException:
+            self.rmdir("trash", trash_name)
+            raise
         return trash_name
 
     def remove_tree(self, root: str, rel: str, on_error=None) -> int:
