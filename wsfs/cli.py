@@ -861,10 +861,16 @@ def sweep(dry_run, as_json, mount):
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
-    verb = {"hide": "would hide", "purge": "would purge", "skip": "would skip", "crash": "would crash"} \
-        if dry_run else {"hide": "hidden", "purge": "purged", "skip": "skipped", "crash": "crashed"}
+    verb = {"hide": "would hide", "purge": "would purge", "skip": "would skip", "crash": "would crash",
+            "empty-trash": "would empty"} if dry_run else \
+        {"hide": "hidden", "purge": "purged", "skip": "skipped", "crash": "crashed", "empty-trash": "emptied"}
+    pressure = report.get("pressure")
+    if pressure:
+        click.echo(f"disk pressure: {format_size(pressure['free_before'])} free, min_free "
+                   f"{format_size(pressure['min_free'])}"
+                   + ("" if dry_run else f"; {format_size(pressure['free_after'])} free after"))
     for action in report["actions"]:
-        line = f"{action['job']}: {verb.get(action['action'], action['action'])} ({action['why']})"
+        line = f"{action.get('job') or 'trash'}: {verb.get(action['action'], action['action'])} ({action['why']})"
         if action.get("error"):
             line += f": FAILED: {action['error']}"
         click.echo(line)

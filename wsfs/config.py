@@ -52,6 +52,11 @@ DEFAULT_CONFIG_FILE = "/etc/wsfs/wsfs.toml"
 DEV_TEMPLATE_NAME = "dev"
 DEV_TEMPLATE = {"src": AreaKind.KEEP, "data": AreaKind.INPUT, "temp": AreaKind.SCRATCH}
 RETENTION_STATES = ("completed", "failed", "cancelled", "crashed")
+#: What the sweeper may purge early under disk pressure, by default: hidden jobs past half their grace,
+#: whose data is on its way out anyway.  Ended states are added by the administrator.
+DEFAULT_PRESSURE = ("hidden",)
+PRESSURE_CLASSES = ("hidden",) + RETENTION_STATES
+DEFAULT_PRESSURE_MIN_AGE = 3600.0
 DEFAULT_RETENTION = {"completed": None, "failed": 7 * 86400.0, "cancelled": 86400.0, "crashed": 7 * 86400.0}
 DEFAULT_GRACE = 86400.0
 #: ``completed = "after-publish"``: the workspace goes once publishing succeeded (wsfs.publish).
@@ -143,6 +148,11 @@ class Config:
     min_free_bytes: int = 0
     min_free_fraction: float = 0.05
     max_jobs: int = 0
+    # Cleanup under disk pressure (wsfs.retention): below min_free the sweeper empties the trash,
+    # then purges early, class by class in this order, oldest first, never a running job or one
+    # ended within pressure_min_age.  () is off.
+    pressure: tuple[str, ...] = DEFAULT_PRESSURE
+    pressure_min_age: float = DEFAULT_PRESSURE_MIN_AGE
     metrics_listen: str | None = None  # "HOST:PORT": the metrics over HTTP too
     # Per-user limits over all of a user's live jobs (0: none), with [users.NAME] and
     # [groups.NAME] overrides: name -> (max_jobs, quota).
@@ -274,7 +284,8 @@ class _Reader:
 RESERVED_ROOT_NAMES = {"receipt.json", "receipt.json.tmp"}
 _PUBLISH_SETTINGS = {"publish_retries", "publish_backoff", "hook_timeout"}
 _LEASE_SETTINGS = {"max_running", "max_extensions", "on_expiring", "expiring_notice"}
-_TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention",
+_TOP_KEYS = {"sweep_interval", "on_crash", "min_free", "max_jobs", "quota", "max_files", "retention", "pressure",
+             "pressure_min_age",
              "templates", "metrics_listen", "max_jobs_per_user", "quota_per_user", "users", "groups"} \
     | _PUBLISH_SETTINGS | _LEASE_SETTINGS
 _TEMPLATE_KEYS = ({"areas", "retention", "quota", "max_files", "setup", "max_jobs", "publish", "drop_on_stage"}
@@ -310,6 +321,20 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             kwargs["min_free_bytes"], kwargs["min_free_fraction"] = r.size(value, "min_free"), 0.0
     if "max_jobs" in data:
         kwargs["max_jobs"] = r.count(data["max_jobs"], "max_jobs")
+    if "pressure" in data:
+        value = data["pressure"]
+        if value == "off":
+            value = []
+        if not isinstance(value, list) or not all(v in PRESSURE_CLASSES for v in value) \
+                or len(set(value)) != len(value):
+            raise r.fail("pressure", f"expected \"off\" or a list of {', '.join(PRESSURE_CLASSES)} (each once), "
+                                     f"got {value!r}")
+        kwargs["pressure"] = tuple(value)
+    if "pressure_min_age" in data:
+        age = r.duration(data["pressure_min_age"], "pressure_min_age")
+        if age is None:
+            raise r.fail("pressure_min_age", "a duration such as \"1h\" (\"never\" is pressure = \"off\")")
+        kwargs["pressure_min_age"] = age
     if "max_jobs_per_user" in data:
         kwargs["max_jobs_per_user"] = r.count(data["max_jobs_per_user"], "max_jobs_per_user")
     if "quota_per_user" in data:

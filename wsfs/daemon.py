@@ -236,7 +236,8 @@ class Daemon:
                                  "mountpoint": self.mountpoint})
             if unclean:
                 w.add_event("recovered", None, pid=previous.get("pid"))
-        self.sweeper = Sweeper(self.service, mountpoint=self.mountpoint)
+        self.sweeper = Sweeper(self.service, mountpoint=self.mountpoint, empty_trash=self.empty_trash)
+        self.service.space_short = self.sweeper.relieve_now
         self.publisher = Publisher(self.service, time.time, mountpoint=self.mountpoint)
         finished = self.service.recover(unclean)
         if finished:

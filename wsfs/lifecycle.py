@@ -260,6 +260,9 @@ class JobService:
         # Called with a job id before its tree is sealed, quarantined or leaves (the FUSE layer
         # removes the hidden names of its files unlinked while open, see fs.HiddenNames).
         self.tree_closing = lambda job_id: None
+        # Called when a new job finds less than min_free: the sweeper's cleanup under disk pressure
+        # runs now (set by the daemon), and the job is refused only if it found no room.
+        self.space_short = lambda: None
         # Called with a job id and an area just before the area is emptied (drop_areas): the FUSE
         # layer lets go of the files open there, which now belong to the trash.
         self.area_dropping = lambda job_id, area: None
@@ -439,10 +442,17 @@ class JobService:
         if live >= tmpl.max_jobs:
             raise QuotaError(f"template {tmpl.name}: max_jobs ({tmpl.max_jobs}) live workspaces reached")
 
-    def _check_create_limits(self) -> None:
+    def free_space(self) -> tuple[int, int]:
+        """(bytes free on the data dir's filesystem, ``min_free`` in bytes)."""
         st = self.tree.statvfs()
-        free = st.f_bavail * st.f_frsize
         need = max(self.config.min_free_bytes, int(self.config.min_free_fraction * st.f_blocks * st.f_frsize))
+        return st.f_bavail * st.f_frsize, need
+
+    def _check_create_limits(self) -> None:
+        free, need = self.free_space()
+        if free < need:
+            self.space_short()  # the sweeper's cleanup under disk pressure, now
+            free, need = self.free_space()
         if free < need:
             raise NoSpaceError(f"only {free} bytes free on the data dir; min_free is {need}")
         if self.config.max_jobs:
@@ -1076,16 +1086,22 @@ class JobService:
             return "hidden", {"purge_at": now + grace}
         return self._retire(job_ids, change)
 
-    def purge_many(self, job_ids: list[str], now: float) -> dict[str, dict | WsfsError]:
+    def purge_many(self, job_ids: list[str], now: float, early: str | None = None) -> dict[str, dict | WsfsError]:
         """Purge each hidden, due job: trees to the trash, then one commit for all records.
 
-        A crash between a rename and the commit leaves a hidden record whose tree
-        is gone: the next sweep purges it again and finds nothing to move.
+        ``early`` (the sweeper under disk pressure) gives the reason to purge a job before its
+        time: any ended job with a tree and nothing left to publish, hidden or not, ended at
+        least ``pressure_min_age`` ago.  A crash between a rename and the commit leaves a
+        record whose tree is gone: the next sweep purges it again and finds nothing to move.
         """
         receipts: dict[str, bytes] = {}
 
         def check(record):
-            if not record.get("hidden") or not _due(record, now):
+            if early is not None:
+                refused = self.early_purge_refusal(record, now)
+                if refused:
+                    raise NotAllowedError(f"job {record['id']} {refused}")
+            elif not record.get("hidden") or not _due(record, now):
                 raise NotAllowedError(f"job {record['id']} is no longer due to be purged")  # restored meanwhile
             where = self.location(record)
             receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
@@ -1098,11 +1114,26 @@ class JobService:
             if record["id"] in receipts:
                 w.put_receipt(record["id"], receipts[record["id"]])
             w.delete_manifest_prefix(record["id"])
-            record.update(where=None, purged_at=now, expires_at=None)
+            record.update(where=None, purged_at=now, expires_at=None, hidden=True)
+            if early is not None:
+                record["purge_reason"] = early
             if publish.queue(record, self.template(record), "purged", now):
                 self.publish_wake.set()
-            return "purged", {"state": record["state"]}
+            return "purged", {"state": record["state"], **({"reason": early} if early is not None else {})}
         return self._retire(job_ids, change, check)
+
+    def early_purge_refusal(self, record: dict, now: float) -> str | None:
+        """Why a job may not be purged before its time (under disk pressure), or None if it may:
+        only an ended job with a tree, not ending or publishing, ended ``pressure_min_age`` ago."""
+        if record["state"] not in {s.value for s in ENDED_STATES} or record.get("pending"):
+            return f"is {record['state']}: only ended jobs are purged early"
+        if not record.get("where"):
+            return "has no tree left"
+        if publish.status_of(record.get("publish")) in ("pending", "retry", "requested", "failed"):
+            return "still has results to publish"
+        if now - record["state_since"] < self.config.pressure_min_age:
+            return "ended less than pressure_min_age ago"
+        return None
 
     def _retire(self, job_ids: list[str], change, check=None) -> dict[str, dict | WsfsError]:
         """Apply ``change(record, writer) -> (event, fields)`` to many jobs under their locks, in one commit.

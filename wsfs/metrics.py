@@ -13,6 +13,7 @@ Metric names (README "Metrics"):
     wsfs_rejected_commands_total{via,errno}      refused .state and .wsfs/control writes
     wsfs_sweeps_total, wsfs_sweep_seconds        retention sweeps and their duration (histogram)
     wsfs_publish_failures_total{what}            failed publish targets and hooks
+    wsfs_pressure_purges_total                   jobs purged early under disk pressure
     wsfs_jobs{state}                             jobs by state (records; archived and purged too)
     wsfs_job_bytes{state,template}, wsfs_job_files{state,template}   usage of jobs with a tree
     wsfs_user_bytes{uid}, wsfs_user_files{uid}, wsfs_user_jobs{uid}  per user, jobs with a tree
@@ -42,6 +43,7 @@ REJECTED = Counter("wsfs_rejected_commands", "Refused .state and .wsfs/control w
                    registry=REGISTRY)
 SWEEPS = Histogram("wsfs_sweep_seconds", "Retention sweeps and their duration", registry=REGISTRY,
                    buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0))
+PRESSURE_PURGES = Counter("wsfs_pressure_purges", "Jobs purged early under disk pressure", registry=REGISTRY)
 PUBLISH_FAILURES = Counter("wsfs_publish_failures", "Failed publish targets and hooks", ["what"], registry=REGISTRY)
 
 

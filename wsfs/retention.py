@@ -10,6 +10,14 @@ One pass (``sweep``) does, at time ``now``:
 2. Owners, from the store's owners index: a running job whose owner process
    is gone, or is another process that reused the pid (create times
    differ), is *crashed*: its tree goes to quarantine/.
+3. Disk pressure (``_relieve``): when the data disk has less free space than
+   ``min_free``, the trash is emptied first; if that is not enough, jobs are
+   purged early, class by class in the order of ``pressure`` (hidden jobs past
+   half their grace, then ended jobs by state), oldest first in each class,
+   until what they hold covers the shortfall.  Never a running job, one that
+   ended within ``pressure_min_age``, one with results still to publish, or
+   one a process holds open.  The sweeper thread checks the free space every
+   ``PRESSURE_CHECK_S`` between its passes.
 
 ``dry_run`` computes the same plan and changes nothing.  Each planned action
 carries why (state, age, policy), so ``wsfs sweep --dry-run`` can say it.
@@ -35,17 +43,19 @@ from .errors import WsfsError
 from .lifecycle import JobService
 from .model import JobState
 from .publish import HOOK_PATH, run_hook
-from .units import format_duration
+from .units import format_duration, format_size
 
 log = logging.getLogger("wsfs.retention")
 
 OWNER_TIME_SLACK = 0.05  # psutil's create_time is rounded to the clock tick
+PRESSURE_CHECK_S = 2.0  # how often the sweeper thread looks at the free space between passes
+PRESSURE_REASON = "disk pressure"
 
 
 @dataclasses.dataclass
 class Action:
-    job: str
-    action: str          # hide | purge | skip | crash | notice
+    job: str | None      # None: the trash
+    action: str          # hide | purge | skip | crash | notice | empty-trash
     why: str
     done: bool = False
     error: str | None = None
@@ -60,13 +70,17 @@ class SweepReport:
     dry_run: bool
     actions: list[Action]
     duration_ms: float = 0.0
+    pressure: dict | None = None  # free bytes before and after, and min_free, when below it
 
     def as_dict(self) -> dict:
         counts: dict[str, int] = {}
         for a in self.actions:
             counts[a.action] = counts.get(a.action, 0) + 1
-        return {"at": self.at, "dry_run": self.dry_run, "duration_ms": round(self.duration_ms, 3),
-                "counts": counts, "actions": [a.as_dict() for a in self.actions]}
+        out = {"at": self.at, "dry_run": self.dry_run, "duration_ms": round(self.duration_ms, 3),
+               "counts": counts, "actions": [a.as_dict() for a in self.actions]}
+        if self.pressure is not None:
+            out["pressure"] = self.pressure
+        return out
 
 
 def open_paths(pid: int) -> list[str]:
@@ -100,10 +114,13 @@ def owner_alive(owner: dict) -> bool:
 
 
 class Sweeper:
-    def __init__(self, service: JobService, *, mountpoint: str | None = None, open_jobs=None):
+    def __init__(self, service: JobService, *, mountpoint: str | None = None, open_jobs=None, empty_trash=None):
         self.service = service
         self.mountpoint = mountpoint
         self._open_jobs = open_jobs or (lambda: set())  # jobs with files open through the mount
+        self._empty_trash = empty_trash or self._remove_trash  # the daemon's, which the trash thread shares
+        self._futile = False  # the last pass below min_free could free nothing more
+        self._futile_at = 0.0
         self._lock = threading.Lock()
         self.last: dict | None = None
         self.wake = threading.Event()
@@ -214,6 +231,91 @@ class Sweeper:
         service._update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
                                                         "error": error, "output": output[-2000:]}))
 
+    def _remove_trash(self) -> None:
+        for name in self.service.tree.listdir("trash", ""):
+            self.service.tree.remove_tree("trash", name)
+
+    def _pressure_candidates(self, now: float) -> list[tuple[dict, str]]:
+        """Jobs that may go early, in the order they would: ``pressure``'s classes in turn,
+        oldest first in each (hidden: by when they were hidden; a state: by when it ended)."""
+        service = self.service
+        with service.store.read() as r:
+            records = [rec for rec in r.jobs() if rec.get("where") and rec["usage"]["bytes"] > 0
+                       and service.early_purge_refusal(rec, now) is None]
+        out, seen = [], set()
+        for cls in service.config.pressure:
+            pool = []
+            for rec in records:
+                if cls == "hidden":
+                    grace = service.template(rec).grace
+                    hidden_at = (rec.get("expires_at") or now) - grace
+                    if rec.get("hidden") and now - hidden_at >= grace / 2:
+                        pool.append((hidden_at, rec, f"hidden for {format_duration(now - hidden_at)}, "
+                                                     f"past half its grace ({format_duration(grace)})"))
+                elif rec["state"] == cls:
+                    pool.append((rec["state_since"], rec, f"{cls} for {format_duration(now - rec['state_since'])}"))
+            for _since, rec, why in sorted(pool, key=lambda p: (p[0], p[1]["id"])):
+                if rec["id"] not in seen:
+                    seen.add(rec["id"])
+                    out.append((rec, why))
+        return out
+
+    def _relieve(self, now: float, dry_run: bool) -> tuple[list[Action], dict | None]:
+        """Below ``min_free``: the trash first, then early purges until the shortfall is covered."""
+        service = self.service
+        free, need = service.free_space()
+        if free >= need:
+            self._futile = False
+            return [], None
+        info = {"free_before": free, "min_free": need}
+        actions = []
+        trash = service.tree.listdir("trash", "")
+        if trash:
+            actions.append(Action(None, "empty-trash", f"{PRESSURE_REASON}: {len(trash)} trash entries go first"))
+            if not dry_run:
+                self._empty_trash()
+                actions[-1].done = True
+                free, need = service.free_space()
+        if free < need and service.config.pressure:
+            short = need - free
+            busy = self._busy_jobs()
+            batch = []
+            for record, why in self._pressure_candidates(now):
+                if short <= 0:
+                    break
+                if record["id"] in busy:
+                    actions.append(Action(record["id"], "skip", f"{PRESSURE_REASON}, but a process has files open"))
+                    continue
+                batch.append(Action(record["id"], "purge",
+                                    f"{PRESSURE_REASON}: {format_size(free)} free, min_free {format_size(need)}; "
+                                    f"{why}; {format_size(record['usage']['bytes'])}"))
+                short -= record["usage"]["bytes"]
+            actions += batch
+            if batch and not dry_run:
+                self._apply_batch(batch, lambda jobs, at: service.purge_many(jobs, at, early=PRESSURE_REASON), now)
+                for action in batch:
+                    if action.done:
+                        metrics.PRESSURE_PURGES.inc()
+                        log.warning("job %s purged early: %s", action.job, action.why)
+                self._empty_trash()
+                free, need = service.free_space()
+        info["free_after"] = free
+        futile = free < need and not any(a.done for a in actions if a.action == "purge")
+        if futile and not dry_run and not self._futile:
+            log.warning("%s: %s free on the data dir, min_free is %s, and nothing more may go (pressure = %s)",
+                        PRESSURE_REASON, format_size(free), format_size(need), list(service.config.pressure) or "off")
+        if not dry_run:
+            self._futile = futile
+            self._futile_at = time.monotonic()
+        return actions, info
+
+    def relieve_now(self) -> None:
+        """A new job was refused for want of space: a pass now, so that the next try may find
+        room (not again within ``PRESSURE_CHECK_S`` of a pass that could free nothing)."""
+        if self._futile and time.monotonic() - self._futile_at < PRESSURE_CHECK_S:
+            return
+        self.sweep(announce=False)
+
     def sweep(self, now: float | None = None, dry_run: bool = False, announce: bool = True) -> SweepReport:
         """One pass; ``announce`` records a ``sweep`` event even when nothing was due."""
         with self._lock:
@@ -236,7 +338,9 @@ class Sweeper:
                 for action in actions:
                     if action.action in ("hide", "purge") and not action.done and action.error is None:
                         action.error = "not done: wsfs is stopping"
-            report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000)
+            relief, pressure = self._relieve(now, dry_run)
+            actions += relief
+            report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000, pressure)
             if not dry_run:
                 metrics.SWEEPS.observe(report.duration_ms / 1000)
             summary = report.as_dict()
@@ -286,14 +390,28 @@ class Sweeper:
     def _record(self, summary: dict) -> None:
         def fn(w):
             w.add_event("sweep", None, dry_run=summary["dry_run"], counts=summary["counts"],
-                        duration_ms=summary["duration_ms"], actions=summary["actions"][:200])
+                        duration_ms=summary["duration_ms"], actions=summary["actions"][:200],
+                        **({"pressure": summary["pressure"]} if "pressure" in summary else {}))
             return []
         self.service._commit(fn)
 
     def run(self, stop: threading.Event, interval: float) -> None:
+        """Sweep every ``interval``, when woken, and as soon as the free space falls below min_free."""
+        next_at = time.monotonic() + interval
         while not stop.is_set():
-            self.wake.wait(interval)
+            woken = self.wake.wait(min(PRESSURE_CHECK_S, max(next_at - time.monotonic(), 0)))
             self.wake.clear()
             if stop.is_set():
                 break
-            self.sweep(announce=False)
+            # Short of space: a pass now, unless the last one could free nothing (then at the next
+            # interval, or when woken: a job refused for want of space wakes it).
+            if woken or time.monotonic() >= next_at or (not self._futile and self._short_of_space()):
+                self.sweep(announce=False)
+                next_at = time.monotonic() + interval
+
+    def _short_of_space(self) -> bool:
+        try:
+            free, need = self.service.free_space()
+        except OSError:
+            return False
+        return free < need
