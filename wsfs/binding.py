@@ -174,6 +174,19 @@ def remember_session() -> None:
             _fuse_ptr = context.contents.fuse
 
 
+def caller_umask() -> int:
+    """The umask of the process whose request this thread serves (FUSE_CREATE, MKDIR, MKNOD).
+    The kernel leaves it to the daemon when POSIX ACLs are on (FUSE_CAP_DONT_MASK), for a
+    directory's default ACL, not the umask, decides a new entry's mode when it has one."""
+    context = mfusepy._libfuse.fuse_get_context()
+    return context.contents.umask & 0o777 if context else 0o022
+
+
+#: libfuse's capability bits (fuse_common.h, the same from 3.0 on)
+CAP_DONT_MASK = 1 << 6
+CAP_POSIX_ACL = 1 << 19
+
+
 class _FuseArgs(ctypes.Structure):
     _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)), ("allocated", ctypes.c_int)]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .client import Mount, WsfsClientError, resolve_mount
+from .client import Mount, WsfsClientError, resolve_mount, sharee_name
 from .config import ConfigError, load_config
 from .model import JOB_ID_RE
 from .mounts import MountError, default_data_dir, default_mountpoint
@@ -212,6 +212,60 @@ def extend(job, duration, mount):
     ends = json.loads(record.read_text()).get("expires_at")
     click.echo(f"{job}: lease ends {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ends))}" if ends
                else f"{job}: extended")
+
+
+@main.command()
+@click.argument("job", shell_complete=complete_jobs)
+@click.argument("who", required=False)
+@click.option("--write", is_flag=True, help="read-write (default: read-only)")
+@click.option("--list", "as_list", is_flag=True, help="who the job is shared with")
+@mount_option
+def share(job, who, write, as_list, mount):
+    """Share a job's workspace with a user or @group: read, or read-write with --write.
+
+    Existing files and those made later; the job stays yours to end, resume and share.
+
+    \b
+    Examples:
+      wsfs share render-42 alice
+      wsfs share render-42 @render --write
+      wsfs share render-42 --list
+    """
+    m = live_mount(mount)
+    if as_list == bool(who):
+        fail("give a user or @group to share with, or --list")
+    try:
+        if not as_list:
+            m.share(job, who, write)
+        shares = json.loads((m.job_dir(job) / ".job").read_text()).get("shares") or {}
+    except WsfsClientError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{job}: {exc.strerror}")
+    if not as_list:
+        click.echo(f"{job}: shared with {who} ({'read-write' if write else 'read-only'})")
+        return
+    for key, access in sorted(shares.items()):
+        click.echo(f"{sharee_name(key)}\t{'read-write' if access == 'rw' else 'read-only'}")
+
+
+@main.command()
+@click.argument("job", shell_complete=complete_jobs)
+@click.argument("who")
+@mount_option
+def unshare(job, who, mount):
+    """Stop sharing a job with a user or @group.
+
+    \b
+    Example:
+      wsfs unshare render-42 alice
+    """
+    m = live_mount(mount)
+    try:
+        m.unshare(job, who)
+    except WsfsClientError as exc:
+        fail(str(exc))
+    click.echo(f"{job}: no longer shared with {who}")
 
 
 @main.command()
@@ -558,6 +612,8 @@ def show(job, as_json, receipt, mount):
         lines.append(("origin", f"cloned from {record['origin']}"))
     for key, value in sorted((record.get("labels") or {}).items()):
         lines.append(("label", f"{key}={value}"))
+    for key, access in sorted((record.get("shares") or {}).items()):
+        lines.append(("shared", f"{sharee_name(key)} ({'read-write' if access == 'rw' else 'read-only'})"))
     if record.get("state") == "running" and record.get("expires_at"):
         lines.append(("lease", f"ends {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['expires_at']))}"
                                f" (extended {record.get('extensions') or 0} times)"))

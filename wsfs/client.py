@@ -208,6 +208,41 @@ class Mount:
         raise WsfsClientError("could not find a free job id")
 
 
+    def share(self, job: str, who: str, write: bool = False) -> None:
+        """Share a job with a user (a name or uid) or ``@group`` (a name or gid): read, or read-write."""
+        self.control(f"share {job} {sharee(who)} {'rw' if write else 'r'}", job=job)
+
+    def unshare(self, job: str, who: str) -> None:
+        self.control(f"unshare {job} {sharee(who)}", job=job)
+
+
+def sharee(who: str) -> str:
+    """``alice``, ``1001``, ``@render``, ``@100`` -> ``u:1001``, ``g:100`` (what ``share`` takes)."""
+    import grp
+    import pwd
+
+    group = who.startswith("@")
+    name = who[1:] if group else who
+    if name.isascii() and name.isdigit():
+        return f"{'g' if group else 'u'}:{int(name)}"
+    try:
+        return f"g:{grp.getgrnam(name).gr_gid}" if group else f"u:{pwd.getpwnam(name).pw_uid}"
+    except KeyError:
+        raise WsfsClientError(f"no {'group' if group else 'user'} named {name!r}", errno.EINVAL) from None
+
+
+def sharee_name(key: str) -> str:
+    """``u:1001`` -> ``alice``, ``g:100`` -> ``@render`` (the number when the name is unknown)."""
+    import grp
+    import pwd
+
+    kind, _sep, number = key.partition(":")
+    try:
+        return f"@{grp.getgrgid(int(number)).gr_name}" if kind == "g" else pwd.getpwuid(int(number)).pw_name
+    except (KeyError, ValueError):
+        return f"@{number}" if kind == "g" else number
+
+
 class Workspace:
     """One job's workspace.  As a context manager it ends the job (see the module docstring)."""
 

@@ -49,6 +49,8 @@ class Command:
     source: str | None = None  # clone: the job copied from
     seconds: float | None = None  # extend: the lease's extension
     areas: tuple[str, ...] = ()  # drop AREA, stage NAME drop=AREA: scratch areas emptied now
+    who: str | None = None  # share, unshare: u:UID or g:GID
+    access: str | None = None  # share: r or rw
 
     def option(self, name: str, default=None):
         return dict(self.options).get(name, default)
@@ -207,7 +209,8 @@ def _options(words: list[str], table: dict, verb: str) -> tuple:
 
 
 def parse_control_command(data: bytes) -> Command:
-    """Parse a ``.wsfs/control`` write (SPEC §10): create, clone, restore, resume, sweep, doctor, note."""
+    """Parse a ``.wsfs/control`` write (SPEC §10): create, clone, restore, resume, publish, share,
+    unshare, sweep, doctor, reload, note."""
     is_note = isinstance(data, (bytes, bytearray)) and bytes(data[:5]) == b"note "
     text = _decode_line(data, MAX_NOTE_BYTES if is_note else MAX_COMMAND_BYTES)
     verb, *rest = text.split()
@@ -245,6 +248,15 @@ def parse_control_command(data: bytes) -> Command:
         if len(rest) not in (1, 2) or rest[1:] not in ([], ["retry"]):
             raise BadCommandError("usage: publish JOB [retry]")
         return Command("publish", job=validate_job_id(rest[0]), retry=len(rest) == 2)
+    if verb in ("share", "unshare"):
+        usage = "usage: share JOB u:UID|g:GID r|rw" if verb == "share" else "usage: unshare JOB u:UID|g:GID"
+        if len(rest) != (3 if verb == "share" else 2):
+            raise BadCommandError(usage)
+        kind, _sep, number = rest[1].partition(":")
+        if kind not in ("u", "g") or _id_number(number) is None or (verb == "share" and rest[2] not in ("r", "rw")):
+            raise BadCommandError(usage)
+        return Command(verb, job=validate_job_id(rest[0]), who=f"{kind}:{int(number)}",
+                       access=rest[2] if verb == "share" else None)
     if verb == "reload":
         if rest:
             raise BadCommandError("usage: reload")
@@ -254,4 +266,4 @@ def parse_control_command(data: bytes) -> Command:
             raise BadCommandError("usage: doctor [repair]")
         return Command("doctor", repair=bool(rest))
     raise BadCommandError(f"unknown control command {verb[:40]!r}: use create, clone, restore, resume, "
-                          "publish, sweep, doctor, reload or note")
+                          "publish, share, unshare, sweep, doctor, reload or note")

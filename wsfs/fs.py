@@ -34,8 +34,9 @@ import stat
 import threading
 import time
 
-from . import metrics
-from .binding import FuseOSError, Operations, end_session, fuse_get_context, invalidate_path, remember_session
+from . import acl, metrics
+from .binding import (CAP_DONT_MASK, CAP_POSIX_ACL, FuseOSError, Operations, caller_umask, end_session,
+                      fuse_get_context, invalidate_path, remember_session)
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
@@ -386,6 +387,8 @@ class WsfsOperations(Operations):
         service.pending_digest = self.hasher.digest_now
         service.tree_closing = self._tree_closing
         service.area_dropping = self._area_dropping
+        service.acl_changed = self._acl_changed
+        self.posix_acl = False  # negotiated at init: ACLs enforced by the kernel, umask applied here
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
@@ -415,6 +418,12 @@ class WsfsOperations(Operations):
         if conn is not None:
             conn.max_write = 1 << 20
             conn.max_readahead = 1 << 20
+            # POSIX ACLs (README "Sharing a workspace"): the kernel enforces the ACLs that getxattr
+            # returns, and leaves the umask to the daemon (_new_mode), as a default ACL replaces it.
+            both = CAP_POSIX_ACL | CAP_DONT_MASK
+            if conn.capable & both == both and os.environ.get("WSFS_POSIX_ACL", "1") != "0":
+                conn.want |= both
+                self.posix_acl = self.service.acls_enforced = True
 
     def destroy(self, path):
         end_session()  # libfuse frees the session next: no thread may invalidate through it after this
@@ -649,6 +658,9 @@ class WsfsOperations(Operations):
         if caller is None:
             return True
         uid, groups = caller
+        shares = record.get("shares")
+        if shares and (f"u:{uid}" in shares or any(f"g:{g}" in shares for g in groups)):
+            return True  # shared with the caller (wsfs.sharing): its root reads for them
         where = self.service.location(record)
         if where is None:
             return record.get("uid") == uid
@@ -780,16 +792,29 @@ class WsfsOperations(Operations):
         uid, gid, _pid = fuse_get_context()
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2 and parts[0] == "workspaces":
-            self.service.create_job(parts[1], uid, gid, mode=mode)
+            self.service.create_job(parts[1], uid, gid, mode=mode & ~caller_umask() if self.posix_acl else mode)
             return 0
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or (node.area_path is not None and "/" not in node.area_path):
             raise NotAllowedError("areas are made with the job")
         with self._changing(node):
+            mode, inherited = self._new_mode(node, mode)
             self.tree.mkdir(node.root, node.rel, mode & 0o7777)
             self._give_to_caller(node, uid, gid)
-            self.tree.exact_mode((node.root, node.rel), mode)
+            if not inherited:
+                self.tree.exact_mode((node.root, node.rel), mode)
         return 0
+
+    def _new_mode(self, node: Node, mode: int) -> tuple[int, bool]:
+        """The mode to make a new entry with, and whether its directory's default ACL decides it.
+        Without POSIX ACLs the kernel applied the caller's umask already; with them it is
+        applied here, unless the directory has a default ACL (POSIX: then the ACL, not the
+        umask, narrows the mode, and the disk does that itself)."""
+        if not self.posix_acl:
+            return mode, False
+        if self.tree.inherits_acl(node.root, node.rel):
+            return mode, True
+        return mode & ~caller_umask(), False
 
     @op
     def rmdir(self, path):
@@ -910,6 +935,7 @@ class WsfsOperations(Operations):
         flags = (fi.flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT
         with self._changing(node):
             self._charge(node, 0, 1)
+            mode, inherited = self._new_mode(node, mode)
             try:
                 fd, made = self.tree.create(node.root, node.rel, flags, mode & 0o7777)
             except BaseException:
@@ -920,7 +946,7 @@ class WsfsOperations(Operations):
             try:
                 if made and self._as_root and (uid, gid) != (0, 0):
                     os.fchown(fd, uid, gid)
-                if made:
+                if made and not inherited:
                     self.tree.exact_mode(fd, mode)
                 st = os.fstat(fd)
             except BaseException:
@@ -1166,6 +1192,17 @@ class WsfsOperations(Operations):
         for root in ("jobs", "quarantine"):
             for rel in self._hidden.take_below(root, job):
                 self._remove_hidden(root, rel)
+
+    def _acl_changed(self, job: str, paths: list[str]) -> None:
+        """The ACLs of a job's files changed behind the kernel's back (wsfs.sharing): it caches
+        them with the attributes, which FUSE_NOTIFY_INVAL_INODE drops."""
+        record = self.service.get(job)
+        top = _VIEW_TOPS.get((record or {}).get("where") or "")
+        if top is None:
+            return
+        for path in paths:
+            invalidate_path(f"{top}/{job}/{path}" if path else f"{top}/{job}")
+        self._forget_job_files([record])
 
     def _area_dropping(self, job: str, area: str) -> None:
         """A running job's scratch area is about to be emptied into the trash (``drop AREA``).
@@ -1468,9 +1505,11 @@ class WsfsOperations(Operations):
         with self._changing(node):
             if stat.S_ISREG(mode):
                 self._charge(node, 0, 1)
+            mode, inherited = self._new_mode(node, mode)
             self.tree.mknod(node.root, node.rel, mode, dev)
             self._give_to_caller(node, uid, gid)
-            self.tree.exact_mode((node.root, node.rel), mode)
+            if not inherited:
+                self.tree.exact_mode((node.root, node.rel), mode)
             if node.area_path is not None and stat.S_ISREG(mode):
                 self.service.manifest.put(node.job, node.area_path, self.tree.lstat(node.root, node.rel))
         return 0
@@ -1559,8 +1598,27 @@ class WsfsOperations(Operations):
 
     @op
     def getxattr(self, path, name, position=0):
+        if name == acl.ACCESS and self.posix_acl:
+            node = self._resolve(path)
+            if node.kind == "vfile" and node.job is not None and node.name != KEPT_RECEIPT:
+                return self._control_file_acl(node)
         node = self._xattr_node(path)
         return self.tree.getxattr(node.root, node.rel, name)
+
+    def _control_file_acl(self, node: Node) -> bytes:
+        """A shared job's ``.state``, ``.job`` and ``.manifest`` may be read by its sharees, as its
+        root directory may (wsfs.sharing): the root's named entries, read only.  Writing
+        ``.state`` stays the owner's."""
+        record = self.service.require(node.job)
+        if not record.get("shares"):
+            raise FuseOSError(errno.ENODATA)
+        root_entries = acl.decode(self.tree.getxattr(record["where"], node.job, acl.ACCESS))
+        mode = self._vfile_attrs(node, 0)["st_mode"]
+        entries = acl.from_mode(mode)
+        for tag, perm, ident in root_entries:
+            if tag in (acl.USER, acl.GROUP) and perm & acl.R:
+                entries = acl.granted(entries, tag, ident, acl.R)
+        return acl.encode(entries)
 
     @op
     def listxattr(self, path):

@@ -43,7 +43,7 @@ import weakref
 
 import psutil
 
-from . import control, metrics, publish
+from . import control, metrics, publish, sharing
 from .config import Config, Template, default_config
 from .limits import UsageMeter
 from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
@@ -263,6 +263,12 @@ class JobService:
         # Called when a new job finds less than min_free: the sweeper's cleanup under disk pressure
         # runs now (set by the daemon), and the job is refused only if it found no room.
         self.space_short = lambda: None
+        # Does the kernel enforce the POSIX ACLs of the tree (set by the FUSE layer at init)?
+        # Sharing (wsfs.sharing) relies on it.
+        self.acls_enforced = False
+        # Called with a job id and the paths below its root whose ACLs changed (wsfs.sharing): the
+        # FUSE layer drops what the kernel cached of them.
+        self.acl_changed = lambda job_id, paths: None
         # Called with a job id and an area just before the area is emptied (drop_areas): the FUSE
         # layer lets go of the files open there, which now belong to the trash.
         self.area_dropping = lambda job_id, area: None
@@ -586,6 +592,8 @@ class JobService:
                     self.resume(command.job)
                 else:
                     self.restore(command.job)
+            elif command.verb in ("share", "unshare"):
+                sharing.share(self, command.job, command.who, command.access, uid)
             elif command.verb == "sweep":
                 if sweep is None:
                     raise WsfsError("no sweeper runs here", errno=errno.ENOSYS)
@@ -1335,7 +1343,7 @@ JOB_DOCUMENT_VERSION = 1
 JOB_DOCUMENT_FIELDS = (
     "id", "state", "reason", "stage", "stages", "history", "template", "areas", "uid", "gid", "owner",
     "created", "state_since", "ended", "expires_at", "usage", "quota", "max_files", "sealed", "publish",
-    "git", "origin", "setup", "receipt_sha256", "labels", "max_running", "extensions",
+    "git", "origin", "setup", "receipt_sha256", "labels", "max_running", "extensions", "shares",
 )
 _DOCUMENT_TIMES = ("created", "state_since", "ended", "expires_at")
 

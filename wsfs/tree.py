@@ -368,6 +368,16 @@ class Tree:
         with self.parent(root, rel) as (fd, name):
             yield f"/proc/self/fd/{fd}/{name}", False
 
+    def inherits_acl(self, root: str, rel: str) -> bool:
+        """Does a new entry at ``rel`` get its directory's default ACL (and so not the umask)?"""
+        parent = rel.rpartition("/")[0]
+        try:
+            with self._xattr_path(root, parent) as (path, follow):
+                os.getxattr(path, "system.posix_acl_default", follow_symlinks=follow)
+            return True
+        except OSError:
+            return False
+
     def getxattr(self, root: str, rel: str, attr: str) -> bytes:
         with self._xattr_path(root, rel) as (path, follow):
             return os.getxattr(path, attr, follow_symlinks=follow)
@@ -422,6 +432,12 @@ class Tree:
             with self.parent("trash", trash_name) as (fd, name):
                 os.chown(name, st.st_uid, st.st_gid, dir_fd=fd, follow_symlinks=False)
                 os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=fd)
+            for attr in ("system.posix_acl_access", "system.posix_acl_default"):  # a shared area stays shared
+                try:
+                    value = self.getxattr(root, rel, attr)
+                except OSError:
+                    continue
+                self.setxattr("trash", trash_name, attr, value, 0)
             self.rename(root, rel, "trash", trash_name, _RENAME_EXCHANGE)
         except BaseException:
             self.rmdir("trash", trash_name)
@@ -494,16 +510,27 @@ class Tree:
 
     def walk_files(self, root: str, rel: str):
         """Yield (path below rel, stat_result) of every regular file, depth first, sorted."""
+        for path, st, _at in self.walk_entries(root, rel, dirs=False):
+            yield path, st
+
+    def walk_entries(self, root: str, rel: str, *, dirs: bool = True):
+        """Yield ``(path below rel, stat_result, at)`` of every regular file below ``rel``, and with
+        ``dirs`` of ``rel`` itself (path ``""``) and every directory (before what it holds),
+        depth first, sorted, never following a symlink.  ``at`` is ``(path, follow)`` naming the
+        entry for the xattr calls (through /proc, as ``_xattr_path``), valid until the next item
+        is asked for."""
         try:
             dfd = self.open_dir(root, split(rel))
         except FileNotFoundError:
             return
         try:
-            yield from self._walk(dfd, "")
+            if dirs:
+                yield "", os.stat(dfd), (f"/proc/self/fd/{dfd}", True)
+            yield from self._walk(dfd, "", dirs)
         finally:
             os.close(dfd)
 
-    def _walk(self, dfd: int, prefix: str):
+    def _walk(self, dfd: int, prefix: str, dirs: bool):
         rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
         try:
             names = sorted(os.listdir(rfd))
@@ -518,8 +545,10 @@ class Tree:
             if stat.S_ISDIR(st.st_mode):
                 sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
                 try:
-                    yield from self._walk(sub, path + "/")
+                    if dirs:
+                        yield path, st, (f"/proc/self/fd/{sub}", True)
+                    yield from self._walk(sub, path + "/", dirs)
                 finally:
                     os.close(sub)
             elif stat.S_ISREG(st.st_mode):
-                yield path, st
+                yield path, st, (f"/proc/self/fd/{dfd}/{name}", False)
