@@ -11,7 +11,7 @@ WSFS        := $(VENV)/bin/wsfs
 PYTEST_ARGS ?= -q
 BENCH_ARGS  ?=
 
-# Root gets system-wide defaults, everyone else per-user ones (SPEC §2).
+# Root gets system-wide defaults, everyone else per-user ones (docs/spec.md §2).
 ifeq ($(shell id -u),0)
 MOUNT ?= /mnt/wsfs
 DATA  ?= /var/lib/wsfs
@@ -20,7 +20,7 @@ MOUNT ?= $(HOME)/wsfs
 DATA  ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/wsfs
 endif
 
-# `make install` (SPEC §11): the package in its own virtualenv under PREFIX,
+# `make install` (docs/spec.md §11): the package in its own virtualenv under PREFIX,
 # the units where systemd looks for any PREFIX, the sample config once.
 # DESTDIR stages everything under another root (packaging, tests).
 PREFIX     ?= /usr/local

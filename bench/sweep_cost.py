@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What one retention sweep costs, and where it goes (SPEC §4: cost grows with the number due).
+"""What one retention sweep costs, and where it goes (docs/spec.md §4: cost grows with the number due).
 
     .venv/bin/python bench/sweep_cost.py [--jobs 100000] [--due 1000] [--runs 5] [--dir DIR]
 

@@ -1,4 +1,4 @@
-"""The ``wsfs`` command (SPEC §10): click's CliRunner for output and exit codes,
+"""The ``wsfs`` command (docs/spec.md §10): click's CliRunner for output and exit codes,
 and real subprocesses against a real mount for what a user's shell sees.
 
 Exit codes: 0 done, 1 error, 2 usage.  ``wsfs run`` is only run as a

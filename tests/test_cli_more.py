@@ -1,4 +1,4 @@
-"""More of the ``wsfs`` command (SPEC §10): events, doctor, sweep, restore, resume, status, config.
+"""More of the ``wsfs`` command (docs/spec.md §10): events, doctor, sweep, restore, resume, status, config.
 
 CliRunner for output and exit codes (0 done, 1 error, 2 usage); ``events
 --follow`` runs as a real process, stopped by a signal as a user would.
@@ -199,7 +199,7 @@ def test_sweep_restore_resume(mount_factory):
     result = cli("resume", "r1", "--mount", mnt)
     assert result.exit_code == 1
     assert result.stderr == "wsfs: cannot go from running to running (Operation not permitted)\n"
-    result = cli("resume", "c1", "--mount", mnt)  # cancelled is final (SPEC §4)
+    result = cli("resume", "c1", "--mount", mnt)  # cancelled is final (docs/spec.md §4)
     assert result.exit_code == 1
     assert result.stderr == "wsfs: cannot go from cancelled to running (Operation not permitted)\n"
     assert cli("resume", "--mount", mnt).exit_code == 2  # JOB is required

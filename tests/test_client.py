@@ -1,4 +1,4 @@
-"""The Python API, ``wsfs.client`` (SPEC §10), against a real mount.
+"""The Python API, ``wsfs.client`` (docs/spec.md §10), against a real mount.
 
 ``with Workspace.create(mount, job) as ws:`` ends ``completed`` on normal
 exit and ``failed`` with the exception's text otherwise.

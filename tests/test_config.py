@@ -1,4 +1,4 @@
-"""Configuration (config.py, SPEC §4, §8, §9): defaults, every key, templates, clear errors."""
+"""Configuration (config.py, docs/spec.md §4, §8, §9): defaults, every key, templates, clear errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from conftest import parse_toml_config
 
 DAY, HOUR = 86400.0, 3600.0
 
-# SPEC §4's table, by hand.
+# docs/spec.md §4's table, by hand.
 SPEC_RETENTION = {"completed": None, "failed": 7 * DAY, "cancelled": 24 * HOUR, "crashed": 7 * DAY}
 SPEC_GRACE = 24 * HOUR
 SPEC_AREAS = {"input": AreaKind.INPUT, "output": AreaKind.KEEP, "temp": AreaKind.SCRATCH}
@@ -250,7 +250,7 @@ def test_template_names_with_dots_dashes_underscores():
     ('[retention]\ngrace = -5', "retention.grace"),
     ('sweep_interval = nan', "sweep_interval"),
     ('sweep_interval = inf', "sweep_interval"),
-    # receipt.json lives at a job's root (SPEC §3, §6): no area may take its name.
+    # receipt.json lives at a job's root (docs/spec.md §3, §6): no area may take its name.
     ('[templates.media]\nareas = { "receipt.json" = "keep" }', "templates.media.areas.receipt.json"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, toml, key):

@@ -1,4 +1,4 @@
-"""The ``.state`` and ``.wsfs/control`` grammar (control.py, SPEC §5, §10): no mount, no store."""
+"""The ``.state`` and ``.wsfs/control`` grammar (control.py, docs/spec.md §5, §10): no mount, no store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``wsfs doctor`` (SPEC §10): the store against the data dir, on data dirs damaged on purpose.
+"""``wsfs doctor`` (docs/spec.md §10): the store against the data dir, on data dirs damaged on purpose.
 
 Core tests drive ``wsfs.doctor`` on the ``core`` fixture (no mount); each
 damages the data dir behind the store's back, checks the one-line finding,

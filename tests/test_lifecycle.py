@@ -1,4 +1,4 @@
-"""JobService driven directly (lifecycle.py, SPEC §3-§8): no mount, a fake clock, a tmp data dir.
+"""JobService driven directly (lifecycle.py, docs/spec.md §3-§8): no mount, a fake clock, a tmp data dir.
 
 Files are written the way the FUSE layer writes them: through the ``Tree``
 inside ``service.mutation(job)``, then ``service.manifest.put`` with the
@@ -29,7 +29,7 @@ from wsfs.model import JobState
 
 NO_SUCH_PID = 1 << 22  # the grammar's ceiling; pid_max is at most this, so no process ever has it
 ENDED = {"completed", "failed", "cancelled", "crashed"}
-# SPEC §4, by hand (independent of model.TRANSITIONS).
+# docs/spec.md §4, by hand (independent of model.TRANSITIONS).
 SPEC_EDGES = {
     ("running", "completed"), ("running", "failed"), ("running", "cancelled"), ("running", "crashed"),
     ("failed", "running"), ("crashed", "running"),
@@ -99,7 +99,7 @@ def sha(data: bytes) -> str:
 
 
 def assert_receipt_valid(core, job: str) -> dict:
-    """receipt.json: every SPEC §6 field, hashes equal to the files', digest equal to the manifest's."""
+    """receipt.json: every docs/spec.md §6 field, hashes equal to the files', digest equal to the manifest's."""
     record = stored(core, job)
     receipt, data = receipt_of(core, job)
     assert set(receipt) == RECEIPT_FIELDS
@@ -703,7 +703,7 @@ def test_recover_after_a_daemon_crash(tmp_path, clock, on_crash):
         core.tree.close()
 
 
-# -- crash-safe ending (SPEC §6) -------------------------------------------------------------------
+# -- crash-safe ending (docs/spec.md §6) -------------------------------------------------------------------
 
 
 class Crash(Exception):
@@ -834,7 +834,7 @@ NAMES = ["a", "b", "d/c", "e/c"]
 
 
 def expected_outcome(state: str, command: bytes) -> tuple[int | None, str]:
-    """(errno or None, new state), from SPEC §4/§5 alone."""
+    """(errno or None, new state), from docs/spec.md §4/§5 alone."""
     words = command.split()
     if not words or words[0] not in (b"completed", b"failed", b"cancelled", b"archived", b"stage", b"owner"):
         return errno.EINVAL, state

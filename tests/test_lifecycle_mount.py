@@ -1,8 +1,8 @@
-"""Job lifecycles through a real mount and a real shell (SPEC §3-§8).
+"""Job lifecycles through a real mount and a real shell (docs/spec.md §3-§8).
 
 The user's view: `mkdir`, `cp`, `echo completed > .state`, `cat`, `sha256sum`.
 Core branches are proven by the core tests; these prove that the kernel,
-libfuse and the daemon together give the user what SPEC promises, including
+libfuse and the daemon together give the user what docs/spec.md promises, including
 after the daemon dies half-way through ending a job (``WSFS_FAULT``).
 """
 
@@ -391,7 +391,7 @@ def test_racing_writers_one_wins(wsfs_mount):
     assert log_errors(m) == []
 
 
-# -- manifest and usage (SPEC §8) --------------------------------------------------------------
+# -- manifest and usage (docs/spec.md §8) --------------------------------------------------------------
 
 
 def test_manifest_follows_create_close_rename_unlink(wsfs_mount):
@@ -488,7 +488,7 @@ def test_sha256_while_writing_and_out_of_order(wsfs_mount):
     assert log_errors(m) == []
 
 
-# -- crash-safe ending (SPEC §6, §7) -------------------------------------------------------------
+# -- crash-safe ending (docs/spec.md §6, §7) -------------------------------------------------------------
 
 
 def _job_with_files(m, job: str) -> Path:

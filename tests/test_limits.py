@@ -1,4 +1,4 @@
-"""Limits and templates (SPEC §8, §9): the core's UsageMeter, then a real mount and a real shell."""
+"""Limits and templates (docs/spec.md §8, §9): the core's UsageMeter, then a real mount and a real shell."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The state machine's table and the job id rule (model.py, SPEC §3, §4): pure, no I/O."""
+"""The state machine's table and the job id rule (model.py, docs/spec.md §3, §4): pure, no I/O."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from wsfs.errors import BadJobIdError, InvalidTransitionError, WsfsError
 from wsfs.model import (DEFAULT_TEMPLATE, ENDED_STATES, QUARANTINED_STATES, TRANSITIONS, AreaKind, JobState,
                         check_transition, validate_job_id)
 
-# SPEC §4, copied by hand from the diagram, independent of model.TRANSITIONS:
+# docs/spec.md §4, copied by hand from the diagram, independent of model.TRANSITIONS:
 #   running --completed/failed/cancelled/crashed--> those states
 #   failed, crashed --resume--> running
 #   completed, failed, cancelled, crashed --archived--> archived
@@ -59,7 +59,7 @@ def test_archived_is_final_and_nothing_returns_to_itself():
 def test_ended_and_quarantined_states():
     assert {s.value for s in ENDED_STATES} == {"completed", "failed", "cancelled", "crashed"}
     assert {s.value for s in QUARANTINED_STATES} == {"crashed"}
-    # Every ended state may be archived; only ended states may be (SPEC §4).
+    # Every ended state may be archived; only ended states may be (docs/spec.md §4).
     assert {a for a, b in SPEC_EDGES if b == "archived"} == {s.value for s in ENDED_STATES}
 
 

@@ -1,4 +1,4 @@
-"""``wsfs mount`` / ``wsfs unmount`` as a user runs them (SPEC §7, §10, §11).
+"""``wsfs mount`` / ``wsfs unmount`` as a user runs them (docs/spec.md §7, §10, §11).
 
 Background mode is the default: ``wsfs mount`` starts the daemon detached
 and returns once the mount answers.  Such a daemon is no fixture's child, so
@@ -260,7 +260,7 @@ def test_mount_over_a_stale_mount_after_kill_9(mount_factory):
     with background_mount(m.mnt, m.data) as pid:
         assert pid != m.proc.pid
         assert (m.mnt / "shared" / "model.bin").read_bytes() == b"m" * 50_000
-        # Running when the daemon died: quarantined (on_crash = "quarantine"), its files kept (SPEC §7).
+        # Running when the daemon died: quarantined (on_crash = "quarantine"), its files kept (docs/spec.md §7).
         assert os.listdir(m.ws) == []
         assert (m.mnt / "quarantine" / "J" / "output" / "result.bin").read_bytes() == b"r" * 100_000
         assert (m.mnt / "quarantine" / "J" / ".state").read_text() == "crashed\n"

@@ -1,4 +1,4 @@
-"""POSIX behaviour through a real mount, inside a job's areas and inside shared/ (SPEC §3, §12).
+"""POSIX behaviour through a real mount, inside a job's areas and inside shared/ (docs/spec.md §3, §12).
 
 A program must not notice that it writes to wsfs: each operation runs on the
 mount and, where the outcome can be compared, on a plain directory of the

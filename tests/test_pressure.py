@@ -155,3 +155,38 @@ def test_pressure_config_errors():
         assert "pressure" in str(info.value)
     assert parse_toml_config("").pressure == ("hidden",)
     assert parse_toml_config('pressure = "off"').pressure == ()
+
+
+def test_a_clone_short_of_space_waits_for_the_sweeper_thread_and_never_deadlocks(pressured, clock, monkeypatch):
+    """A clone holds its source's lock while it makes the new job; the cleanup it asks for may
+    want to purge that very source.  It runs on the sweeper's thread, so the clone waits at most
+    RELIEF_WAIT_S and is refused (ENOSPC), and the cleanup goes on once the clone let go."""
+    import threading
+
+    from wsfs import retention
+    from wsfs.cloning import clone_job
+    from wsfs.errors import NoSpaceError
+
+    monkeypatch.setattr(retention, "RELIEF_WAIT_S", 1.0)
+    core = pressured('pressure = ["failed"]\npressure_min_age = "0s"')
+    job_of(core, "src", JobState.FAILED, 75)
+    clock.advance(DAY)
+    sweeper = Sweeper(core)
+    core.space_short = sweeper.relieve_now
+    stop = threading.Event()
+    thread = threading.Thread(target=sweeper.run, args=(stop, 3600.0), daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(NoSpaceError):
+            clone_job(core, "src", "copy", 0, 0)
+        thread.join(0.1)
+        for _ in range(100):  # the sweeper's pass, blocked on the clone's lock until then, finishes
+            if core.get("src")["where"] is None:
+                break
+            threading.Event().wait(0.05)
+        assert core.get("src")["purge_reason"] == "disk pressure"
+        assert core.get("copy") is None
+    finally:
+        stop.set()
+        sweeper.wake.set()
+        thread.join(5)

@@ -1,4 +1,4 @@
-"""Retention, crash recovery and owner liveness through a real mount and a real shell (SPEC §4, §7, §10).
+"""Retention, crash recovery and owner liveness through a real mount and a real shell (docs/spec.md §4, §7, §10).
 
 Waiting for the sweeper is polling with generous deadlines, never a fixed
 sleep that a test's success depends on.

@@ -1,4 +1,4 @@
-"""Retention, owner liveness and crash recovery in the core (SPEC §4, §7).
+"""Retention, owner liveness and crash recovery in the core (docs/spec.md §4, §7).
 
 No mount and no sleeping: a ``FakeClock`` moves days in microseconds, and
 ``Sweeper(service).sweep(now)`` is called directly.
@@ -158,7 +158,7 @@ def test_purge_after_the_grace_keeps_the_record_and_moves_the_tree_to_trash(core
     assert core.manifest_entries("p1") == []
     (purged,) = events(core, "purged", "p1")
     assert purged["state"] == "failed"
-    # The record stays, so the id stays used (SPEC §3) and nothing is due any more.
+    # The record stays, so the id stays used (docs/spec.md §3) and nothing is due any more.
     with core.store.read() as r:
         assert list(r.due(clock() + 1e9)) == []
         assert r.totals()["live"] == 0
@@ -795,7 +795,7 @@ def test_crash_transition_interrupted_at_any_step_is_finished_by_recovery(tmp_pa
 # -- the daemon never waits on its own mount ------------------------------------------------------
 # A thread of the daemon blocked in a request to its own mount makes a SIGKILLed daemon unkillable
 # (request_wait_answer waits uninterruptibly once the request was read), so `wsfs mount` after
-# `kill -9` would find the data dir locked forever (SPEC §7).  Seen as a hang in
+# `kill -9` would find the data dir locked forever (docs/spec.md §7).  Seen as a hang in
 # test_recovery_mount's SIGKILL tests; these pin the cause without needing the timing.
 
 

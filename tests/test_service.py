@@ -1,4 +1,4 @@
-"""wsfs as a service (SPEC §11): the systemd units, sd_notify, clean stops, make install, journald logs.
+"""wsfs as a service (docs/spec.md §11): the systemd units, sd_notify, clean stops, make install, journald logs.
 
 The units are checked with ``systemd-analyze verify`` (the ``systemd``
 package; ``make test`` installs it).  Without it these tests skip, unless

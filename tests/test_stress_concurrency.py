@@ -1,4 +1,4 @@
-"""Concurrency: 16 processes on 64 jobs at once against one mount (SPEC §5, §6, §8).
+"""Concurrency: 16 processes on 64 jobs at once against one mount (docs/spec.md §5, §6, §8).
 
 Writers write self-checking files (a sha256 header, then the payload) to
 ``NAME.part`` and rename them into place, readers read and verify whatever

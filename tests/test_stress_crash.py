@@ -1,4 +1,4 @@
-"""The crash matrix: SIGKILL the daemon at random moments; nothing acknowledged may be lost (SPEC §6, §7).
+"""The crash matrix: SIGKILL the daemon at random moments; nothing acknowledged may be lost (docs/spec.md §6, §7).
 
 Like SQLite's crash tests: a workload runs against the mount (create jobs,
 write files and fsync them, rename temp -> output, unlink, stages, end jobs,
@@ -8,7 +8,7 @@ rounds also kill the next daemon while it starts and recovers.  Then the
 mount comes back and every acknowledged fact must hold:
 
 - a ``mkdir`` of a job that returned: the job exists; running at the kill,
-  it is ``crashed`` with its tree in ``quarantine/`` (SPEC §7);
+  it is ``crashed`` with its tree in ``quarantine/`` (docs/spec.md §7);
 - a write followed by an fsync that returned: the file is byte-exact where
   the job's tree now is (``completed`` deletes ``temp/``, ``archived`` all);
   a rename or unlink that returned: the names say so;

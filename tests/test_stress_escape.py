@@ -1,4 +1,4 @@
-"""Stress 5, escape and permission, through a real mount (SPEC §12).
+"""Stress 5, escape and permission, through a real mount (docs/spec.md §12).
 
 Escape: ``tests/test_tree.py`` proves the walker at core level.  Here the
 same holds for the whole daemon under a race: swapper threads keep replacing,
@@ -292,7 +292,7 @@ class Worker(threading.Thread):
         # Never a name onto itself, nor a dir into itself: libfuse's high-level path locking waits
         # forever on such a rename (try_get_path2 write-locks the source, then finds it again on the
         # target's path), and once its dentries went stale by a type change behind its back (the
-        # swaps; SPEC §2 forbids them) the kernel no longer refuses them first.  Through the mount
+        # swaps; docs/spec.md §2 forbids them) the kernel no longer refuses them first.  Through the mount
         # alone the kernel always does (EINVAL, or success without asking the daemon).
         while True:
             src, dst = self.path(), self.path(made=True)

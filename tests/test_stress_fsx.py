@@ -1,4 +1,4 @@
-"""Random operations, fsx style: wsfs against a plain directory, step by step (SPEC §3, §6, §8).
+"""Random operations, fsx style: wsfs against a plain directory, step by step (docs/spec.md §3, §6, §8).
 
 A seeded random sequence of open/close, read/write (at an offset, at the
 file position, ``O_APPEND``), truncate (path and fd, grow and shrink),
@@ -426,7 +426,7 @@ class Fsx:
             self._compare_stat(name, st_w, st_m)
             if name in touched or full:
                 self._compare_content(name)
-        if full:  # the manifest names every file (its sizes follow at close: SPEC §8)
+        if full:  # the manifest names every file (its sizes follow at close: docs/spec.md §8)
             with open(os.path.join(os.path.dirname(self.sides[0]), ".manifest")) as f:
                 listed = sorted(json.loads(line)["path"] for line in f)
             files = sorted(f"output/{n}" for n in NAMES if os.path.isfile(self.path(1, n)))

@@ -1,4 +1,4 @@
-"""Stress 6, full disk and resource limits (SPEC §5, §6, §8).
+"""Stress 6, full disk and resource limits (docs/spec.md §5, §6, §8).
 
 - The data dir on a small filesystem the test makes (a 64 MiB tmpfs, and a
   64 MiB ext4 image on a loop device), filled through a job with ``dd`` and

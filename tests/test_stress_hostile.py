@@ -1,4 +1,4 @@
-"""Stress 4, hostile input through a real mount (SPEC §3, §5, §10, §12).
+"""Stress 4, hostile input through a real mount (docs/spec.md §3, §5, §10, §12).
 
 hypothesis writes what a confused or malicious program would: random bytes
 and near-misses of the grammar to ``.state`` and ``.wsfs/control`` (one

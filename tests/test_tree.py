@@ -1,4 +1,4 @@
-"""The safe walker (tree.py, SPEC §12): no symlink planted in the data dir is ever followed.
+"""The safe walker (tree.py, docs/spec.md §12): no symlink planted in the data dir is ever followed.
 
 A canary directory outside the data dir holds files, a subdir, a symlink and
 an xattr.  Symlinks to it are planted in the data dir in place of a job dir,

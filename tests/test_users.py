@@ -1,4 +1,4 @@
-"""Several users on one mount (SPEC §12): root runs it with ``--allow-other``.
+"""Several users on one mount (docs/spec.md §12): root runs it with ``--allow-other``.
 
 An unprivileged user (``nobody``, through ``setpriv``) makes and ends its own
 job, and the files it makes are its own, through the mount and on disk; it

@@ -1,4 +1,4 @@
-"""The view a user sees through a real mount (SPEC §3, §10, §12): top level, jobs, control files.
+"""The view a user sees through a real mount (docs/spec.md §3, §10, §12): top level, jobs, control files.
 
 Every refusal is checked by its errno, from Python and, where a user would
 meet it there, from a real shell.

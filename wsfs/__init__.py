@@ -1,3 +1,3 @@
-"""wsfs: a workspace filesystem for batch jobs (see README.md and SPEC)."""
+"""wsfs: a workspace filesystem for batch jobs (see README.md and docs/spec.md)."""
 
 __version__ = "0.1.0"

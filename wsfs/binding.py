@@ -1,6 +1,6 @@
 """The one import of the FUSE binding (mfusepy), pinned to libfuse 3.
 
-mfusepy prefers libfuse 2 when both are installed (SPEC §1), so the path of
+mfusepy prefers libfuse 2 when both are installed (docs/spec.md §1), so the path of
 libfuse 3 is handed to it through ``FUSE_LIBRARY_PATH`` before the import.
 
 ``FUSE`` here fixes what mfusepy's libfuse-3 wrappers drop: they call

@@ -1,4 +1,4 @@
-"""The ``wsfs`` command: sugar over the mount (SPEC §10).
+"""The ``wsfs`` command: sugar over the mount (docs/spec.md §10).
 
 Exit codes: 0 done, 1 error, 2 usage (click's own, and bad config), and for
 ``mount`` 78 for a bad config (EX_CONFIG: the units never restart on it).

@@ -1,4 +1,4 @@
-"""The Python API: wsfs through its mount, as any program would use it (SPEC §10).
+"""The Python API: wsfs through its mount, as any program would use it (docs/spec.md §10).
 
     from wsfs.client import Workspace
 

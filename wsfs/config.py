@@ -1,4 +1,4 @@
-"""Configuration: a TOML file -> a typed, validated ``Config`` with SPEC defaults.
+"""Configuration: a TOML file -> a typed, validated ``Config`` with the defaults of docs/spec.md.
 
 Every key is optional.  An unknown key, a bad value or a TOML syntax error
 raises ``ConfigError`` naming the file and the key; nothing is half-applied.

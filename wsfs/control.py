@@ -1,4 +1,4 @@
-"""The grammar of ``.state`` and ``.wsfs/control`` writes (SPEC §5, §10).  Pure.
+"""The grammar of ``.state`` and ``.wsfs/control`` writes (docs/spec.md §5, §10).  Pure.
 
 One command per ``write()``: UTF-8, at most 4 KiB, one line, surrounding
 whitespace ignored.  ``parse_state_command`` and ``parse_control_command``
@@ -90,7 +90,7 @@ def _pid(text: str) -> int:
 
 
 def parse_state_command(data: bytes) -> Command:
-    """Parse a ``.state`` write: a job's own commands (SPEC §5)."""
+    """Parse a ``.state`` write: a job's own commands (docs/spec.md §5)."""
     text = _decode_line(data)
     verb, *rest = text.split()
     if verb in ENDING_WORDS:
@@ -209,7 +209,7 @@ def _options(words: list[str], table: dict, verb: str) -> tuple:
 
 
 def parse_control_command(data: bytes) -> Command:
-    """Parse a ``.wsfs/control`` write (SPEC §10): create, clone, restore, resume, publish, share,
+    """Parse a ``.wsfs/control`` write (docs/spec.md §10): create, clone, restore, resume, publish, share,
     unshare, sweep, doctor, reload, note."""
     is_note = isinstance(data, (bytes, bytearray)) and bytes(data[:5]) == b"note "
     text = _decode_line(data, MAX_NOTE_BYTES if is_note else MAX_COMMAND_BYTES)

@@ -1,4 +1,4 @@
-"""Mounting: checks, the daemon's threads, sd_notify, ordered shutdown (SPEC §7, §11).
+"""Mounting: checks, the daemon's threads, sd_notify, ordered shutdown (docs/spec.md §7, §11).
 
 ``mount`` checks the mount point and the data dir, then either serves in the
 foreground (``serve``) or starts ``wsfs mount --foreground`` as a detached
@@ -12,7 +12,7 @@ mount sees it and recovers, and the mount point is never unmounted under a
 job that is still writing (an empty mount point invites writes to the wrong
 disk).
 
-systemd (``Type=notify``, SPEC §11): one datagram each to ``$NOTIFY_SOCKET``.
+systemd (``Type=notify``, docs/spec.md §11): one datagram each to ``$NOTIFY_SOCKET``.
 ``READY=1`` once a stat through the mount answers, then ``STATUS=`` (job
 counts and usage) whenever it changes, from the ``wsfs-ready`` thread;
 ``STOPPING=1`` as soon as the FUSE loop has returned (libfuse owns SIGTERM,
@@ -147,7 +147,7 @@ def probe_mount(mountpoint: str) -> str | None:
 def check_mountpoint(mountpoint: str) -> None:
     """Refuse a mount point we must not use; clear a stale one left by a killed daemon."""
     # Probe first: once the kernel's cached attributes expire, a stale mount point's own lstat
-    # fails (ENOTCONN), so lexists() would call it missing (SPEC §7: mount over it must work).
+    # fails (ENOTCONN), so lexists() would call it missing (docs/spec.md §7: mount over it must work).
     state = probe_mount(mountpoint)
     if state == "stale":
         log.warning("clearing the stale mount at %s (its daemon is gone)", mountpoint)

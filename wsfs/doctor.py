@@ -1,4 +1,4 @@
-"""``wsfs doctor``: the store compared with the data dir, and the repairs (SPEC §10).
+"""``wsfs doctor``: the store compared with the data dir, and the repairs (docs/spec.md §10).
 
 ``diagnose(service)`` returns one ``Finding`` per problem, each one line a
 sysadmin can read::
@@ -41,7 +41,7 @@ lock) before it is reported or repaired, so a transition or a creation in
 flight is never taken for damage; jobs in the middle of a transition
 (``pending``) are left to it, and jobs with files open through the mount
 (``busy``) are not compared with their manifests, since an open file's entry
-is written when it is closed (SPEC §8).
+is written when it is closed (docs/spec.md §8).
 """
 
 from __future__ import annotations
@@ -359,7 +359,7 @@ def _repair_missing(service: JobService, f: Finding, now: float, live: bool, bus
             w.delete_manifest_prefix(job)
             rec.update(where=None, purged_at=now, expires_at=None)
             if was_running:
-                # No tree to quarantine or seal: the record alone ends the job (SPEC §4: crashed).
+                # No tree to quarantine or seal: the record alone ends the job (docs/spec.md §4: crashed).
                 rec.update(state=JobState.CRASHED.value, state_since=now, ended=now, sealed=True, owner=None,
                            reason=reason)
                 rec["history"].append({"state": JobState.CRASHED.value, "at": now, "reason": reason})

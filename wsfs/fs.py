@@ -5,12 +5,16 @@ one call into the core (``JobService``, ``Tree``) and returns.  ``@op`` is the
 one errno boundary: ``WsfsError`` -> its errno, ``OSError`` -> its own errno,
 anything else -> a logged traceback and ``EIO``.
 
-The view (SPEC §3)::
+The view (docs/spec.md §3)::
 
     /workspaces/JOB/{AREA/...,.state,.job,.manifest,receipt.json}
     /quarantine/JOB/...        read-only
     /shared/...                a plain directory
     /.wsfs/{status,control,events,jobs}
+
+Permissions are the kernel's (``default_permissions``), and with ``FUSE_CAP_POSIX_ACL`` the
+kernel also enforces the POSIX ACLs that ``getxattr`` returns from the backing files (how a
+job is shared, wsfs.sharing); it then leaves the caller's umask to ``_new_mode``.
 
 Threading: libfuse calls in from many threads.  Open files live in
 ``_handles`` (guarded by ``_handles_lock``); a handle's own lock orders its
@@ -410,7 +414,7 @@ class WsfsOperations(Operations):
             # so the kernel may keep names and attributes long, and a file's pages across opens
             # while its mtime and size stay the same (auto_cache).
             # WSFS_CACHE_TIMEOUT=S (tests only): the escape suite swaps trees behind the daemon's
-            # back (SPEC §2 forbids it), and with 0 every one of its calls reaches the daemon.
+            # back (docs/spec.md §2 forbids it), and with 0 every one of its calls reaches the daemon.
             timeout = float(os.environ.get("WSFS_CACHE_TIMEOUT", CACHE_TIMEOUT_S))
             config.entry_timeout = timeout
             config.attr_timeout = timeout
@@ -848,7 +852,7 @@ class WsfsOperations(Operations):
         return True
 
     def _give_to_caller(self, node: Node, uid: int, gid: int) -> None:
-        """Run as root with allow_other, a new entry belongs to the caller (SPEC §12)."""
+        """Run as root with allow_other, a new entry belongs to the caller (docs/spec.md §12)."""
         if self._as_root and (uid, gid) != (0, 0):
             self.tree.chown(node.root, node.rel, uid, gid)
 
@@ -1047,7 +1051,7 @@ class WsfsOperations(Operations):
         """A job's tree appeared, moved or went (ended, archived, hidden, purged, quarantined, resumed).
 
         The kernel's cache (entry and attr timeouts) would otherwise keep a looked-up path
-        alive, or missing, for up to a second after the change (SPEC §3, §6).
+        alive, or missing, for up to a second after the change (docs/spec.md §3, §6).
         """
         record = self.service.get(job)
         if record is None:
@@ -1105,7 +1109,7 @@ class WsfsOperations(Operations):
     @staticmethod
     def _truncate_virtual(node: Node) -> int:
         if node.name in (STATE_FILE, "control"):
-            return 0  # `echo x > .state` truncates first; that changes nothing (SPEC §5)
+            return 0  # `echo x > .state` truncates first; that changes nothing (docs/spec.md §5)
         raise FuseOSError(errno.EACCES)
 
     def _forget_hashes(self, ino: int) -> None:
@@ -1118,7 +1122,7 @@ class WsfsOperations(Operations):
     def flush(self, path, fi):
         # close() waits for FLUSH but not for RELEASE, which the kernel sends later on its own
         # (fuse_release -> fuse_file_put, async): record a written file here, so that .manifest
-        # is current when close() returns (SPEC §8).  The job's lock orders this against a
+        # is current when close() returns (docs/spec.md §8).  The job's lock orders this against a
         # transition, as a write is.  close() never waits for sha256: if the hasher is still
         # behind, the entry has no hash yet and release (which finishes it) records again.
         handle = self._handle(fi)
@@ -1274,7 +1278,7 @@ class WsfsOperations(Operations):
         return stream
 
     def _record_file(self, handle: Handle, stream: StreamHash | None) -> os.stat_result | None:
-        """Manifest entry for a file closed after writing (SPEC §8: never per write).
+        """Manifest entry for a file closed after writing (docs/spec.md §8: never per write).
 
         The entry has a sha256 only if ``stream`` already covers the whole file;
         returns the file's stat, or None when no entry was made.
@@ -1575,7 +1579,7 @@ class WsfsOperations(Operations):
                     mtime = {UTIME_NOW: now, UTIME_OMIT: st.st_mtime_ns}.get(mtime, mtime)
                 self.tree.utime(node.root, node.rel, (atime, mtime))
             if node.area_path is not None:
-                # `cp -p`, `touch -d`, shutil.copystat: the manifest's mtime follows (SPEC §3 .manifest).
+                # `cp -p`, `touch -d`, shutil.copystat: the manifest's mtime follows (docs/spec.md §3 .manifest).
                 st = self.tree.lstat(node.root, node.rel)
                 if stat.S_ISREG(st.st_mode):
                     self.service.manifest.retime(node.job, node.area_path, st)

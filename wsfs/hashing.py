@@ -1,4 +1,4 @@
-"""sha256 of files written front to back, computed behind the writer (SPEC §6).
+"""sha256 of files written front to back, computed behind the writer (docs/spec.md §6).
 
 A ``StreamHash`` follows one open file: each ``write`` at the end of what was
 written so far moves ``written``; any other write (a gap, an overwrite, a

@@ -1,4 +1,4 @@
-"""Jobs' lifecycle: create, transition, end, seal, recover (SPEC §4-§8).
+"""Jobs' lifecycle: create, transition, end, seal, recover (docs/spec.md §4-§8).
 
 The only place where the state machine acts.  ``JobService`` owns the store,
 the tree and the clock; the FUSE adapter, the sweeper and tests call it.
@@ -510,7 +510,7 @@ class JobService:
         log.info("rejected %s write %r for %s: %s", where, text, job_id or "-", exc)
 
     def write_state(self, job_id: str, data: bytes, uid: int = 0) -> None:
-        """Apply one ``.state`` write (SPEC §5); durable when it returns."""
+        """Apply one ``.state`` write (docs/spec.md §5); durable when it returns."""
         try:
             command = control.parse_state_command(data)
             if command.verb == "transition":
@@ -561,7 +561,7 @@ class JobService:
 
     def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None,
                       reload=None) -> str | None:
-        """Apply one ``.wsfs/control`` write (SPEC §10).
+        """Apply one ``.wsfs/control`` write (docs/spec.md §10).
 
         ``sweep(dry_run=)`` and ``doctor(repair=)`` are the daemon's: they
         record their report as an event, which is how the CLI reads it.
@@ -707,7 +707,7 @@ class JobService:
     # -- transitions ------------------------------------------------------------
 
     def transition(self, job_id: str, target: JobState, reason: str | None = None) -> dict:
-        """Move a job to ``target`` (SPEC §4, §6); returns the final record."""
+        """Move a job to ``target`` (docs/spec.md §4, §6); returns the final record."""
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
             if record.get("pending"):
@@ -782,7 +782,7 @@ class JobService:
         return record
 
     def _step_quarantine(self, record: dict, target: JobState) -> dict:
-        """A crashed job's tree moves to quarantine/ (SPEC §7); idempotent."""
+        """A crashed job's tree moves to quarantine/ (docs/spec.md §7); idempotent."""
         job_id = record["id"]
         self.tree_closing(job_id)
         if record.get("where") == "jobs" and self.tree.exists("jobs", job_id):
@@ -812,7 +812,7 @@ class JobService:
         for path, entry in entries.items():
             if path.split("/", 1)[0] in keep:
                 verified = self._verified_entry(root, f"{rel}/{path}", entry)
-            else:  # kept, not hashed (SPEC §6); but a file still open when the job ended was last
+            else:  # kept, not hashed (docs/spec.md §6); but a file still open when the job ended was last
                 verified = self._current_entry(root, f"{rel}/{path}", entry)  # recorded at its creation
             if verified is None:  # listed, but removed behind the daemon's back: no output, no entry
                 gone.append(path)
@@ -900,7 +900,7 @@ class JobService:
         """The entry with a sha256 that matches the file as it is now; None when the file is gone.
 
         Gone also when the name is no regular file any more, or no longer reachable without
-        following a link (changed behind the daemon's back, SPEC §2): that is no output, and
+        following a link (changed behind the daemon's back, docs/spec.md §2): that is no output, and
         must not make every attempt to end the job fail (EISDIR, ELOOP) for ever.
         """
         try:
@@ -1069,7 +1069,7 @@ class JobService:
     # -- retention: hide and purge (the sweeper decides when) ---------------------
 
     def hide(self, job_id: str, now: float) -> dict:
-        """Expired: gone from the view, data kept until the grace ends (SPEC §4)."""
+        """Expired: gone from the view, data kept until the grace ends (docs/spec.md §4)."""
         return self._one(self.hide_many([job_id], now), job_id)
 
     def purge(self, job_id: str, now: float) -> dict:
@@ -1187,7 +1187,7 @@ class JobService:
     # -- recovery ---------------------------------------------------------------
 
     def recover(self, unclean: bool) -> list[str]:
-        """Finish interrupted transitions; after a daemon crash, quarantine running jobs (SPEC §7).
+        """Finish interrupted transitions; after a daemon crash, quarantine running jobs (docs/spec.md §7).
 
         With ``on_crash = "resume"`` running jobs stay running instead.  Either
         way their manifests are rebuilt from their trees, since the last batch

@@ -1,4 +1,4 @@
-"""Per-job quota and max_files, checked at the call that would cross them (SPEC §8).
+"""Per-job quota and max_files, checked at the call that would cross them (docs/spec.md §8).
 
 ``UsageMeter`` keeps each job's live usage in memory: the record's usage (the
 manifest's sum) when first asked, then moved by every change the FUSE layer

@@ -31,7 +31,7 @@ class JobState(str, enum.Enum):
 
 S = JobState
 
-# SPEC §4.  "resume" is the command that leads failed/crashed back to running.
+# docs/spec.md §4.  "resume" is the command that leads failed/crashed back to running.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.CRASHED}),
     S.COMPLETED: frozenset({S.ARCHIVED}),
@@ -71,7 +71,7 @@ def is_hidden_name(name: str) -> bool:
 
 
 class AreaKind(str, enum.Enum):
-    """What becomes of an area at completion (SPEC §9)."""
+    """What becomes of an area at completion (docs/spec.md §9)."""
 
     INPUT = "input"      # kept, not hashed into the receipt's outputs
     KEEP = "keep"        # kept and hashed: the results

@@ -1,4 +1,4 @@
-"""The sweeper: retention (hide, then purge) and owner liveness (SPEC §4, §7).
+"""The sweeper: retention (hide, then purge) and owner liveness (docs/spec.md §4, §7).
 
 One pass (``sweep``) does, at time ``now``:
 
@@ -50,6 +50,7 @@ log = logging.getLogger("wsfs.retention")
 OWNER_TIME_SLACK = 0.05  # psutil's create_time is rounded to the clock tick
 PRESSURE_CHECK_S = 2.0  # how often the sweeper thread looks at the free space between passes
 PRESSURE_REASON = "disk pressure"
+RELIEF_WAIT_S = 10.0  # how long a mkdir short of space waits for the sweeper's cleanup
 
 
 @dataclasses.dataclass
@@ -121,6 +122,8 @@ class Sweeper:
         self._empty_trash = empty_trash or self._remove_trash  # the daemon's, which the trash thread shares
         self._futile = False  # the last pass below min_free could free nothing more
         self._futile_at = 0.0
+        self._passes = threading.Condition()  # counts passes, for relieve_now
+        self._started = self._finished = 0
         self._lock = threading.Lock()
         self.last: dict | None = None
         self.wake = threading.Event()
@@ -309,46 +312,65 @@ class Sweeper:
             self._futile_at = time.monotonic()
         return actions, info
 
-    def relieve_now(self) -> None:
-        """A new job was refused for want of space: a pass now, so that the next try may find
-        room (not again within ``PRESSURE_CHECK_S`` of a pass that could free nothing)."""
+    def relieve_now(self, timeout: float | None = None) -> None:
+        """A new job found less than min_free: wake the sweeper thread and wait (at most
+        ``timeout``) for a pass that started after this call, so that the job may find room.
+
+        The pass runs on the sweeper's own thread, never the caller's: the caller may hold
+        locks (``_create_lock``, a clone's job locks) that the pass needs, and then the wait
+        ends at the timeout and the job is refused rather than deadlocked.  Not again within
+        ``PRESSURE_CHECK_S`` of a pass that could free nothing."""
         if self._futile and time.monotonic() - self._futile_at < PRESSURE_CHECK_S:
             return
-        self.sweep(announce=False)
+        with self._passes:
+            target = self._started + 1
+            self.wake.set()
+            self._passes.wait_for(lambda: self._finished >= target, RELIEF_WAIT_S if timeout is None else timeout)
 
     def sweep(self, now: float | None = None, dry_run: bool = False, announce: bool = True) -> SweepReport:
         """One pass; ``announce`` records a ``sweep`` event even when nothing was due."""
         with self._lock:
-            started = time.perf_counter()
-            now = self.service.clock() if now is None else now
-            actions = self.plan(now)
-            if not dry_run:
-                # Hides, then purges, each batch in one store commit; then the rest one by one.
-                for kind, apply_many in (("hide", self.service.hide_many), ("purge", self.service.purge_many)):
-                    batch = [a for a in actions if a.action == kind]
-                    if batch and not self.stopping.is_set():
-                        self._apply_batch(batch, apply_many, now)
-                for action in actions:
-                    if action.action in ("hide", "purge"):
-                        continue
-                    if self.stopping.is_set():  # the one in flight finished; the rest waits for the next mount
-                        action.error = "not done: wsfs is stopping"
-                        continue
-                    self._apply(action, now)
-                for action in actions:
-                    if action.action in ("hide", "purge") and not action.done and action.error is None:
-                        action.error = "not done: wsfs is stopping"
-            relief, pressure = self._relieve(now, dry_run)
-            actions += relief
-            report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000, pressure)
-            if not dry_run:
-                metrics.SWEEPS.observe(report.duration_ms / 1000)
-            summary = report.as_dict()
-            if announce or actions:
-                self._record(summary)
-            if not dry_run:
-                self.last = {k: v for k, v in summary.items() if k != "actions"}
-            return report
+            with self._passes:
+                self._started += 1
+                number = self._started
+            try:
+                return self._sweep(now, dry_run, announce)
+            finally:
+                with self._passes:
+                    self._finished = max(self._finished, number)
+                    self._passes.notify_all()
+
+    def _sweep(self, now: float | None, dry_run: bool, announce: bool) -> SweepReport:
+        started = time.perf_counter()
+        now = self.service.clock() if now is None else now
+        actions = self.plan(now)
+        if not dry_run:
+            # Hides, then purges, each batch in one store commit; then the rest one by one.
+            for kind, apply_many in (("hide", self.service.hide_many), ("purge", self.service.purge_many)):
+                batch = [a for a in actions if a.action == kind]
+                if batch and not self.stopping.is_set():
+                    self._apply_batch(batch, apply_many, now)
+            for action in actions:
+                if action.action in ("hide", "purge"):
+                    continue
+                if self.stopping.is_set():  # the one in flight finished; the rest waits for the next mount
+                    action.error = "not done: wsfs is stopping"
+                    continue
+                self._apply(action, now)
+            for action in actions:
+                if action.action in ("hide", "purge") and not action.done and action.error is None:
+                    action.error = "not done: wsfs is stopping"
+        relief, pressure = self._relieve(now, dry_run)
+        actions += relief
+        report = SweepReport(now, dry_run, actions, (time.perf_counter() - started) * 1000, pressure)
+        if not dry_run:
+            metrics.SWEEPS.observe(report.duration_ms / 1000)
+        summary = report.as_dict()
+        if announce or actions:
+            self._record(summary)
+        if not dry_run:
+            self.last = {k: v for k, v in summary.items() if k != "actions"}
+        return report
 
     def _apply_batch(self, batch: list[Action], apply_many, now: float) -> None:
         try:

@@ -16,7 +16,7 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
     ``b"schema"``  -> int, ``SCHEMA_VERSION``.
     ``b"mount"``   -> ``{"state": "live"|"clean", "pid", "since", "mountpoint"}``;
                       ``live`` while a daemon serves the store.  A mount that
-                      finds ``live`` knows the previous one crashed (SPEC §7).
+                      finds ``live`` knows the previous one crashed (docs/spec.md §7).
     ``b"event_seq"`` -> int, the last event sequence number used.
     ``b"counters"`` -> ``{name: int}``: rejected writes, failed removals ...
     ``b"totals"``  -> ``{"states": {state: n}, "live": n, "bytes": n, "files": n,
@@ -460,7 +460,7 @@ class Writer(Reader):
 
 
 class Store:
-    """One LMDB environment (SPEC §1: one per process)."""
+    """One LMDB environment (docs/spec.md §1: one per process)."""
 
     def __init__(self, path: str, *, readonly: bool = False, clock=time.time,
                  map_size: int = INITIAL_MAP_SIZE):
@@ -479,7 +479,7 @@ class Store:
             )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
-        # Free slots of readers that died (SPEC §1 trap list); `wsfs doctor` reports how many.
+        # Free slots of readers that died (docs/spec.md §1 trap list); `wsfs doctor` reports how many.
         self.freed_readers = 0 if readonly else self.env.reader_check()
         self.dbs = {}
         with self.env.begin(write=not readonly) as txn:

@@ -1,4 +1,4 @@
-"""The data dir's trees, reached only through directory fds (SPEC §2, §12).
+"""The data dir's trees, reached only through directory fds (docs/spec.md §2, §12).
 
 Layout of a data dir::
 
