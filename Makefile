@@ -35,7 +35,7 @@ UNITS := wsfs.service wsfs@.service
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help system-deps venv run stop clean-run test stress bench clean install uninstall
+.PHONY: help system-deps venv run stop clean-run test lint stress bench clean install uninstall
 
 help:
 	@echo "wsfs make targets:"
@@ -60,6 +60,7 @@ system-deps:
 		command -v systemd-analyze >/dev/null 2>&1 || need="$$need systemd"; \
 		command -v setfattr >/dev/null 2>&1 || need="$$need attr"; \
 		command -v jq >/dev/null 2>&1 || need="$$need jq"; \
+		command -v getfacl >/dev/null 2>&1 || need="$$need acl"; \
 		command -v slurmd >/dev/null 2>&1 || need="$$need slurm-wlm munge"; \
 	fi; \
 	if [ ! -x $(VENV)/bin/python ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
@@ -138,13 +139,19 @@ clean-run:
 	done
 
 # The tests run `systemd-analyze verify` on the units (the systemd package brings it),
-# `setfattr` as another user (attr), jq (the README's examples) and a one-node Slurm
+# `setfattr` as another user (attr), `getfacl` (acl: the sharing tests), jq (the README's
+# examples) and a one-node Slurm
 # (slurm-wlm, munge); a target-specific variable, so system-deps sees it only
 # for `make test` and `make stress`.
 test stress: NEED_TEST_TOOLS := yes
-test: system-deps venv
+test: system-deps venv lint
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# ruff on everything, mypy on the modules [tool.mypy] lists (pyproject.toml)
+lint: venv
+	$(VENV)/bin/ruff check wsfs tests bench
+	$(VENV)/bin/mypy
 
 # WSFS_STRESS=full: 200+ kill points, 100,000 fsx operations, a long concurrency run (about half an hour
 # here).  `make test` runs the same files short and seeded; WSFS_SEED=N replays a run (each prints its seed).

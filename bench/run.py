@@ -350,7 +350,7 @@ def code_state() -> dict:
         out["head"] = git("rev-parse", "--short", "HEAD").strip()
         files = sorted(str(p.relative_to(SRC)) for p in (SRC / "wsfs").glob("*.py"))
         blobs = git("hash-object", *[str(SRC / f) for f in files]).split()
-        mine = dict(zip(files, blobs))
+        mine = dict(zip(files, blobs, strict=True))
         for commit in git("rev-list", "-n", "50", "HEAD").split():
             tree = {}
             for row in git("ls-tree", commit, "wsfs/").splitlines():
@@ -807,7 +807,7 @@ class Bench:
                     with self.server_cpu(system, sample):
                         untar = run_timed(["tar", "-xf", str(self.tarball), "-C", str(t.view)])
                         t0 = time.perf_counter()
-                        res = subprocess.run(["find", str(t.view)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                        res = subprocess.run(["find", str(t.view)], capture_output=True)
                         found = time.perf_counter() - t0
                         if res.returncode != 0:
                             raise RuntimeError(f"find failed: {res.stderr.decode()[-2000:]}")

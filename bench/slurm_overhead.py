@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_slurm_mount import Cluster  # noqa: E402 - the test's one-node cluster, reused as is
+from test_slurm_mount import Cluster
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsfs.config import default_config  # noqa: E402
-from wsfs.lifecycle import JobService  # noqa: E402
-from wsfs.retention import Sweeper  # noqa: E402
-from wsfs.store import Store  # noqa: E402
-from wsfs.tree import Tree  # noqa: E402
+from wsfs.config import default_config
+from wsfs.lifecycle import JobService
+from wsfs.retention import Sweeper
+from wsfs.store import Store
+from wsfs.tree import Tree
 
 NOW = 1_800_000_000.0
 

@@ -117,7 +117,7 @@ class MountedWsfs:
             args.append("--allow-other")
         return args
 
-    def start(self, extra_env: dict | None = None) -> "MountedWsfs":
+    def start(self, extra_env: dict | None = None) -> MountedWsfs:
         env = dict(os.environ, **self.env, **(extra_env or {}))
         env.setdefault("PYTHONPATH", str(REPO))
         self._log_file = open(self.log, "ab")
@@ -175,7 +175,7 @@ class MountedWsfs:
             self._log_file.close()
             self.proc = None
 
-    def restart(self, extra_env: dict | None = None) -> "MountedWsfs":
+    def restart(self, extra_env: dict | None = None) -> MountedWsfs:
         self.stop()
         return self.start(extra_env)
 

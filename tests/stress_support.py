@@ -90,7 +90,8 @@ def doctor(m) -> dict:
     try:
         report = json.loads(result.stdout)
     except ValueError:
-        raise AssertionError(f"wsfs doctor gave no report ({result.returncode}):\n{result.stdout}{result.stderr}")
+        raise AssertionError(f"wsfs doctor gave no report ({result.returncode}):\n{result.stdout}{result.stderr}") \
+            from None
     return report
 
 

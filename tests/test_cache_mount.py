@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import sh
+
 from wsfs.fs import CACHE_TIMEOUT_S
 
 pytestmark = pytest.mark.mount

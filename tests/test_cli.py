@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-
 from conftest import wsfs_cli
 from test_lifecycle_mount import log_errors
+
 from wsfs.cli import main
 
 JOB_ID_RE = re.compile(r"job_\d{8}_\d{6}_[0-9a-f]{4}")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, sh
+
 from wsfs import cli as cli_module
 from wsfs.cli import main
 
@@ -87,7 +87,7 @@ def test_events_without_a_mount(tmp_path):
     assert result.stderr.startswith(f"wsfs: {tmp_path} is not a mounted wsfs")
 
 
-def _lines_of(proc) -> "queue.Queue[str]":
+def _lines_of(proc) -> queue.Queue[str]:
     lines: queue.Queue[str] = queue.Queue()
 
     def pump():
@@ -371,6 +371,7 @@ def test_doctor_refuses_what_is_not_a_data_dir(tmp_path):
     assert result.exit_code == 1 and result.stderr == f"wsfs: {tmp_path} is not a wsfs data dir (it has no store/)\n"
     result = cli("doctor", "--mount", str(tmp_path / "nomount"), env={"WSFS_DATA": str(tmp_path / "nodata")})
     assert result.exit_code == 1
-    assert result.stderr == (f"wsfs: {tmp_path / 'nomount'} is not a mounted wsfs (mount it with: wsfs mount "
-                             f"{tmp_path / 'nomount'}) and {tmp_path / 'nodata'} has no store: give --mount or --data\n")
+    nomount, nodata = tmp_path / "nomount", tmp_path / "nodata"
+    assert result.stderr == (f"wsfs: {nomount} is not a mounted wsfs (mount it with: wsfs mount "
+                             f"{nomount}) and {nodata} has no store: give --mount or --data\n")
     assert cli("doctor", "--repair=yes").exit_code == 2

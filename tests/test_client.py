@@ -11,8 +11,8 @@ import json
 import re
 
 import pytest
-
 from test_lifecycle_mount import log_errors
+
 from wsfs.client import Mount, Workspace, WsfsClientError
 
 pytestmark = pytest.mark.mount
@@ -114,7 +114,7 @@ def test_refusals_carry_the_daemons_reason(wsfs_mount, tmp_path):
     with pytest.raises(WsfsClientError, match="not a mounted wsfs"):
         Workspace.create(tmp_path, "j")
     with pytest.raises(WsfsClientError) as missing:
-        Workspace(m.mnt, "never").state
+        _ = Workspace(m.mnt, "never").state
     assert missing.value.errno == errno.ENOENT
     assert log_errors(m) == []
 

@@ -196,6 +196,7 @@ def test_run_sync_dry_run_changes_nothing_and_verify_checks(tmp_path):
 
 def test_dev_template_is_built_in_and_overridable(tmp_path):
     from conftest import parse_toml_config
+
     from wsfs.config import default_config
 
     assert list(default_config().template("dev").areas) == ["src", "data", "temp"]
@@ -209,6 +210,7 @@ def test_dev_template_is_built_in_and_overridable(tmp_path):
 
 def test_template_max_jobs_caps_its_live_workspaces(tmp_path):
     from conftest import make_core, parse_toml_config
+
     from wsfs.model import JobState
 
     core = make_core(tmp_path / "data", config=parse_toml_config('[templates.dev]\nmax_jobs = 2\n'))

@@ -6,14 +6,13 @@ import math
 import tomllib
 
 import pytest
+from conftest import parse_toml_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsfs import config as config_module
-from wsfs.config import ConfigError, Config, Template, default_config, load_config, parse_config
+from wsfs.config import Config, ConfigError, Template, default_config, load_config, parse_config
 from wsfs.model import AreaKind, JobState
-
-from conftest import parse_toml_config
 
 DAY, HOUR = 86400.0, 3600.0
 

@@ -9,8 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsfs.control import (MAX_COMMAND_BYTES, MAX_PID, MAX_REASON_CHARS, Command, parse_control_command,
-                          parse_state_command)
+from wsfs.control import (
+    MAX_COMMAND_BYTES,
+    MAX_PID,
+    MAX_REASON_CHARS,
+    Command,
+    parse_control_command,
+    parse_state_command,
+)
 from wsfs.errors import BadCommandError, BadJobIdError
 from wsfs.model import JobState
 

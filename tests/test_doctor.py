@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import sh
+
 from wsfs import doctor
 from wsfs.cli import main
 from wsfs.model import JobState

@@ -13,7 +13,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import as_user, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount

@@ -16,14 +16,24 @@ import stat
 import tempfile
 
 import pytest
+from conftest import FakeClock, make_core
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import FakeClock, make_core
-from wsfs.config import default_config, parse_config
-from wsfs.errors import (BadCommandError, BadJobIdError, InvalidTransitionError, JobExistsError, NoSpaceError,
-                         NoSuchJobError, NotAllowedError, QuotaError, SealedError, WsfsError)
+from wsfs.config import parse_config
+from wsfs.errors import (
+    BadCommandError,
+    BadJobIdError,
+    InvalidTransitionError,
+    JobExistsError,
+    NoSpaceError,
+    NoSuchJobError,
+    NotAllowedError,
+    QuotaError,
+    SealedError,
+    WsfsError,
+)
 from wsfs.lifecycle import ARCHIVE_STEPS, CRASH_STEPS, ENDING_STEPS, RECEIPT_FILE, RECORD_VERSION, manifest_bytes
 from wsfs.model import JobState
 
@@ -604,8 +614,8 @@ def test_rebuild_manifest_equals_the_tree(core):
     entries = dict(core.manifest_entries("j"))
     walked = dict(core.tree.walk_files("jobs", "j"))
     assert set(entries) == set(walked) == {"output/hashed", "output/changed", "input/new", "temp/t"}
-    for path, st in walked.items():
-        assert entries[path][:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
+    for path, file_st in walked.items():
+        assert entries[path][:3] == [file_st.st_size, file_st.st_mtime_ns, file_st.st_ino]
     assert entries["output/hashed"][3] == hashlib.sha256(b"keep my hash").digest()   # still valid: kept
     assert entries["output/changed"][3] is None                                      # stale: dropped
     assert record["usage"] == {"bytes": sum(st.st_size for st in walked.values()), "files": 4}

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import REPO, is_mounted, sh
+
 from wsfs.store import Store
 
 pytestmark = pytest.mark.mount
@@ -287,7 +287,7 @@ def test_disallowed_transitions_stages_and_owner(wsfs_mount):
     assert state_of(done) == "completed"
     assert read_json(done / "receipt.json")["state"] == "completed"
     assert write_state(done, "stage late") == errno.EPERM
-    assert write_state(done, "owner %d" % os.getpid()) == errno.EPERM
+    assert write_state(done, f"owner {os.getpid()}") == errno.EPERM
     assert read_json(done / ".job")["stages"] == []
 
     job = new_job(m, "staged")

@@ -11,8 +11,8 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO, make_core, parse_toml_config, sh
+
 from wsfs.errors import BadCommandError, NoSpaceError, QuotaError
 from wsfs.model import JobState
 

@@ -7,9 +7,8 @@ import subprocess
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import as_user, sh
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.mount
 
@@ -65,6 +64,7 @@ def test_metrics_are_scraped_with_cat_and_over_http_and_counters_move(mount_fact
 
 def test_a_bad_metrics_listen_is_a_config_error():
     from conftest import parse_toml_config
+
     from wsfs.config import ConfigError
 
     assert parse_toml_config('metrics_listen = "127.0.0.1:9105"\n').metrics_listen == "127.0.0.1:9105"

@@ -10,8 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsfs.errors import BadJobIdError, InvalidTransitionError, WsfsError
-from wsfs.model import (DEFAULT_TEMPLATE, ENDED_STATES, QUARANTINED_STATES, TRANSITIONS, AreaKind, JobState,
-                        check_transition, validate_job_id)
+from wsfs.model import (
+    DEFAULT_TEMPLATE,
+    ENDED_STATES,
+    QUARANTINED_STATES,
+    TRANSITIONS,
+    AreaKind,
+    JobState,
+    check_transition,
+    validate_job_id,
+)
 
 # docs/spec.md §4, copied by hand from the diagram, independent of model.TRANSITIONS:
 #   running --completed/failed/cancelled/crashed--> those states

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, is_mounted, require_fuse
 
 pytestmark = pytest.mark.mount

@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-
 from conftest import sh, wsfs_cli
 
 pytestmark = pytest.mark.mount

@@ -11,7 +11,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import MountedWsfs, is_mounted, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount

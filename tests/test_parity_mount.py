@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import sh
 
 pytestmark = pytest.mark.mount
@@ -114,7 +113,7 @@ def test_a_deep_file_is_in_the_receipt(places):
     job = places["job"].parent
     fd = os.open(job / "output", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for i in range(21):
+        for _ in range(21):
             os.mkdir("d" * 200, dir_fd=fd)
             nxt = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)

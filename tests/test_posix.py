@@ -23,7 +23,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import MountedWsfs, require_fuse, sh
 
 pytestmark = pytest.mark.mount

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import make_core, parse_toml_config
-from test_retention import DAY, HOUR, actions, ended_job, events, new_job, snapshot
+from test_retention import DAY, actions, ended_job, events, new_job, snapshot
+
 from wsfs.model import JobState
 from wsfs.retention import Sweeper
 

@@ -14,7 +14,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import sh, wsfs_cli
 
 pytestmark = pytest.mark.mount

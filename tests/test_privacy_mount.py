@@ -11,7 +11,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import MountedWsfs, as_user, sh
 
 pytestmark = pytest.mark.mount

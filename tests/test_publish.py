@@ -12,16 +12,15 @@ import os
 import threading
 
 import pytest
-
 from conftest import FakeClock, make_core, parse_toml_config
+from test_lifecycle import write_file
+
 from wsfs.config import ConfigError
 from wsfs.control import parse_control_command
 from wsfs.doctor import diagnose
 from wsfs.errors import BadCommandError, BadJobIdError, NotAllowedError
 from wsfs.model import JobState
 from wsfs.publish import Publisher, expand_destination
-
-from test_lifecycle import write_file
 
 
 def config_for(tmp_path, body: str, retention: str = ""):

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import sh
 from test_cli import wsfs
 from test_lifecycle_mount import log_errors

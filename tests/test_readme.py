@@ -9,9 +9,10 @@ section ``<!-- readme-test: skip-section: WHY -->``); one with neither runs, so 
 that breaks an example, or adds one that cannot run, fails ``make test``.
 
 ``console`` blocks run command by command (``$ `` lines; each block starts in the user's own
-directory, which a ``cd`` changes for the commands after it): a command shown with an error message (``bash: ...``, ``wsfs: ...``) must fail with that
-message; any other must succeed, and print every word of the output shown that holds no digit
-(ages, sizes, hashes and timings vary).  ``sh`` blocks run whole, with ``set -e``.
+directory, which a ``cd`` changes for the commands after it): a command shown with an error
+message (``bash: ...``, ``wsfs: ...``) must fail with that message; any other must succeed, and
+print every word of the output shown that holds no digit (ages, sizes, hashes and timings vary).
+``sh`` blocks run whole, with ``set -e``.
 
 ffmpeg is not installed here: a stand-in on PATH copies its input to its output, so that the
 examples' own commands (``wsfs run``, the album loop) are what is checked.
@@ -27,7 +28,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.mount

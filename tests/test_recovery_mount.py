@@ -16,7 +16,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import REPO, is_mounted, sh
 
 DEADLINE = 30.0

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import make_core, parse_toml_config
+
 from wsfs.lifecycle import RECEIPT_FILE
 from wsfs.model import JobState
 from wsfs.retention import Sweeper, owner_alive
@@ -657,8 +657,8 @@ def test_resume_of_a_hidden_job_needs_restore_first(core, clock, sweeper):
 
 
 def test_trash_failures_are_logged_by_path_and_counted_in_status(tmp_path, monkeypatch, caplog):
-    from wsfs.daemon import Daemon
     from wsfs.config import default_config
+    from wsfs.daemon import Daemon
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()

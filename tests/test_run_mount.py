@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, MountedWsfs, is_mounted, require_fuse, sh
+
 from wsfs import __version__
 from wsfs.cli import main, setup_logging, stderr_is_journal
 from wsfs.store import Store

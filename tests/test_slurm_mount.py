@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, MountedWsfs, require_fuse
 
 pytestmark = pytest.mark.mount

@@ -38,9 +38,20 @@ import threading
 import time
 
 import pytest
-
-from stress_support import (FULL, daemon_errors, doctor, read_jobs, receipt_problems, replay, seed, sha256, size,
-                            start_mount, write_control, write_state)
+from stress_support import (
+    FULL,
+    daemon_errors,
+    doctor,
+    read_jobs,
+    receipt_problems,
+    replay,
+    seed,
+    sha256,
+    size,
+    start_mount,
+    write_control,
+    write_state,
+)
 
 ROUNDS = size(8, 200)
 RECOVERY_KILL_RATE = 0.12     # rounds whose restart is itself killed while the daemon starts/recovers

@@ -44,11 +44,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import require_fuse, sh
 from stress_support import StressMount, daemon_errors, replay, seed, size
 from test_tree import FIXED_NS, VICTIM, make_mirror, snapshot
 from test_users import NOBODY, as_nobody
+
 from wsfs.tree import Tree
 
 pytestmark = pytest.mark.mount

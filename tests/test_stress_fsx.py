@@ -35,7 +35,6 @@ import os
 import random
 
 import pytest
-
 from stress_support import FULL, daemon_errors, replay, seed, sha256, size, start_mount, write_state
 
 OPERATIONS = size(3_000, 100_000)

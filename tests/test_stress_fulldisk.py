@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, FakeClock, is_mounted, require_fuse, sh
 from stress_support import StressMount, daemon_errors, replay, seed, size
+
 from wsfs.config import default_config
 from wsfs.lifecycle import JobService
 from wsfs.store import Store
@@ -561,6 +561,7 @@ def test_a_job_the_full_disk_refuses_leaves_no_tree(tmp_path, monkeypatch):
     """With ``min_free = 0`` a full disk refuses the job's record commit (or an area's mkdir)
     after its tree was made: the tree stayed, with no record (an orphan for doctor).  Now it goes."""
     from conftest import make_core, parse_toml_config
+
     from wsfs.errors import StoreError
 
     core = make_core(tmp_path / "data", config=parse_toml_config('min_free = "0"'))

@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, MountedWsfs, is_mounted, require_fuse, sh
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-
-from conftest import REPO, MountedWsfs, is_mounted, require_fuse, sh
 from stress_support import StressMount, daemon_errors, replay, seed, size
+
 from wsfs.config import load_config
 from wsfs.control import MAX_PID, parse_control_command, parse_state_command
 from wsfs.errors import WsfsError

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, as_user, sh
 
 pytestmark = pytest.mark.mount

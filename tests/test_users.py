@@ -10,7 +10,6 @@ run with their cwd already inside the mount and use relative paths.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import stat
 import subprocess
 
 import pytest
-
 from conftest import MountedWsfs, as_user, sh
 
 pytestmark = pytest.mark.mount

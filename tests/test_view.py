@@ -14,9 +14,9 @@ import shutil
 import stat
 
 import pytest
+from conftest import MountedWsfs, sh
 
 import wsfs
-from conftest import MountedWsfs, sh
 
 pytestmark = pytest.mark.mount
 

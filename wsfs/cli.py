@@ -551,9 +551,9 @@ def list_jobs(states, show_all, publish_states, labels, user, as_json, patterns,
     header = ["JOB", "STATE", "STAGE", "AGE", "USAGE", "EXPIRES", "PURGE", "PUBLISH"]
     rows = _list_rows(records)
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for record, row in zip(records, rows):
-        cells = [str(c).ljust(w) for c, w in zip(row, widths)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for record, row in zip(records, rows, strict=True):
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
         cells[1] = click.style(cells[1], fg=STATE_COLOURS.get(record["state"]))
         click.echo("  ".join(cells).rstrip())
 

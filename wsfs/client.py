@@ -77,7 +77,7 @@ class Mount:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = resolve_mount(path)
 
-    def check(self) -> "Mount":
+    def check(self) -> Mount:
         """The mount answers, or a WsfsClientError that says why not (gone, or never mounted)."""
         try:
             with open(self.path / ".wsfs" / "status") as f:
@@ -182,7 +182,7 @@ class Mount:
 
     def create(self, job: str | None = None, *, template: str | None = None, quota: str | int | None = None,
                max_files: int | None = None, owner: int | None = None,
-               extra: dict | None = None, labels: dict[str, str] | None = None) -> "Workspace":
+               extra: dict | None = None, labels: dict[str, str] | None = None) -> Workspace:
         """Make a job (a generated id when none is given) and return its workspace.
 
         ``extra``: more ``create`` options (``git_repo=``, ``max_running=`` ...) and ``labels``
@@ -251,7 +251,7 @@ class Workspace:
         self.job = job
 
     @classmethod
-    def create(cls, mount: str | os.PathLike | None = None, job: str | None = None, **options) -> "Workspace":
+    def create(cls, mount: str | os.PathLike | None = None, job: str | None = None, **options) -> Workspace:
         return Mount(mount).create(job, **options)
 
     @property
@@ -301,7 +301,7 @@ class Workspace:
     def cancel(self, reason: str | None = None) -> None:
         self.set_state("cancelled", reason)
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

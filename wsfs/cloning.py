@@ -1,4 +1,5 @@
-"""Cloning a workspace inside the data dir: the core of ``wsfs clone SRC NEW`` (README "Parallel development workspaces").
+"""Cloning a workspace inside the data dir: the core of ``wsfs clone SRC NEW`` (README
+"Parallel development workspaces").
 
 ``clone_job`` makes NEW (state ``running``, a fresh record with ``origin``
 = SRC, owned by the caller) and copies SRC's areas into it without a FUSE
@@ -264,5 +265,5 @@ def _abandon(service, new_id: str, exc: BaseException) -> None:
     try:
         service.transition(new_id, JobState.CANCELLED, " ".join(reason.split()))
         service.transition(new_id, JobState.ARCHIVED)
-    except Exception:  # noqa: BLE001 - the copy's own error is the one the caller must see
+    except Exception:
         log.exception("could not remove the failed clone %s", new_id)

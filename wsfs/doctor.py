@@ -55,7 +55,7 @@ import time
 import psutil
 
 from .config import Template
-from .lifecycle import RECEIPT_FILE, JobService
+from .lifecycle import JobService
 from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState, check_transition
 
 log = logging.getLogger("wsfs.doctor")
@@ -311,7 +311,7 @@ def repair(service: JobService, findings: list[Finding], *, live: bool = False, 
     for finding in sorted((f for f in findings if f.kind != "pending"), key=lambda f: REPAIR_ORDER.index(f.kind)):
         try:
             line = _REPAIRS[finding.kind](service, finding, now, live, busy)
-        except Exception as exc:  # noqa: BLE001 - one failure must not stop the other repairs
+        except Exception as exc:
             log.exception("doctor: could not repair %s", finding.line())
             line = f"could not repair {finding.line()}: {exc}"
         if line:
@@ -322,7 +322,7 @@ def repair(service: JobService, findings: list[Finding], *, live: bool = False, 
 def _finish_pending(service: JobService, findings: list[Finding]) -> list[str]:
     try:
         finished = set(service.recover(False))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("doctor: could not finish the interrupted transitions")
         return [f"could not finish the interrupted transitions: {exc}"]
     return [f"{f.job}: finished its interrupted transition" if f.job in finished

@@ -39,8 +39,17 @@ import threading
 import time
 
 from . import acl, metrics
-from .binding import (CAP_DONT_MASK, CAP_POSIX_ACL, FuseOSError, Operations, caller_umask, end_session,
-                      fuse_get_context, invalidate_path, remember_session)
+from .binding import (
+    CAP_DONT_MASK,
+    CAP_POSIX_ACL,
+    FuseOSError,
+    Operations,
+    caller_umask,
+    end_session,
+    fuse_get_context,
+    invalidate_path,
+    remember_session,
+)
 from .errors import NotAllowedError, WsfsError
 from .hashing import Hasher, StreamHash
 from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
@@ -337,7 +346,7 @@ class PageInvalidator:
             for path in paths:
                 try:
                     invalidate_path(path)
-                except Exception:  # noqa: BLE001 - a stale cache for a second is no reason to stop
+                except Exception:
                     log.exception("could not invalidate the kernel's cache of %s", path)
             done.set()
 

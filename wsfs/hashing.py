@@ -249,5 +249,5 @@ class Hasher:
                 self._finishing.pop(stream, None)
             try:
                 done(digest)
-            except Exception:  # noqa: BLE001 - one file's bookkeeping must not stop the hasher
+            except Exception:
                 log.exception("recording a finished hash failed")

@@ -45,9 +45,19 @@ import psutil
 
 from . import control, metrics, publish, sharing
 from .config import Config, Template, default_config
+from .errors import (
+    BadCommandError,
+    JobExistsError,
+    NoSpaceError,
+    NoSuchJobError,
+    NotAllowedError,
+    QuotaError,
+    SealedError,
+    StoreError,
+    UnsafePathError,
+    WsfsError,
+)
 from .limits import UsageMeter
-from .errors import (BadCommandError, JobExistsError, NoSpaceError, NoSuchJobError, NotAllowedError,
-                     QuotaError, SealedError, StoreError, UnsafePathError, WsfsError)
 from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
 from .store import RWLock, Store
 from .tree import Tree
@@ -78,7 +88,7 @@ def _due(record: dict, now: float) -> bool:
 def iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def file_sha256(fd: int) -> bytes:
@@ -111,7 +121,7 @@ class ManifestWriter:
     rebuilds the manifests of jobs that were running (``rebuild``).
     """
 
-    def __init__(self, service: "JobService"):
+    def __init__(self, service: JobService):
         self._service = service
         self._ops: list[tuple] = []
         self._lock = threading.Lock()
@@ -505,7 +515,7 @@ class JobService:
             self._commit(fn)
         except StoreError as store_exc:  # a full disk: the caller still gets its errno
             log.warning("could not record a rejected write: %s", store_exc)
-        except Exception:  # noqa: BLE001 - the rejection itself must still reach the caller
+        except Exception:
             log.exception("could not record a rejected write")
         log.info("rejected %s write %r for %s: %s", where, text, job_id or "-", exc)
 

@@ -138,7 +138,7 @@ def expand_destination(to: str, record: dict) -> str:
     except KeyError:
         owner = str(record["uid"])
     values = {"job": record["id"], "template": record["template"], "owner": owner,
-              "date": datetime.datetime.fromtimestamp(ended, datetime.timezone.utc).strftime("%Y-%m-%d")}
+              "date": datetime.datetime.fromtimestamp(ended, datetime.UTC).strftime("%Y-%m-%d")}
     dest = os.path.normpath(to.format(**values))
     if not dest.startswith("/") or dest == "/":
         raise PublishError(f"destination {dest!r} is not a usable absolute path")
@@ -263,7 +263,10 @@ def _copy_dir(src_fd: int, dst: str, creds: OwnerCredentials, stop: threading.Ev
 
 def _same_tree(a: str, b: str) -> bool:
     """Do two destination trees hold the same names, types and bytes?"""
-    for (root_a, dirs_a, files_a), (root_b, dirs_b, files_b) in zip(os.walk(a), os.walk(b)):
+    walk_a, walk_b = list(os.walk(a)), list(os.walk(b))
+    if len(walk_a) != len(walk_b):
+        return False
+    for (root_a, dirs_a, files_a), (root_b, dirs_b, files_b) in zip(walk_a, walk_b, strict=True):
         if sorted(dirs_a) != sorted(dirs_b) or sorted(files_a) != sorted(files_b):
             return False
         dirs_a.sort()
@@ -439,7 +442,7 @@ class Publisher:
                 break
             try:
                 self.attempt(job_id)
-            except Exception as exc:  # noqa: BLE001 - one job must not stop the others
+            except Exception as exc:
                 log.exception("publishing job %s failed unexpectedly", job_id)
                 self._postpone(job_id, f"unexpected error: {exc}", now)
             done.append(job_id)
@@ -453,7 +456,7 @@ class Publisher:
                                          next_at=now + self.service.template(record).publish_backoff)
         try:
             self.service._update(job_id, change)
-        except Exception:  # noqa: BLE001 - the store itself failing: the daemon's log says it
+        except Exception:
             log.exception("could not postpone publishing job %s", job_id)
 
     def run(self, stop: threading.Event) -> None:

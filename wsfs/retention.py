@@ -171,7 +171,8 @@ class Sweeper:
                     actions.append(Action(job_id, "purge", "grace is 0: purged at expiry"))
             else:
                 actions.append(Action(job_id, "purge",
-                                      f"{state} for {age}, hidden for {format_duration(now - deadline + template.grace)}"
+                                      f"{state} for {age}, hidden for "
+                                      f"{format_duration(now - deadline + template.grace)}"
                                       f" (grace {format_duration(template.grace)})"))
         for action in actions:
             if action.action == "purge":
@@ -375,7 +376,7 @@ class Sweeper:
     def _apply_batch(self, batch: list[Action], apply_many, now: float) -> None:
         try:
             outcome = apply_many([a.job for a in batch], now)
-        except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; the next pass retries
+        except Exception as exc:
             log.exception("sweep: could not %s %d job(s)", batch[0].action, len(batch))
             for action in batch:
                 action.error = str(exc)
@@ -405,7 +406,7 @@ class Sweeper:
         except WsfsError as exc:  # the job changed since the plan (restored, resumed): not an error
             action.error = str(exc)
             log.warning("sweep: did not %s job %s: %s", action.action, action.job, exc)
-        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the pass
+        except Exception as exc:
             action.error = str(exc)
             log.exception("sweep: could not %s job %s", action.action, action.job)
 

@@ -220,7 +220,7 @@ class RWLock:
 class Reader:
     """Read access inside one LMDB read transaction."""
 
-    def __init__(self, store: "Store", txn: lmdb.Transaction):
+    def __init__(self, store: Store, txn: lmdb.Transaction):
         self._store = store
         self.txn = txn
 
