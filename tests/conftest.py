@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,10 +180,46 @@ class MountedWsfs:
         self.stop()
         return self.start(extra_env)
 
-    def daemon_errors(self) -> list[str]:
-        """Log lines at ERROR/CRITICAL or with a traceback (the daemon must have none)."""
-        return [ln for ln in self.log_text().splitlines() if " ERROR " in ln or " CRITICAL " in ln
-                or ln.startswith("Traceback")]
+    def daemon_errors(self, offset: int = 0) -> list[str]:
+        """The daemon log's problems (``log_problems``) after ``offset`` characters (an earlier
+        run that died on purpose); the daemon must have none."""
+        return log_problems(self.log_text()[offset:])
+
+
+_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
+
+
+def log_problems(text: str) -> list[str]:
+    """The daemon log's ERROR and CRITICAL records and its tracebacks, except the traceback mfusepy
+    attaches to the DEBUG line of every errno an operation returns (``--log-level debug``):
+    an EROFS or EPERM a test provokes is an answer, not an error."""
+    problems, level = [], None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        record = _LOG_RECORD.match(line)
+        if record:
+            level = record.group(1)
+            if level in ("ERROR", "CRITICAL"):
+                problems.append(line)
+        elif line.startswith("Traceback"):
+            end = i + 1
+            while end < len(lines) and lines[end][:1] in (" ", "\t"):
+                end += 1
+            answer = end < len(lines) and lines[end].startswith("mfusepy.FuseOSError")
+            if not (answer or level == "DEBUG"):
+                problems.append(line)
+    return problems
+
+
+def events(source, kind: str | None = None, job: str | None = None) -> list[dict]:
+    """The events of a mount (``.wsfs/events``, as its caller may read them) or of a core
+    (``JobService``: the store's), of one ``kind`` and ``job`` if given."""
+    if isinstance(source, MountedWsfs):
+        found = [json.loads(line) for line in (source.mnt / ".wsfs" / "events").read_text().splitlines() if line]
+    else:
+        with source.store.read() as r:
+            found = list(r.events())
+    return [e for e in found if (kind is None or e["kind"] == kind) and (job is None or e.get("job") == job)]
 
 
 @pytest.fixture

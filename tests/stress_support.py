@@ -60,28 +60,6 @@ def start_mount(tmp_path, name: str = "m", **kwargs) -> StressMount:
     return StressMount(tmp_path / name, **kwargs).start()
 
 
-def daemon_errors(m) -> list[str]:
-    """ERROR/CRITICAL lines and tracebacks of the daemon's log, minus mfusepy's DEBUG tracebacks
-    of errnos returned on purpose (they end in ``mfusepy.FuseOSError``)."""
-    lines = m.log_text().splitlines()
-    errors, i = [], 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("Traceback"):
-            end = i + 1
-            while end < len(lines) and lines[end][:1] in (" ", "\t"):
-                end += 1
-            last = lines[end] if end < len(lines) else ""
-            if not last.startswith("mfusepy.FuseOSError:"):
-                errors += lines[i:end + 1]
-            i = end + 1
-            continue
-        if " ERROR " in line or " CRITICAL " in line:
-            errors.append(line)
-        i += 1
-    return errors
-
-
 def doctor(m) -> dict:
     """``wsfs doctor --json`` through the mount (the daemon does the work)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), WSFS_MOUNT=str(m.mnt))

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from conftest import wsfs_cli
-from test_lifecycle_mount import log_errors
 
 from wsfs.cli import main
 
@@ -84,7 +83,7 @@ def test_create_prints_the_workspace_path(wsfs_mount):
     assert bad.exit_code in (1, 2)
     assert "quota" in bad.stderr and "lots" in bad.stderr
     assert not (m.ws / "q1").exists()
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_create_copies_inputs_through_the_mount(wsfs_mount, tmp_path):
@@ -199,7 +198,7 @@ def test_show_text_and_json(four_jobs):
     assert "no job nope" in missing.stderr
     proc = wsfs("show", "b", "--json", "--mount", mnt)
     assert proc.returncode == 0 and json.loads(proc.stdout)["state"] == "completed"
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -238,7 +237,7 @@ def test_state_commands(wsfs_mount):
     unknown = cli("state", "nope", "completed", "--mount", mnt)
     assert unknown.exit_code == 1
     assert "nope" in unknown.stderr
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -266,7 +265,7 @@ def test_run_completes_with_the_environment_and_cwd(wsfs_mount):
     assert receipt["owner"]["pid"] is not None  # `wsfs run` registers itself as the owner
     outputs = {o["path"]: o["sha256"] for o in receipt["outputs"]}
     assert outputs["output/x"] == hashlib.sha256(b"hi\n").hexdigest()
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_run_generates_an_id(wsfs_mount):
@@ -301,7 +300,7 @@ def test_run_failures_fail_the_job(wsfs_mount):
     taken = wsfs("run", "--job", "r3", "--mount", mnt, "--", "true")
     assert taken.returncode == 1
     assert "used before" in taken.stderr
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- config, help, no mount --------------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import re
 
 import pytest
-from test_lifecycle_mount import log_errors
 
 from wsfs.client import Mount, Workspace, WsfsClientError
 
@@ -40,7 +39,7 @@ def test_normal_exit_completes(wsfs_mount):
     assert receipt["state"] == "completed"
     assert [o["path"] for o in receipt["outputs"]] == ["output/frame.png"]
     assert receipt["stage"] == "rendering"
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_an_exception_fails_the_job_and_propagates(wsfs_mount):
@@ -58,7 +57,7 @@ def test_an_exception_fails_the_job_and_propagates(wsfs_mount):
     with pytest.raises(OSError) as sealed:
         (ws.output / "partial.png").write_bytes(b"more")
     assert sealed.value.errno == errno.EROFS
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_a_multiline_exception_gives_a_one_line_reason(wsfs_mount):
@@ -116,7 +115,7 @@ def test_refusals_carry_the_daemons_reason(wsfs_mount, tmp_path):
     with pytest.raises(WsfsClientError) as missing:
         _ = Workspace(m.mnt, "never").state
     assert missing.value.errno == errno.ENOENT
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_workspace_records_are_readable(wsfs_mount):

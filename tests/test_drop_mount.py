@@ -13,18 +13,13 @@ import subprocess
 import time
 
 import pytest
-from conftest import sh, wsfs_cli
+from conftest import events, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
 
 def job(m, name: str) -> dict:
     return json.loads((m.ws / name / ".job").read_text())
-
-
-def events(m, kind: str) -> list[dict]:
-    lines = (m.mnt / ".wsfs" / "events").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["kind"] == kind]
 
 
 def state_write(m, name: str, text: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import stat
 import tempfile
 
 import pytest
-from conftest import FakeClock, make_core
+from conftest import FakeClock, events, make_core
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -91,11 +91,6 @@ def receipt_of(core, job: str) -> tuple[dict, bytes]:
     root, rel = core.location(stored(core, job))
     data = read_file(core, root, f"{rel}/{RECEIPT_FILE}")
     return json.loads(data), data
-
-
-def events(core, kind: str | None = None) -> list[dict]:
-    with core.store.read() as r:
-        return [e for e in r.events() if kind is None or e["kind"] == kind]
 
 
 def tree_files(core, job: str) -> dict[str, bytes]:

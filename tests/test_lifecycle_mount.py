@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, is_mounted, sh
+from conftest import REPO, events, is_mounted, sh
 
 from wsfs.store import Store
 
@@ -41,10 +41,6 @@ def read_json(path) -> dict:
 
 def json_lines(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def events(m) -> list[dict]:
-    return json_lines(m.mnt / ".wsfs" / "events")
 
 
 def manifest(job_dir) -> dict[str, dict]:
@@ -103,27 +99,6 @@ def trash_empty(m) -> bool:
     return not os.listdir(m.data / "trash")
 
 
-_RECORD_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
-
-
-def log_errors(m, offset: int = 0) -> list[str]:
-    """ERROR/CRITICAL records and tracebacks in the daemon's log after ``offset``.
-
-    Unlike ``MountedWsfs.daemon_errors`` this skips the tracebacks that
-    mfusepy attaches to its DEBUG line for every errno an operation returns
-    (an expected EROFS or EPERM is not a daemon error).  ``offset`` skips an
-    earlier run that died on purpose.
-    """
-    errors, level = [], None
-    for line in m.log_text()[offset:].splitlines():
-        record = _RECORD_RE.match(line)
-        if record:
-            level = record.group(1)
-            if level in ("ERROR", "CRITICAL"):
-                errors.append(line)
-        elif line.startswith("Traceback") and level not in ("DEBUG", "INFO"):
-            errors.append(line)
-    return errors
 
 
 def start_over_stale_mount(m):
@@ -214,7 +189,7 @@ def test_seed_000_flow_through_a_shell(wsfs_mount, tmp_path):
     assert sh("cat .state", cwd=job_dir).stdout == "completed\n"
     rejected = [e for e in events(m) if e["kind"] == "rejected" and e.get("job") == job]
     assert rejected and "bogus" in rejected[-1]["command"]
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- failed and cancelled: everything kept, sealed -----------------------------------------
@@ -272,7 +247,7 @@ def test_failed_and_cancelled_keep_everything_and_seal(wsfs_mount, command, stat
     assert sorted(os.listdir(job_dir / "output")) == ["a.txt", "sub"]
     assert sorted(os.listdir(job_dir)) == [".job", ".manifest", ".state", "input", "output", "receipt.json", "temp"]
     assert read_json(job_dir / ".job")["state"] == state
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- transitions, stages, owners ------------------------------------------------------------
@@ -316,7 +291,7 @@ def test_disallowed_transitions_stages_and_owner(wsfs_mount):
     assert receipt["owner"]["pid"] == os.getpid()
     rejected = [e for e in events(m) if e["kind"] == "rejected"]
     assert {e["job"] for e in rejected} == {"done", "staged"}
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_archived_removes_the_tree_and_keeps_the_record(wsfs_mount):
@@ -351,7 +326,7 @@ def test_archived_removes_the_tree_and_keeps_the_record(wsfs_mount):
     # The id stays taken.
     assert sh("mkdir workspaces/old", cwd=m.mnt, check=False).returncode != 0
     assert errno_of(lambda: os.mkdir(m.ws / "old")) == errno.EEXIST
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_racing_writers_one_wins(wsfs_mount):
@@ -388,7 +363,7 @@ def test_racing_writers_one_wins(wsfs_mount):
         assert read_json(job_dir / "receipt.json")["state"] == winners[0]
         transitions = [e for e in events(m) if e["kind"] == "transition" and e["job"] == job_dir.name]
         assert [e["to"] for e in transitions] == [winners[0]]
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- manifest and usage (docs/spec.md §8) --------------------------------------------------------------
@@ -426,7 +401,7 @@ def test_manifest_follows_create_close_rename_unlink(wsfs_mount):
     assert usage == {"bytes": sum(p.stat().st_size for p in real), "files": len(real)}
     assert {p: e["size"] for p, e in manifest(job_dir).items()} == {
         str(p.relative_to(job_dir)): p.stat().st_size for p in real}
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_manifest_is_not_updated_per_write(wsfs_mount):
@@ -455,7 +430,7 @@ def test_manifest_is_not_updated_per_write(wsfs_mount):
     finally:
         os.close(fd)
     assert manifest(job_dir)["output/big.bin"]["size"] == 101 * len(chunk)
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_sha256_while_writing_and_out_of_order(wsfs_mount):
@@ -485,7 +460,7 @@ def test_sha256_while_writing_and_out_of_order(wsfs_mount):
     assert outputs == {"output/seq.bin": hashlib.sha256(data).hexdigest(),
                        "output/ooo.bin": hashlib.sha256(second + first).hexdigest()}
     assert manifest(job_dir)["output/ooo.bin"]["sha256"] == outputs["output/ooo.bin"]
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- crash-safe ending (docs/spec.md §6, §7) -------------------------------------------------------------
@@ -502,7 +477,7 @@ def _assert_finished(m, job: str, state: str, offset: int) -> None:
     record = read_json(m.mnt / "workspaces" / job / ".job") if state != "archived" else None
     transitions = [e for e in events(m) if e["kind"] == "transition" and e["job"] == job and e["to"] == state]
     assert transitions, f"no transition event to {state} for {job}"
-    assert log_errors(m, offset) == []
+    assert m.daemon_errors(offset) == []
     if state == "archived":
         records = {r["id"]: r for r in json_lines(m.mnt / ".wsfs" / "jobs")}
         assert records[job]["state"] == "archived"
@@ -607,7 +582,7 @@ def test_completing_with_100k_temp_files_returns_and_the_trash_empties(fast_data
     wait_until(lambda: trash_empty(m), TRASH_DEADLINE, "the trash is emptied")
     print(f"the trash emptied {time.monotonic() - started:.1f} s after the write returned")
     assert_valid_receipt(job_dir, "completed")
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_kill9_keeps_fsynced_data_and_recovers(wsfs_mount):
@@ -633,9 +608,9 @@ def test_kill9_keeps_fsynced_data_and_recovers(wsfs_mount):
     assert len(found) == 1
     assert found[0].read_bytes() == data
     assert (found[0].parent.parent / "temp" / "state.json").read_text() == '{"at": 7}\n'
-    assert log_errors(m, offset) == []
+    assert m.daemon_errors(offset) == []
     # The mount works as before.
     other = new_job(m, "after")
     (other / "output" / "x").write_text("x\n")
     assert write_state(other, "completed") == 0
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []

@@ -29,31 +29,6 @@ def wsfs(m, *args, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def daemon_errors(m) -> list[str]:
-    """``m.daemon_errors()`` minus mfusepy's DEBUG tracebacks of the errnos a test provokes on purpose.
-
-    At ``--log-level debug`` mfusepy logs every errno it returns (but getattr's
-    ENOENT) with ``exc_info``; such a block ends in ``mfusepy.FuseOSError: ...``.
-    """
-    lines = m.log_text().splitlines()
-    errors, i = [], 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("Traceback"):
-            end = i + 1
-            while end < len(lines) and lines[end][:1] in (" ", "\t"):
-                end += 1
-            last = lines[end] if end < len(lines) else ""
-            if not last.startswith("mfusepy.FuseOSError:"):
-                errors += lines[i:end + 1]
-            i = end + 1
-            continue
-        if " ERROR " in line or " CRITICAL " in line:
-            errors.append(line)
-        i += 1
-    return errors
-
-
 def job_doc(m, job: str) -> dict:
     return json.loads((m.ws / job / ".job").read_text())
 
@@ -216,7 +191,7 @@ def test_quota_from_a_shell(mount_factory):
     # ... and truncating one does too.
     sh(": > workspaces/q1/output/again && head -c 1000K /dev/zero > workspaces/q1/output/third", cwd=m.mnt)
     assert job_doc(m, "q1")["usage"]["bytes"] == 1000 * KIB
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -233,7 +208,7 @@ def test_quota_counts_every_way_a_file_grows(mount_factory):
     assert r.returncode != 0 and "Disk quota exceeded" in r.stderr
     sh("mv workspaces/q2/output/a workspaces/q2/output/c", cwd=m.mnt)  # a rename costs nothing
     assert (out / "c").stat().st_size == 60 * KIB
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -246,7 +221,7 @@ def test_max_files_from_a_shell(mount_factory):
     assert not (m.ws / "f1" / "output" / "sub" / "d").exists()
     sh("rm workspaces/f1/output/a && touch workspaces/f1/output/sub/d", cwd=m.mnt)
     assert job_doc(m, "f1")["usage"]["files"] == 3
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -261,7 +236,7 @@ def test_create_with_quota_and_max_files_from_the_cli(mount_factory):
     sh("touch output/b", cwd=path)
     r = sh("touch output/c", cwd=path, check=False)
     assert r.returncode != 0 and "Disk quota exceeded" in r.stderr
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -275,7 +250,7 @@ def test_max_jobs_from_a_shell(mount_factory):
     assert result.returncode != 0 and "Disk quota exceeded" in result.stderr
     sh("echo completed > workspaces/a/.state && echo archived > workspaces/a/.state", cwd=m.mnt)
     sh("mkdir workspaces/c", cwd=m.mnt)
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -287,7 +262,7 @@ def test_min_free_from_a_shell(mount_factory):
     assert result.returncode != 0 and "No space left on device" in result.stderr
     assert not (m.ws / "nospace").exists()
     assert os.listdir(m.data / "jobs") == []
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 MEDIA = """
@@ -317,7 +292,7 @@ def test_media_template_from_a_shell(mount_factory):
     assert receipt["template"] == "media"
     assert receipt["outputs"] == [{"path": "output/mix.flac", "size": 6,
                                    "sha256": hashlib.sha256(b"mixed\n").hexdigest()}]
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -332,7 +307,7 @@ def test_run_with_a_template(mount_factory):
     assert lines[3] == f"out={m.ws / job['id'] / 'output'} temp=unset"
     path = wsfs(m, "create", "m2", "--template", "media").stdout.strip()
     assert sorted(os.listdir(path)) == [".job", ".manifest", ".state", "audio", "output", "video"]
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -345,4 +320,4 @@ def test_unknown_template_from_a_shell_and_the_cli(mount_factory):
     result = wsfs(m, "run", "--template", "nope", "--", "true", check=False)
     assert result.returncode == 1 and "nope" in result.stderr
     assert os.listdir(m.ws) == []
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []

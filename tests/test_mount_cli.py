@@ -13,7 +13,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,27 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, is_mounted, require_fuse
+from conftest import REPO, is_mounted, log_problems, require_fuse
 
 pytestmark = pytest.mark.mount
 
-_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
-
-
-def log_problems(text: str) -> list[str]:
-    """ERROR/CRITICAL lines and tracebacks, except the traceback mfusepy attaches to the DEBUG line
-    of every errno it returns (those are answers, not errors)."""
-    problems, previous = [], ""
-    for line in text.splitlines():
-        record = _LOG_RECORD.match(line)
-        if record and record.group(1) in ("ERROR", "CRITICAL"):
-            problems.append(line)
-        elif line.startswith("Traceback"):
-            before = _LOG_RECORD.match(previous)
-            if not (before and before.group(1) == "DEBUG" and " fuse[" in previous):
-                problems.append(line)
-        previous = line
-    return problems
 
 
 def wsfs(*args: str) -> subprocess.CompletedProcess:

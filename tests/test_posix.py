@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import mmap
 import os
-import re
 import stat
 import threading
 from pathlib import Path
@@ -34,28 +33,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}{next(_names)}"
 
 
-_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
-
-
-def daemon_problems(m: MountedWsfs) -> list[str]:
-    """``m.daemon_errors()`` without mfusepy's noise.
-
-    At debug level mfusepy logs every errno it returns other than ENOENT from
-    getattr (EEXIST, ENOTEMPTY, EXDEV ...) as a DEBUG line *with a
-    traceback*; those are answers, not errors.  Any other traceback, and every
-    ERROR or CRITICAL line, counts.
-    """
-    problems, previous = [], ""
-    for line in m.log_text().splitlines():
-        record = _LOG_RECORD.match(line)
-        if record and record.group(1) in ("ERROR", "CRITICAL"):
-            problems.append(line)
-        elif line.startswith("Traceback"):
-            before = _LOG_RECORD.match(previous)
-            if not (before and before.group(1) == "DEBUG" and " fuse[" in previous):
-                problems.append(line)
-        previous = line
-    return problems
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +48,9 @@ def mounted(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_new_daemon_errors(mounted):
-    before = len(daemon_problems(mounted))
+    before = len(mounted.daemon_errors())
     yield
-    new = daemon_problems(mounted)[before:]
+    new = mounted.daemon_errors()[before:]
     assert new == [], "daemon logged errors:\n" + mounted.log_text()[-5000:]
 
 

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_core, parse_toml_config
-from test_retention import DAY, actions, ended_job, events, new_job, snapshot
+from conftest import events, make_core, parse_toml_config
+from test_retention import DAY, actions, ended_job, new_job, snapshot
 
 from wsfs.model import JobState
 from wsfs.retention import Sweeper

@@ -12,7 +12,7 @@ import os
 import threading
 
 import pytest
-from conftest import FakeClock, make_core, parse_toml_config
+from conftest import FakeClock, events, make_core, parse_toml_config
 from test_lifecycle import write_file
 
 from wsfs.config import ConfigError
@@ -58,12 +58,6 @@ def job_with_outputs(service, job="j1", files=None):
                                  "input/src.wav": b"RIFF", "temp/scratch": b"x"}).items():
         write_file(service, job, path, data)
     return job
-
-
-def events(service, kind=None, job=None):
-    with service.store.read() as r:
-        found = r.events()
-    return [e for e in found if (kind is None or e["kind"] == kind) and (job is None or e.get("job") == job)]
 
 
 def tree_of(path) -> dict[str, bytes]:

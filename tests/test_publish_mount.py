@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sh
+from conftest import events, sh
 from test_cli import wsfs
-from test_lifecycle_mount import log_errors
 from test_users import NOBODY, as_nobody
 
 DEADLINE = 30.0
@@ -45,11 +44,6 @@ def publish_of(m, job: str) -> dict | None:
 def publish_settled(m, job: str):
     publish = publish_of(m, job)
     return publish if publish and publish["status"] != "pending" else None
-
-
-def events(m, kind: str, job: str | None = None) -> list[dict]:
-    lines = (m.mnt / ".wsfs" / "events").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["kind"] == kind and (job is None or e.get("job") == job)]
 
 
 def files_under(path: Path) -> dict[str, bytes]:
@@ -82,7 +76,7 @@ hook_timeout = "60s"
     assert hook["exit"] == 0 and hook["output"] == "cd1\n"
     listing = wsfs("list", env={"WSFS_MOUNT": str(m.mnt)})
     assert listing.returncode == 0 and "PUBLISH" in listing.stdout and "done" in listing.stdout
-    assert log_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_a_pending_publish_survives_sigkill_and_the_next_mount_finishes_it(mount_factory, tmp_path):
@@ -114,7 +108,7 @@ completed = "after-publish"
     record = jobs(m)["story"]
     assert record["state"] == "completed" and record["where"] is None and publish["deleted_at"]
     assert not (m.ws / "story").exists()
-    assert log_errors(m, offset) == []
+    assert m.daemon_errors(offset) == []
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO, is_mounted, sh
+from conftest import REPO, events, is_mounted, sh
 
 DEADLINE = 30.0
 
@@ -45,36 +45,9 @@ def wait_for(what: str, predicate, timeout: float = DEADLINE, interval: float = 
         time.sleep(interval)
 
 
-def daemon_errors(m) -> list[str]:
-    """``m.daemon_errors()`` minus mfusepy's DEBUG tracebacks of errnos provoked on purpose."""
-    lines = m.log_text().splitlines()
-    errors, i = [], 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("Traceback"):
-            end = i + 1
-            while end < len(lines) and lines[end][:1] in (" ", "\t"):
-                end += 1
-            last = lines[end] if end < len(lines) else ""
-            if not last.startswith("mfusepy.FuseOSError:"):
-                errors += lines[i:end + 1]
-            i = end + 1
-            continue
-        if " ERROR " in line or " CRITICAL " in line:
-            errors.append(line)
-        i += 1
-    return errors
-
-
 def records(m) -> dict[str, dict]:
     text = (m.mnt / ".wsfs" / "jobs").read_text()
     return {r["id"]: r for r in (json.loads(line) for line in text.splitlines() if line.strip())}
-
-
-def events(m, kind: str | None = None, job: str | None = None) -> list[dict]:
-    text = (m.mnt / ".wsfs" / "events").read_text()
-    return [e for e in (json.loads(line) for line in text.splitlines() if line.strip())
-            if (kind is None or e["kind"] == kind) and (job is None or e.get("job") == job)]
 
 
 def listed(m, top: str = "workspaces") -> list[str]:
@@ -137,7 +110,7 @@ def test_failed_job_appears_hides_restores_hides_again_and_is_purged(mount_facto
         ["hidden", "restored", "hidden", "purged"]
     status = json.loads((m.mnt / ".wsfs" / "status").read_text())
     assert status["last_sweep"] is not None and status["last_sweep"]["dry_run"] is False
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -161,7 +134,7 @@ def test_a_tree_in_use_is_skipped_until_it_is_free(mount_factory):
     for job in ("cwd", "fd"):
         wait_for(f"{job} to be purged", lambda job=job: records(m)[job].get("purged_at"))
         assert not (m.data / "jobs" / job).exists()
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- the daemon killed with SIGKILL ----------------------------------------------------------------
@@ -219,7 +192,7 @@ def test_sigkill_then_mount_again_quarantines_running_jobs(mount_factory):
     sh("echo completed > workspaces/k1/.state", cwd=m.mnt)
     receipt = json.loads((m.ws / "k1" / "receipt.json").read_text())
     assert [o["path"] for o in receipt["outputs"]] == ["output/track.flac", "output/track2.flac"]
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -237,7 +210,7 @@ def test_sigkill_with_on_crash_resume_keeps_jobs_running(mount_factory):
     # The manifest was rebuilt from the tree: usage is right after the crash.
     usage = json.loads((m.ws / "k2" / ".job").read_text())["usage"]
     assert usage == {"bytes": len(contents["k2"]) + len("more\n") + len("scratch"), "files": 2}
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- owner liveness --------------------------------------------------------------------------------
@@ -275,7 +248,7 @@ def test_job_whose_wsfs_run_is_killed_becomes_crashed(mount_factory):
     wsfs(m, "resume", "own")
     assert "own" not in wsfs(m, "sweep").stdout
     assert (m.ws / "own" / ".state").read_text() == "running\n"
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @pytest.mark.mount
@@ -289,7 +262,7 @@ def test_the_sweeper_thread_crashes_an_orphaned_job_by_itself(mount_factory):
         child.wait()
     wait_for("the sweeper to crash the job", lambda: records(m)["orphan"]["state"] == "crashed")
     assert listed(m, "quarantine") == ["orphan"] and listed(m) == []
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- sweep --dry-run ---------------------------------------------------------------------------------
@@ -332,7 +305,7 @@ def test_sweep_dry_run_names_each_due_job_with_why_and_changes_nothing(mount_fac
 
     result = sh("echo 'sweep now' > .wsfs/control", cwd=m.mnt, check=False)
     assert result.returncode != 0 and "Invalid argument" in result.stderr
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -453,4 +426,4 @@ def test_crash_during_recovery_is_finished_by_the_mount_after(mount_factory):
         assert (m.mnt / "quarantine" / job / ".state").read_text() == "crashed\n"
         assert json.loads((m.mnt / "quarantine" / job / "receipt.json").read_text())["state"] == "crashed"
     assert [e["to"] for e in events(m, "transition") if e["to"] == "crashed"] == ["crashed"] * 3
-    assert [line for line in daemon_errors(m) if "WSFS_FAULT" not in line] == []
+    assert [line for line in m.daemon_errors() if "WSFS_FAULT" not in line] == []

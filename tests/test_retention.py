@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_core, parse_toml_config
+from conftest import events, make_core, parse_toml_config
 
 from wsfs.lifecycle import RECEIPT_FILE
 from wsfs.model import JobState
@@ -47,11 +47,6 @@ def ended_job(core, job: str, state: JobState, files=None, **create) -> dict:
 
 def actions(report) -> list[tuple[str, str]]:
     return [(a.job, a.action) for a in report.actions]
-
-
-def events(core, kind: str | None = None, job: str | None = None) -> list[dict]:
-    with core.store.read() as r:
-        return [e for e in r.events() if (kind is None or e["kind"] == kind) and (job is None or e.get("job") == job)]
 
 
 def snapshot(core) -> dict:

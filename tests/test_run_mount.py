@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, sh, wsfs_cli
+from conftest import REPO, events, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
@@ -26,11 +26,6 @@ wsfs = wsfs_cli
 
 def job(m, name: str) -> dict:
     return json.loads((m.ws / name / ".job").read_text())
-
-
-def events(m, kind: str, name: str) -> list[dict]:
-    lines = (m.mnt / ".wsfs" / "events").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["kind"] == kind and e.get("job") == name]
 
 
 def test_importing_the_client_loads_none_of_the_daemons_modules():

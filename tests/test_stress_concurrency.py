@@ -38,7 +38,6 @@ import traceback
 import pytest
 from stress_support import (
     FULL,
-    daemon_errors,
     doctor,
     read_jobs,
     receipt_problems,
@@ -362,7 +361,7 @@ def test_sixteen_processes_on_sixty_four_jobs(tmp_path):
         assert not problems, f"{label} receipts:\n  " + "\n  ".join(problems[:20])
         report = doctor(m)
         assert report["problems"] == 0, f"{label} wsfs doctor: {json.dumps(report['findings'])[:3000]}"
-        errors = daemon_errors(m)
+        errors = m.daemon_errors()
         assert errors == [], f"{label} daemon errors:\n" + "\n".join(errors[-60:])
 
         totals: collections.Counter = collections.Counter()

@@ -40,7 +40,6 @@ import time
 import pytest
 from stress_support import (
     FULL,
-    daemon_errors,
     doctor,
     read_jobs,
     receipt_problems,
@@ -473,7 +472,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
             report = doctor(m)
             checker.fact(report["problems"] == 0, f"wsfs doctor after round {round_no}: "
                          + json.dumps(report["findings"])[:2000])
-            errors = daemon_errors(m)
+            errors = m.daemon_errors()
             checker.fact(errors == [], "daemon errors:\n" + "\n".join(errors[-40:]))
             assert not checker.problems, (f"round {round_no} (kill after {delay:.3f}s, "
                                           f"{model.ops} operations so far) {label}:\n  "

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_fuse, sh
-from stress_support import StressMount, daemon_errors, replay, seed, size
+from stress_support import StressMount, replay, seed, size
 from test_tree import FIXED_NS, VICTIM, make_mirror, snapshot
 from test_users import NOBODY, as_nobody
 
@@ -512,7 +512,7 @@ def test_swapping_in_symlinks_during_use_never_reaches_outside(escape_mount, tmp
     sh("echo completed > .state", cwd=m.ws / "J")
     receipt = json.loads((m.ws / "J" / "receipt.json").read_text())
     assert "output/after" in {o["path"] for o in receipt["outputs"]}
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 # -- permissions ----------------------------------------------------------------------------------
@@ -558,7 +558,7 @@ def test_nobody_cannot_list_or_read_a_0700_job(shared_mount):
     # Listed (workspaces/ is 1777, like /tmp), but nothing inside.
     assert "private" in as_nobody("ls workspaces", cwd=m.mnt).stdout.split()
     assert (m.ws / "private" / ".state").read_text() == "running\n"
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_nobody_cannot_change_roots_files_in_a_0755_job(shared_mount):
@@ -597,7 +597,7 @@ def test_nobody_cannot_change_roots_files_in_a_0755_job(shared_mount):
     refused("echo 'create rootjob' > .wsfs/control", m.mnt, "File exists")
     assert snapshot(str(m.data / "jobs" / "rootjob")) == before
     assert (m.ws / "rootjob" / ".state").read_text() == "running\n"
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_nobody_cannot_restore_resume_or_archive_roots_ended_jobs(shared_mount):
@@ -621,7 +621,7 @@ def test_nobody_cannot_restore_resume_or_archive_roots_ended_jobs(shared_mount):
     # Root still can.
     sh("echo 'restore hidden' > .wsfs/control", cwd=m.mnt)
     assert (m.ws / "hidden" / ".state").read_text() == "failed\n"
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_device_nodes_made_in_the_backing_dir_do_not_work_through_the_mount(shared_mount):
@@ -643,7 +643,7 @@ def test_device_nodes_made_in_the_backing_dir_do_not_work_through_the_mount(shar
                 os.close(os.open(through, flags))
             assert info.value.errno in (errno.EACCES, errno.ENXIO, errno.EPERM), (name, info.value)
         refused(f"head -c 16 workspaces/J/temp/{name}", m.mnt, "Permission denied")
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_a_setuid_binary_put_in_a_job_runs_as_its_caller(shared_mount):
@@ -657,7 +657,7 @@ def test_a_setuid_binary_put_in_a_job_runs_as_its_caller(shared_mount):
     result = as_nobody("workspaces/J/temp/id -u; workspaces/J/temp/id -ru", cwd=m.mnt)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(NOBODY), str(NOBODY)]
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 

@@ -35,7 +35,7 @@ import os
 import random
 
 import pytest
-from stress_support import FULL, daemon_errors, replay, seed, sha256, size, start_mount, write_state
+from stress_support import FULL, replay, seed, sha256, size, start_mount, write_state
 
 OPERATIONS = size(3_000, 100_000)
 SEGMENT = 1_000                      # operations per job
@@ -514,7 +514,7 @@ def test_random_operations_agree_with_a_plain_directory(tmp_path):
             check_completed_segment(str(m.ws / job), str(model_dir))
             segment += 1
         print(f"fsx: {done} operations in {segment} jobs agreed; by kind: {dict(sorted(counts.items()))}")
-        assert daemon_errors(m) == [], "\n".join(daemon_errors(m))
+        assert m.daemon_errors() == [], "\n".join(m.daemon_errors())
     finally:
         m.stop()
 

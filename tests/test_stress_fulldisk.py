@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, FakeClock, is_mounted, require_fuse, sh
-from stress_support import StressMount, daemon_errors, replay, seed, size
+from stress_support import StressMount, replay, seed, size
 
 from wsfs.config import default_config
 from wsfs.lifecycle import JobService
@@ -186,7 +186,7 @@ def test_a_full_disk_gives_enospc_changes_nothing_half_way_and_heals(small_fs, t
             # part way (the intent stands: the same command, or the next mount, finishes it).
             assert record["state"] == "running", record
             assert record["ending"] in (None, "completed"), record
-        assert daemon_errors(m) == []
+        assert m.daemon_errors() == []
         # Space comes back: the job's big file and the fillers go.
         os.unlink(m.ws / "F" / "temp" / "big")
         for name in os.listdir(small_fs):
@@ -210,7 +210,7 @@ def test_a_full_disk_gives_enospc_changes_nothing_half_way_and_heals(small_fs, t
            "echo 'stage again' > workspaces/S/.state && echo completed > workspaces/after/.state", cwd=m.mnt)
         assert read_job(m, "after")["state"] == "completed"
         assert read_job(m, "S")["stage"] == "again"
-        assert daemon_errors(m) == []
+        assert m.daemon_errors() == []
         m.stop()
         # The data dir is clean (the daemon stopped: doctor takes the data dir itself) ...
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -221,7 +221,7 @@ def test_a_full_disk_gives_enospc_changes_nothing_half_way_and_heals(small_fs, t
         m.start()
         assert read_job(m, "J")["state"] == "completed" and read_job(m, "S")["state"] == "running"
         assert (m.ws / "after" / "output" / "n").read_text().splitlines()[-1] == "100000"
-        assert daemon_errors(m) == []
+        assert m.daemon_errors() == []
     finally:
         m.stop()
 
@@ -394,7 +394,7 @@ def test_running_out_of_file_descriptors_gives_errors_not_a_hang(tmp_path):
         assert {o["path"] for o in receipt["outputs"]} >= {"output/f1"}
         sh("mkdir workspaces/K && echo k > workspaces/K/output/k && echo completed > workspaces/K/.state",
            cwd=m.mnt)
-        assert daemon_errors(m) == []
+        assert m.daemon_errors() == []
     finally:
         m.stop()
 

@@ -37,7 +37,7 @@ from conftest import REPO, MountedWsfs, is_mounted, require_fuse, sh
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-from stress_support import StressMount, daemon_errors, replay, seed, size
+from stress_support import StressMount, replay, seed, size
 
 from wsfs.config import load_config
 from wsfs.control import MAX_PID, parse_control_command, parse_state_command
@@ -121,7 +121,7 @@ def assert_log_clean(m: MountedWsfs, every: int = 25) -> None:
     """No error in the daemon's log: checked every ``every`` inputs (the log only grows; the
     fixture checks it once more at the end)."""
     if m.inputs % every == 0:
-        assert daemon_errors(m) == []
+        assert m.daemon_errors() == []
 
 
 def assert_rejection_recorded(m: MountedWsfs, before_seq: int, result: int, via: str, job: str | None) -> None:
@@ -238,7 +238,7 @@ def hostile_mount(tmp_path):
         m.stop()
         if m.inputs:
             print(f"{m.inputs} inputs through one mount")
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 @stress(short=250, full=4000)
@@ -668,7 +668,7 @@ def test_names_that_are_not_utf8_are_enoent_not_eio(hostile_mount):
         os.mkdir(os.path.join(os.fsencode(m.ws), b"\xff"))
     assert info.value.errno == errno.EINVAL
     assert_alive(m)
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def _path_of(length: int, area: str = "output") -> str:
@@ -712,7 +712,7 @@ def test_paths_past_the_old_manifest_key_limit_work_and_the_mount_stays(hostile_
     receipt = json.loads((m.ws / job / "receipt.json").read_text())
     assert [o["path"] for o in receipt["outputs"]] == [moved]
     assert [json.loads(line)["path"] for line in (m.ws / job / ".manifest").read_text().splitlines()] == [moved]
-    assert daemon_errors(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_the_manifest_writer_stores_paths_of_any_length(core):

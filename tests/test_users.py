@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import subprocess
 
@@ -22,23 +21,6 @@ from conftest import MountedWsfs, as_user, sh
 pytestmark = pytest.mark.mount
 
 NOBODY = 65534
-_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) ")
-
-
-def daemon_problems(m: MountedWsfs) -> list[str]:
-    """``m.daemon_errors()`` without the traceback mfusepy attaches to the DEBUG line of every
-    errno it returns (EACCES, EPERM ...): those are answers, not errors."""
-    problems, previous = [], ""
-    for line in m.log_text().splitlines():
-        record = _LOG_RECORD.match(line)
-        if record and record.group(1) in ("ERROR", "CRITICAL"):
-            problems.append(line)
-        elif line.startswith("Traceback"):
-            before = _LOG_RECORD.match(previous)
-            if not (before and before.group(1) == "DEBUG" and " fuse[" in previous):
-                problems.append(line)
-        previous = line
-    return problems
 
 
 def as_nobody(command: str, cwd) -> subprocess.CompletedProcess:
@@ -85,7 +67,7 @@ def test_a_user_makes_owns_and_ends_its_own_job(shared_mount):
     # Sealed now, for its owner too.
     result = as_nobody("echo more >> workspaces/userjob/output/f", cwd=m.mnt)
     assert result.returncode == 1 and "Read-only file system" in result.stderr
-    assert daemon_problems(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_a_job_made_through_control_belongs_to_its_maker(shared_mount):
@@ -95,7 +77,7 @@ def test_a_job_made_through_control_belongs_to_its_maker(shared_mount):
     assert owner(m.ws / "viactl") == owner(m.data / "jobs" / "viactl") == (NOBODY, NOBODY)
     assert owner(m.data / "jobs" / "viactl" / "input" / "x") == (NOBODY, NOBODY)
     assert json.loads((m.ws / "viactl" / ".job").read_text())["uid"] == NOBODY
-    assert daemon_problems(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_a_user_cannot_write_end_or_read_roots_job(shared_mount):
@@ -133,7 +115,7 @@ def test_a_user_cannot_write_end_or_read_roots_job(shared_mount):
     assert (job / "output" / "public.txt").read_text() == "anyone may read\n"
     assert not [e for e in json.loads("[" + ",".join((m.mnt / ".wsfs" / "events").read_text().splitlines()) + "]")
                 if e["kind"] != "created"]
-    assert daemon_problems(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_a_user_cannot_resume_or_restore_roots_job(shared_mount):
@@ -143,7 +125,7 @@ def test_a_user_cannot_resume_or_restore_roots_job(shared_mount):
     result = as_nobody("echo 'resume rj' > .wsfs/control", cwd=m.mnt)
     assert result.returncode == 1 and "Operation not permitted" in result.stderr
     assert (m.ws / "rj" / ".state").read_text() == "failed\n"
-    assert daemon_problems(m) == []
+    assert m.daemon_errors() == []
 
 
 def test_device_nodes_as_on_the_disk_inert_through_nodev_nosuid(shared_mount):
@@ -170,4 +152,4 @@ def test_device_nodes_as_on_the_disk_inert_through_nodev_nosuid(shared_mount):
     options = entry[0][3].split(",")
     assert {"nodev", "nosuid", "default_permissions", "allow_other"} <= set(options)
     assert entry[0][2] == "fuse.wsfs"
-    assert daemon_problems(m) == []
+    assert m.daemon_errors() == []

@@ -14,7 +14,7 @@ import shutil
 import stat
 
 import pytest
-from conftest import MountedWsfs, sh
+from conftest import MountedWsfs, events, sh
 
 import wsfs
 
@@ -59,10 +59,6 @@ def errno_of(fn, *args, **kwargs) -> int | None:
 def read(path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def events(m: MountedWsfs) -> list[dict]:
-    return [json.loads(line) for line in read(m.mnt / ".wsfs" / "events").decode().splitlines()]
 
 
 # -- top level and .wsfs ----------------------------------------------------------------

@@ -371,7 +371,12 @@ class WsfsOperations(Operations):
 
     use_ns = True
 
-    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None, doctor=None, reload=None):
+    def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None, doctor=None, reload=None,
+                 context=None, umask=None):
+        # Who calls: (uid, gid, pid) and the caller's umask, from libfuse's request context;
+        # tests that drive the operations without a mount give their own (tests/test_operations.py).
+        self._context = context or fuse_get_context
+        self._umask = umask or caller_umask
         self.service = service
         self.tree = tree
         self._sweep = sweep
@@ -648,10 +653,9 @@ class WsfsOperations(Operations):
 
     # -- who may see which job ------------------------------------------------------
 
-    @staticmethod
-    def _caller() -> tuple[int, frozenset[int]] | None:
+    def _caller(self) -> tuple[int, frozenset[int]] | None:
         """The calling uid and its groups, or None for root (who sees every job)."""
-        uid, gid, pid = fuse_get_context()
+        uid, gid, pid = self._context()
         if uid == 0:
             return None
         groups = {gid}
@@ -802,10 +806,10 @@ class WsfsOperations(Operations):
 
     @op
     def mkdir(self, path, mode):
-        uid, gid, _pid = fuse_get_context()
+        uid, gid, _pid = self._context()
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2 and parts[0] == "workspaces":
-            self.service.create_job(parts[1], uid, gid, mode=mode & ~caller_umask() if self.posix_acl else mode)
+            self.service.create_job(parts[1], uid, gid, mode=mode & ~self._umask() if self.posix_acl else mode)
             return 0
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or (node.area_path is not None and "/" not in node.area_path):
@@ -827,7 +831,7 @@ class WsfsOperations(Operations):
             return mode, False
         if self.tree.inherits_acl(node.root, node.rel):
             return mode, True
-        return mode & ~caller_umask(), False
+        return mode & ~self._umask(), False
 
     @op
     def rmdir(self, path):
@@ -941,7 +945,7 @@ class WsfsOperations(Operations):
 
     @op
     def create(self, path, mode, fi):
-        uid, gid, _pid = fuse_get_context()
+        uid, gid, _pid = self._context()
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or node.area_path is None and node.job is not None:
             raise NotAllowedError("only the areas live at a job's root")
@@ -1045,7 +1049,7 @@ class WsfsOperations(Operations):
         self._invalidate(self._linked.others(key, path or _view_path(node)))
 
     def _write_virtual(self, handle: Handle, data: bytes | memoryview) -> int:
-        uid, gid, _pid = fuse_get_context()
+        uid, gid, _pid = self._context()
         node = handle.node
         data = bytes(data)  # a view of libfuse's buffer lives only as long as this call
         if node.name == STATE_FILE:
@@ -1495,7 +1499,7 @@ class WsfsOperations(Operations):
 
     @op
     def symlink(self, target, source):
-        uid, gid, _pid = fuse_get_context()
+        uid, gid, _pid = self._context()
         node = self._backing(target, for_change=True)
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
@@ -1511,7 +1515,7 @@ class WsfsOperations(Operations):
 
     @op
     def mknod(self, path, mode, dev):
-        uid, gid, _pid = fuse_get_context()
+        uid, gid, _pid = self._context()
         node = self._backing(path, for_change=True)
         if node.job is not None and node.area_path is None:
             raise NotAllowedError("only the areas live at a job's root")
