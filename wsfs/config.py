@@ -183,17 +183,18 @@ class Config:
             name, gid = entry.pw_name, entry.pw_gid
         except KeyError:
             name, gid = str(uid), None
-        limits = [self.max_jobs_per_user, self.quota_per_user]
+        limits: list[int] = [self.max_jobs_per_user, self.quota_per_user]
         own = self.user_limits.get(name) or self.user_limits.get(str(uid))
         matching = []
         if self.group_limits and gid is not None and own is None:
             groups = {grp.getgrgid(g).gr_name for g in os.getgrouplist(name, gid) if _group_exists(g)}
             matching = [self.group_limits[g] for g in groups if g in self.group_limits]
         for i in (0, 1):
-            if own is not None and own[i] is not None:
-                limits[i] = own[i]
+            mine = own[i] if own is not None else None
+            if mine is not None:
+                limits[i] = mine
             else:
-                values = [m[i] for m in matching if m[i] is not None]
+                values = [v for m in matching if (v := m[i]) is not None]
                 if values:
                     limits[i] = 0 if 0 in values else max(values)
         return limits[0], limits[1]
@@ -232,6 +233,7 @@ class _Reader:
                 raise self.fail(prefix + key, f"unknown key (known: {', '.join(sorted(allowed))})")
 
     def duration(self, value, key: str) -> float | None:
+        parsed: float | None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value < 0:
                 raise self.fail(key, f"a duration is >= 0, got {value!r}")
@@ -505,7 +507,7 @@ def _publish_settings(r: _Reader, table: dict, prefix: str, defaults: dict, area
             raise r.fail(key, "expected a table { area = ..., to = ..., mode = ..., replace = ... }")
         r.check_keys(entry, _TARGET_KEYS, key + ".")
         area, to = entry.get("area"), entry.get("to")
-        if area not in areas:
+        if not isinstance(area, str) or area not in areas:
             raise r.fail(key + ".area", f"expected one of the template's areas ({', '.join(areas)}), got {area!r}")
         if areas[area] == AreaKind.SCRATCH:
             raise r.fail(key + ".area", f"{area!r} is a scratch area: it is deleted at completion, not published")

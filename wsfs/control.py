@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 import urllib.parse
 
 from .errors import BadCommandError
@@ -52,11 +53,18 @@ class Command:
     who: str | None = None  # share, unshare: u:UID or g:GID
     access: str | None = None  # share: r or rw
 
+    @property
+    def job_id(self) -> str:
+        """The job a control command names (every verb but sweep, doctor and reload has one)."""
+        if self.job is None:
+            raise BadCommandError(f"{self.verb}: no job named")
+        return self.job
+
     def option(self, name: str, default=None):
         return dict(self.options).get(name, default)
 
     def labels(self) -> dict[str, str]:
-        return dict(value for name, value in self.options if name == "label")
+        return dict(typing.cast(tuple[str, str], value) for name, value in self.options if name == "label")
 
 
 def _decode_line(data: bytes, limit: int = MAX_COMMAND_BYTES) -> str:

@@ -78,6 +78,20 @@ class Finding:
     root: str | None = None   # for trees and trash entries: where in the data dir
     name: str | None = None   # ... and under which name
 
+    @property
+    def job_id(self) -> str:
+        """The job of a finding about one (every kind a repair works on by job has it)."""
+        if self.job is None:
+            raise ValueError(f"a {self.kind} finding names no job")
+        return self.job
+
+    @property
+    def at(self) -> tuple[str, str]:
+        """``(root, name)`` of a finding about a place in the data dir."""
+        if self.root is None or self.name is None:
+            raise ValueError(f"a {self.kind} finding names no place")
+        return self.root, self.name
+
     def line(self) -> str:
         return f"{self.kind}: {self.job}: {self.detail}" if self.job else f"{self.kind}: {self.detail}"
 
@@ -222,7 +236,7 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
                     continue
             with service.lock(name).shared() if live else _NO_LOCK:
                 record = service.get(name)
-                if record.get("pending") or record.get("where") == root:
+                if record is None or record.get("pending") or record.get("where") == root:
                     continue
                 if record.get("where") is None:
                     gone = "purged" if record.get("purged_at") else record["state"]
@@ -330,19 +344,20 @@ def _finish_pending(service: JobService, findings: list[Finding]) -> list[str]:
 
 
 def _repair_misplaced(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
-    with service.lock(f.job).exclusive():
-        record = service.require(f.job)
+    job, (root, _name) = f.job_id, f.at
+    with service.lock(job).exclusive():
+        record = service.require(job)
         where = record.get("where")
-        if record.get("pending") or where is None or _is_dir(service, where, f.job) \
-                or not _is_dir(service, f.root, f.job):
-            return f"{f.job}: no longer misplaced, left alone"
-        service.tree.rename(f.root, f.job, where, f.job)
-        service._commit(lambda w: (w.add_event("doctor-moved", f.job, to=VIEW_NAMES[where], by="doctor"), [])[1])
-    return f"{f.job}: moved its tree from {VIEW_NAMES[f.root]}/ back to {VIEW_NAMES[where]}/, where its record says"
+        if record.get("pending") or where is None or _is_dir(service, where, job) \
+                or not _is_dir(service, root, job):
+            return f"{job}: no longer misplaced, left alone"
+        service.tree.rename(root, job, where, job)
+        service._commit(lambda w: (w.add_event("doctor-moved", job, to=VIEW_NAMES[where], by="doctor"), [])[1])
+    return f"{job}: moved its tree from {VIEW_NAMES[root]}/ back to {VIEW_NAMES[where]}/, where its record says"
 
 
 def _repair_missing(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
-    job = f.job
+    job = f.job_id
     with service.lock(job).exclusive():
         record = service.require(job)
         if record.get("pending") or record.get("where") is None:
@@ -370,14 +385,15 @@ def _repair_missing(service: JobService, f: Finding, now: float, live: bool, bus
 
 def _repair_stray(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     """Nothing in the view can reach it (not a directory, or a symlink): remove it, never following it."""
+    root, name = f.at
     try:
-        st = service.tree.lstat(f.root, f.name)
+        st = service.tree.lstat(root, name)
     except FileNotFoundError:
-        return f"{f.root}/{f.name}: gone meanwhile"
+        return f"{root}/{name}: gone meanwhile"
     if stat.S_ISDIR(st.st_mode):
-        return f"{f.root}/{f.name}: a directory now, left for the next check"
-    service.tree.unlink(f.root, f.name)
-    return f"{f.root}/{f.name}: removed"
+        return f"{root}/{name}: a directory now, left for the next check"
+    service.tree.unlink(root, name)
+    return f"{root}/{name}: removed"
 
 
 def _free_id(service: JobService, name: str) -> str:
@@ -401,7 +417,7 @@ def _adoption_template(service: JobService, areas: dict[str, AreaKind]) -> Templ
 
 def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     """Adopt a tree without a record: a ``crashed`` job in quarantine/, as the crash path would make it."""
-    root, name = f.root, f.name
+    root, name = f.at
     with service._create_lock:
         if not _is_dir(service, root, name):
             return f"{root}/{name}: gone meanwhile"
@@ -437,40 +453,43 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
 
 
 def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
-    with service.lock(f.job).exclusive():
-        record = service.require(f.job)
-        if record.get("pending") or record.get("where") is None or (live and f.job in busy):
-            return f"{f.job}: changed meanwhile, manifest left alone"
+    job = f.job_id
+    with service.lock(job).exclusive():
+        record = service.require(job)
+        if record.get("pending") or record.get("where") is None or (live and job in busy):
+            return f"{job}: changed meanwhile, manifest left alone"
         if manifest_differences(service, record) is None:
-            return f"{f.job}: manifest already agrees"
-        service.rebuild_manifest(f.job)
-        usage = service.require(f.job)["usage"]
-    return f"{f.job}: rebuilt the manifest from the files ({usage['files']} files, {usage['bytes']} bytes)"
+            return f"{job}: manifest already agrees"
+        service.rebuild_manifest(job)
+        usage = service.require(job)["usage"]
+    return f"{job}: rebuilt the manifest from the files ({usage['files']} files, {usage['bytes']} bytes)"
 
 
 def _repair_hidden(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
-    with service.lock(f.job).exclusive():
-        record = service.require(f.job)
-        if record.get("pending") or record.get("where") is None or (live and f.job in busy):
-            return f"{f.job}: changed meanwhile, hidden names left alone"
+    job = f.job_id
+    with service.lock(job).exclusive():
+        record = service.require(job)
+        if record.get("pending") or record.get("where") is None or (live and job in busy):
+            return f"{job}: changed meanwhile, hidden names left alone"
         hidden: list[str] = []
         service.tree_files(record, hidden)
         removed = service.remove_hidden_leftovers(record, hidden)
-        service.usage.forget(f.job)
-    return f"{f.job}: removed {removed} hidden name(s) of files unlinked while open"
+        service.usage.forget(job)
+    return f"{job}: removed {removed} hidden name(s) of files unlinked while open"
 
 
 def _repair_trash(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
+    _root, name = f.at
     errors: list[str] = []
 
     def report(path, exc):
         errors.append(f"{path}: {exc.strerror or exc}")
         log.error("doctor: could not remove %s from the trash: %s", path, exc)
-    failures = service.tree.remove_tree("trash", f.name, on_error=report)
+    failures = service.tree.remove_tree("trash", name, on_error=report)
     if failures:
         service._commit(lambda w: (w.bump_counter("failed_removals", failures), [])[1])
-        return f"trash/{f.name}: {failures} could not be removed (first: {errors[0] if errors else '?'})"
-    return f"trash/{f.name}: deleted"
+        return f"trash/{name}: {failures} could not be removed (first: {errors[0] if errors else '?'})"
+    return f"trash/{name}: deleted"
 
 
 def _repair_readers(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger("wsfs.hashing")
 
@@ -131,7 +132,7 @@ class Hasher:
 
     def __init__(self):
         self._live: set[StreamHash] = set()
-        self._finishing: dict[StreamHash, object] = {}  # stream -> callback(digest or None)
+        self._finishing: dict[StreamHash, Callable[[bytes | None], None]] = {}  # stream -> callback(digest or None)
         self._lock = threading.Lock()
         self._wake = threading.Event()
 

@@ -523,15 +523,16 @@ class JobService:
         """Apply one ``.state`` write (docs/spec.md §5); durable when it returns."""
         try:
             command = control.parse_state_command(data)
-            if command.verb == "transition":
+            # The grammar gives each verb its arguments (control.parse_state_command).
+            if command.verb == "transition" and command.target is not None:
                 self.transition(job_id, command.target, command.reason)
-            elif command.verb == "stage":
+            elif command.verb == "stage" and command.stage is not None:
                 self.set_stage(job_id, command.stage, command.areas)
             elif command.verb == "drop":
                 self.drop_areas(job_id, list(command.areas))
-            elif command.verb == "owner":
+            elif command.verb == "owner" and command.pid is not None:
                 self.set_owner(job_id, command.pid)
-            elif command.verb == "extend":
+            elif command.verb == "extend" and command.seconds is not None:
                 self.extend(job_id, command.seconds)
             elif command.verb == "label":
                 self.set_labels(job_id, command.labels())
@@ -587,32 +588,32 @@ class JobService:
                     if None in on_behalf:
                         raise BadCommandError("uid= and gid= go together")
                     uid, gid = on_behalf
-                self.create_job(command.job, uid, gid, template=command.option("template", "default"),
+                self.create_job(command.job_id, uid, gid, template=command.option("template", "default"),
                                 quota=command.option("quota"), max_files=command.option("max_files"),
                                 owner_pid=command.option("owner"), extra=git_fields(command),
                                 labels=command.labels(), max_running=command.option("max_running"))
             elif command.verb == "clone":
                 from .cloning import clone_job, git_fields
-                clone_job(self, command.source, command.job, uid, gid, extra=git_fields(command))
+                clone_job(self, command.source or "", command.job_id, uid, gid, extra=git_fields(command))
             elif command.verb in ("resume", "restore"):
-                record = self.require(command.job)
+                record = self.require(command.job_id)
                 if uid != 0 and uid != record["uid"]:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
                 if command.verb == "resume":
-                    self.resume(command.job)
+                    self.resume(command.job_id)
                 else:
-                    self.restore(command.job)
+                    self.restore(command.job_id)
             elif command.verb in ("share", "unshare"):
-                sharing.share(self, command.job, command.who, command.access, uid)
+                sharing.share(self, command.job_id, command.who or "", command.access, uid)
             elif command.verb == "sweep":
                 if sweep is None:
                     raise WsfsError("no sweeper runs here", errno=errno.ENOSYS)
                 return sweep(dry_run=command.dry_run)
             elif command.verb == "publish":
-                record = self.require(command.job)
+                record = self.require(command.job_id)
                 if uid != 0 and uid != record["uid"]:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
-                publish.request(self, command.job, command.retry, self.clock())
+                publish.request(self, command.job_id, command.retry, self.clock())
             elif command.verb == "reload":
                 if reload is None:
                     raise WsfsError("no daemon runs here to reload", errno=errno.ENOSYS)
@@ -620,7 +621,7 @@ class JobService:
                     raise NotAllowedError("reload is for root (or the user the daemon runs as)")
                 return reload()
             elif command.verb == "note":  # a reason's whole text, kept in the events (wsfs.client.fold_reason)
-                record = self.require(command.job)
+                record = self.require(command.job_id)
                 if uid != 0 and uid != record["uid"]:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
                 self._commit(lambda w: (w.add_event("note", command.job, text=command.reason, uid=uid), [])[1])
@@ -813,7 +814,9 @@ class JobService:
 
     def _step_receipt(self, record: dict, target: JobState) -> dict:
         job_id = record["id"]
-        root, rel = self.location(record)
+        where = self.location(record)
+        assert where is not None  # a job being ended has its tree
+        root, rel = where
         keep = set(self.template(record).keep_areas())
         with self.store.read() as r:
             entries = {path: entry for area in self._surviving_areas(record, target)
@@ -1204,7 +1207,7 @@ class JobService:
         of manifest changes may not have reached the store.
         """
         with self.store.read() as r:
-            pending = [r.job(j) for j in r.pending_ids()]
+            pending = [record for j in r.pending_ids() if (record := r.job(j)) is not None]
         finished = []
         for record in pending:
             log.warning("finishing the interrupted %s of job %s (after step %s)",
@@ -1283,8 +1286,10 @@ class JobService:
         """Unlink hidden names that no open file needs any more (after a crash, or left by an
         older wsfs or libfuse); the caller knows no file of the job is open.  Returns how many."""
         where = self.location(record)
+        if where is None:
+            return 0
         removed = 0
-        for path in paths if where else ():
+        for path in paths:
             try:
                 self.tree.unlink(where[0], f"{where[1]}/{path}")
                 removed += 1
@@ -1300,7 +1305,8 @@ class JobService:
         No file of the job may be open (recovery, doctor on an idle job): the hidden
         names of files unlinked while open that a crash left behind go as well.
         """
-        record, hidden = self.require(job_id), []
+        record = self.require(job_id)
+        hidden: list[str] = []
         files = self.tree_files(record, hidden)
         self.remove_hidden_leftovers(record, hidden)
 

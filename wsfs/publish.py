@@ -59,6 +59,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import typing
 
 from . import metrics
 from .config import HOOK_NAMES, Template
@@ -364,7 +365,7 @@ def publish_tree(tree, root: str, rel: str, dest: str, *, replace: bool, creds: 
 def run_hook(command: str, *, env: dict, uid: int, gid: int, cwd: str, timeout: float,
              stop: threading.Event | None = None) -> tuple[int | None, str, str | None]:
     """Run ``/bin/sh -c command`` as the owner; return (exit status, output tail, error or None)."""
-    kwargs = {}
+    kwargs: dict[str, typing.Any] = {}
     if os.geteuid() == 0 and uid != 0:
         kwargs = {"user": uid, "group": gid, "extra_groups": []}
     with tempfile.TemporaryFile() as out:
@@ -512,6 +513,7 @@ class Publisher:
     def _publish_target(self, record: dict, index: int, target: dict) -> dict:
         job_id = record["id"]
         where = self.service.location(record)
+        dest: str | None = None
         try:
             dest = expand_destination(target["to"], record)
             if where is None:
@@ -528,7 +530,6 @@ class Publisher:
         except InterruptedPublishError:
             return record
         except PublishError as exc:
-            dest = locals().get("dest")
             error, event = str(exc), ("publish-error", {"area": target["area"], "dest": dest, "error": str(exc)})
             log.warning("job %s: publishing %s/ failed: %s", job_id, target["area"], exc)
             metrics.PUBLISH_FAILURES.labels(what="target").inc()
@@ -571,6 +572,7 @@ class Publisher:
         job_id = record["id"]
         command = template.hooks.get(name)
         attempt = record["publish"]["attempts"] + 1
+        error: str | None
         if not command:
             code, output, error, took = None, "", f"the template no longer has {name}", 0.0
         else:

@@ -35,6 +35,7 @@ import os
 import pwd
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -118,7 +119,8 @@ class Sweeper:
     def __init__(self, service: JobService, *, mountpoint: str | None = None, open_jobs=None, empty_trash=None):
         self.service = service
         self.mountpoint = mountpoint
-        self._open_jobs = open_jobs or (lambda: set())  # jobs with files open through the mount
+        # jobs with files open through the mount
+        self._open_jobs: Callable[[], set[str]] = open_jobs or (lambda: set())
         self._empty_trash = empty_trash or self._remove_trash  # the daemon's, which the trash thread shares
         self._futile = False  # the last pass below min_free could free nothing more
         self._futile_at = 0.0
@@ -212,6 +214,7 @@ class Sweeper:
     def _notify(self, action: Action) -> None:
         """Run the template's ``on_expiring`` as the owner; record that it ran (it runs once)."""
         service = self.service
+        assert action.job is not None  # a notice is about a job
         record = service.require(action.job)
         deadline = record["expires_at"]
         step = "purge" if record.get("hidden") else "hide"
@@ -225,6 +228,7 @@ class Sweeper:
             env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, WSFS_OWNER=pw.pw_name)
         except KeyError:
             env["WSFS_OWNER"] = str(record["uid"])
+        assert template.on_expiring is not None  # _notices plans notices only for templates with a hook
         code, output, error = run_hook(template.on_expiring, env=env, uid=record["uid"], gid=record["gid"], cwd="/",
                                        timeout=template.hook_timeout, stop=self.stopping)
         if error:
@@ -390,14 +394,16 @@ class Sweeper:
                 action.done = True
 
     def _apply(self, action: Action, now: float) -> None:
-        service = self.service
+        service, job = self.service, action.job
+        if job is None:
+            return  # the trash: _relieve empties it itself
         try:
             if action.action == "hide":
-                service.hide(action.job, now)
+                service.hide(job, now)
             elif action.action == "purge":
-                service.purge(action.job, now)
+                service.purge(job, now)
             elif action.action == "crash":
-                service.transition(action.job, JobState.CRASHED, action.why)
+                service.transition(job, JobState.CRASHED, action.why)
             elif action.action == "notice":
                 self._notify(action)
             elif action.action == "skip":

@@ -54,14 +54,20 @@ def _set(at: tuple[str, bool], name: str, entries: list[acl.Entry] | None) -> No
     os.setxattr(path, name, acl.encode(entries), follow_symlinks=follow)
 
 
-def _current(at: tuple[str, bool], name: str, mode: int) -> list[acl.Entry] | None:
+def _access(at: tuple[str, bool], mode: int) -> list[acl.Entry]:
+    """An entry's access ACL: its xattr's, else the minimal one its mode is."""
+    current = _current(at, acl.ACCESS)
+    return current if current is not None else acl.from_mode(mode)
+
+
+def _current(at: tuple[str, bool], name: str) -> list[acl.Entry] | None:
     path, follow = at
     try:
         return acl.decode(os.getxattr(path, name, follow_symlinks=follow))
     except OSError as exc:
         if exc.errno != errno.ENODATA:
             raise
-    return acl.from_mode(mode) if name == acl.ACCESS else None
+    return None
 
 
 def apply(service, record: dict, tag: int, ident: int, write: bool | None) -> list[str]:
@@ -73,7 +79,7 @@ def apply(service, record: dict, tag: int, ident: int, write: bool | None) -> li
     changed = []
     for path, st, at in service.tree.walk_entries(root, rel):
         is_dir = stat.S_ISDIR(st.st_mode)
-        entries = _current(at, acl.ACCESS, st.st_mode)
+        entries = _access(at, st.st_mode)
         if write is None:
             new = acl.revoked(entries, tag, ident)
         else:
@@ -82,7 +88,7 @@ def apply(service, record: dict, tag: int, ident: int, write: bool | None) -> li
         if new != entries:
             _set(at, acl.ACCESS, new)
         if is_dir:  # the root's too: receipt.json is made there at the ending
-            default = _current(at, acl.DEFAULT, st.st_mode)
+            default = _current(at, acl.DEFAULT)
             if write is not None:
                 base = default if default is not None else acl.from_mode(st.st_mode)
                 new_default = acl.granted(base, tag, ident, acl.R | acl.X | (acl.W if write and path else 0))

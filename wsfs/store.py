@@ -109,6 +109,7 @@ import os
 import struct
 import threading
 import time
+import typing
 from collections.abc import Iterator
 
 import lmdb
@@ -222,7 +223,9 @@ class Reader:
 
     def __init__(self, store: Store, txn: lmdb.Transaction):
         self._store = store
-        self.txn = txn
+        # py-lmdb's types answer bytes | memoryview for every read (memoryview when buffers=True);
+        # no transaction here has buffers=True, so reads are bytes: the transaction is taken untyped.
+        self.txn: typing.Any = txn
 
     def _get(self, db: bytes, key: bytes):
         raw = self.txn.get(key, db=self._store.dbs[db])

@@ -157,7 +157,8 @@ class Tree:
     def _openat2_chunked(self, base: int, parts: list[str]) -> int:
         """openat2 of a path longer than one call takes (PATH_MAX): a job holds every path the
         disk does, at any depth.  Each piece is resolved beneath the directory the last one gave."""
-        fd, owned, chunk, size = base, False, [], 0
+        fd, owned, size = base, False, 0
+        chunk: list[str] = []
         try:
             for part in [*parts, None]:
                 length = 0 if part is None else len(part.encode("utf-8", "surrogateescape")) + 1
