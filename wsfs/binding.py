@@ -19,6 +19,7 @@ import ctypes.util
 import os
 import struct
 import threading
+import typing
 
 _LIBFUSE3 = os.environ.get("WSFS_LIBFUSE3") or ctypes.util.find_library("fuse3")
 if not _LIBFUSE3:
@@ -51,7 +52,7 @@ def _stat_layout() -> tuple[struct.Struct, list]:
     cost more than the rest of a getattr).  Returns the struct and, in its order, what each
     packed value is: ``(key, None)`` or ``(time key, 0 for seconds | 1 for nanoseconds)``."""
     fields = dict(mfusepy.c_stat._fields_)
-    slots = []  # (offset, ctypes type, what)
+    slots: list[tuple[int, typing.Any, tuple[str, int | None]]] = []  # (offset, ctypes type, what)
     for key in ("st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize",
                 "st_blocks"):
         if key in fields:
@@ -94,6 +95,8 @@ def _view(ptr, size: int) -> memoryview:
     """The ``size`` bytes at a ctypes pointer, as a writable memoryview (no copy): valid only
     until the callback returns."""
     address = ctypes.cast(ptr, ctypes.c_void_p).value
+    if address is None:
+        raise ValueError("a NULL buffer")
     return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
 
 

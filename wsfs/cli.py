@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 
 import click
@@ -83,7 +84,7 @@ def mount_option(func):
                              f"mounted, else {default_mountpoint()}).")(func)
 
 
-def fail(message: str, code: int = 1):
+def fail(message: str, code: int = 1) -> typing.NoReturn:
     click.echo(f"wsfs: {message}", err=True)
     sys.exit(code)
 
@@ -417,7 +418,7 @@ def _create_checked(m: Mount, job, template, quota, max_files, inputs, owner: in
                       extra=extra)
     except WsfsClientError as exc:
         fail(str(exc))
-    if inputs:
+    if inputs and area is not None:  # with inputs, _input_area found the area or failed
         try:
             _copy_inputs(inputs, ws.area(area))
         except OSError as exc:
@@ -748,7 +749,7 @@ def _wait_forwarding(child: subprocess.Popen, grace: float) -> tuple[int, int | 
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signum)
         if first:
-            timer = threading.Timer(grace, lambda: child.poll() is None and child.kill())
+            timer = threading.Timer(grace, lambda: None if child.poll() is not None else child.kill())
             timer.daemon = True
             timer.start()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

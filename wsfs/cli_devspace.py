@@ -26,14 +26,10 @@ def _progress_factory():
     """A byte progress bar on stderr for a person watching; nothing in a pipe."""
     if not interactive():
         return None
-    bars = []
-
     def start(total: int):
         bar = click.progressbar(length=max(total, 1), label="copying data", file=sys.stderr, show_pos=False)
         bar.__enter__()
-        bars.append(bar)
         return bar.update
-    start.bars = bars
     return start
 
 

@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import secrets
+import typing
 import urllib.parse
 from pathlib import Path
 
@@ -304,7 +305,7 @@ class Workspace:
     def __enter__(self) -> Workspace:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> typing.Literal[False]:
         if self.state != "running":
             return False  # ended inside the block: leave it as it is
         if exc is None:

@@ -42,10 +42,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from . import __version__
 from .config import Config
 from .errors import StoreError
+from .hashing import Hasher
 from .lifecycle import JobService
 from .model import JobState
 from .mounts import FSNAME, MountError
@@ -157,7 +159,7 @@ def check_mountpoint(mountpoint: str) -> None:
     elif state == "alive":
         if is_wsfs_mount(mountpoint):
             raise MountError(f"{mountpoint} is already a wsfs mount (wsfs unmount {mountpoint} first)")
-        raise MountError(f"{mountpoint} is already a mount point ({mount_entry(mountpoint)[0]})")
+        raise MountError(f"{mountpoint} is already a mount point ({(mount_entry(mountpoint) or ('?',))[0]})")
     if not os.path.lexists(mountpoint):
         raise MountError(f"mount point {mountpoint} does not exist (mkdir it first)")
     if not os.path.isdir(mountpoint):
@@ -216,9 +218,14 @@ class Daemon:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.started = time.time()
-        self.store: Store | None = None
-        self.service: JobService | None = None
-        self.open_jobs = lambda: set()  # jobs with files open through the mount (set by serve)
+        self.store: Store  # made by open(), as the rest below
+        self.service: JobService
+        self.tree: Tree
+        self.sweeper: Sweeper
+        self.publisher: Publisher
+        self.hasher: Hasher | None = None  # the FUSE layer's (set by serve)
+        # jobs with files open through the mount (set by serve)
+        self.open_jobs: Callable[[], set[str]] = lambda: set()
         self._trash_lock = threading.Lock()  # the trash thread and `doctor` empty the trash one at a time
         self._doctor_lock = threading.Lock()
 
@@ -258,7 +265,7 @@ class Daemon:
                 mine = by_template.setdefault((record["state"], record["template"]), [0, 0])
                 mine[0] += usage["bytes"]
                 mine[1] += usage["files"]
-        hasher = getattr(self, "hasher", None)
+        hasher = self.hasher
         return {"jobs": totals["states"], "by_template": by_template, "by_user": by_user,
                 "trash_entries": len(self.tree.listdir("trash", "")), "publish_queue": publish_queue,
                 "hash_backlog": hasher.backlog() if hasher is not None else 0}
@@ -271,7 +278,9 @@ class Daemon:
             metrics.listen(self.config.metrics_listen)
             log.info("metrics on http://%s/metrics", self.config.metrics_listen)
         self._thread("wsfs-manifest", lambda: self.service.manifest.run(self.stop))
-        self._thread("wsfs-hasher", lambda: self.hasher.run(self.stop))
+        hasher = self.hasher
+        if hasher is not None:  # a daemon that serves a mount has the FUSE layer's
+            self._thread("wsfs-hasher", lambda: hasher.run(self.stop))
         self._thread("wsfs-trash", self._empty_trash_loop)
         self._thread("wsfs-sweeper", lambda: self.sweeper.run(self.stop, self.config.sweep_interval))
         self._thread("wsfs-publisher", lambda: self.publisher.run(self.stop))
@@ -424,7 +433,7 @@ class Daemon:
             raise BadCommandError(f"reload refused, the config in use stays: {exc}") from None
         self.config = self.service.config = config
         log.info("config reloaded from %s", config.source)
-        return config.source
+        return config.source or "the built-in defaults"
 
     def sweep(self, dry_run: bool = False) -> dict:
         return self.sweeper.sweep(dry_run=dry_run).as_dict()
