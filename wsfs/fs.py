@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import enum
 import errno
 import functools
 import hashlib
@@ -108,18 +109,24 @@ def _refused(op_name: str, number: int) -> FuseOSError:
     return FuseOSError(number)
 
 
+class NodeKind(str, enum.Enum):
+    """What kind of thing a view path names."""
+
+    VDIR = "vdir"        # a virtual directory: /, workspaces/, quarantine/, .wsfs/, .wsfs/receipts/
+    VFILE = "vfile"      # a virtual file: .state, .job, .manifest, .wsfs/* and a kept receipt
+    JOBROOT = "jobroot"  # a job's top directory (backing: DATA/jobs/JOB or DATA/quarantine/JOB)
+    REAL = "real"        # a backing file or directory: an area's content, receipt.json, shared/
+    ABSENT = "absent"    # a name at a job's root that is no area: nothing there, nothing may be made
+
+
 @dataclasses.dataclass(slots=True)
 class Node:
-    """What a view path names.
+    """What a view path names (``_resolve``)."""
 
-    kind: ``vdir`` (a virtual directory), ``vfile`` (a virtual file),
-    ``jobroot`` (a job's top directory), ``real`` (a backing file or dir).
-    """
-
-    kind: str
+    kind: NodeKind
     name: str = ""                  # vdir/vfile name
     job: str | None = None          # the job, for everything under one
-    root: str | None = None         # tree root for backing paths
+    root: str = ""                  # tree root for backing paths (JOBROOT, REAL; "" for the others)
     rel: str = ""                   # path below the root
     area_path: str | None = None    # AREA/rel, for manifest entries
     readonly: bool = False          # quarantine, receipt
@@ -456,27 +463,27 @@ class WsfsOperations(Operations):
     def _resolve(self, path: str) -> Node:
         parts = [p for p in path.split("/") if p]
         if not parts:
-            return Node("vdir", name="/")
+            return Node(NodeKind.VDIR, name="/")
         top = parts[0]
         if top == "shared":
-            return Node("real", root="shared", rel="/".join(parts[1:]))
+            return Node(NodeKind.REAL, root="shared", rel="/".join(parts[1:]))
         if top == WSFS_DIR:
             if len(parts) == 1:
-                return Node("vdir", name=WSFS_DIR)
+                return Node(NodeKind.VDIR, name=WSFS_DIR)
             if len(parts) == 2 and parts[1] in WSFS_FILES:
-                return Node("vfile", name=parts[1])
+                return Node(NodeKind.VFILE, name=parts[1])
             if parts[1] == RECEIPTS_DIR and len(parts) <= 3:
                 if len(parts) == 2:
-                    return Node("vdir", name=RECEIPTS_DIR)
+                    return Node(NodeKind.VDIR, name=RECEIPTS_DIR)
                 if JOB_ID_RE.fullmatch(parts[2]) and self.service.get(parts[2]) is not None:
                     with self.service.store.read() as r:
                         if r.receipt(parts[2]) is not None:
-                            return Node("vfile", name=KEPT_RECEIPT, job=parts[2])
+                            return Node(NodeKind.VFILE, name=KEPT_RECEIPT, job=parts[2])
             raise FuseOSError(errno.ENOENT)
         if top not in ("workspaces", "quarantine"):
             raise FuseOSError(errno.ENOENT)
         if len(parts) == 1:
-            return Node("vdir", name=top)
+            return Node(NodeKind.VDIR, name=top)
         job = parts[1]
         # A name that is no job id names no job: answered here, before it reaches the store's keys
         # (a name that is not UTF-8 arrives with surrogates, which no key can hold).
@@ -486,17 +493,17 @@ class WsfsOperations(Operations):
             raise FuseOSError(errno.ENOENT)
         readonly = root == "quarantine"
         if len(parts) == 2:
-            return Node("jobroot", job=job, root=root, rel=job, readonly=readonly)
+            return Node(NodeKind.JOBROOT, job=job, root=root, rel=job, readonly=readonly)
         first = parts[2]
         if first in JOB_CONTROL_FILES and len(parts) == 3:
-            return Node("vfile", name=first, job=job)
+            return Node(NodeKind.VFILE, name=first, job=job)
         if first == RECEIPT_FILE and len(parts) == 3:
-            return Node("real", job=job, root=root, rel=f"{job}/{RECEIPT_FILE}", readonly=True)
+            return Node(NodeKind.REAL, job=job, root=root, rel=f"{job}/{RECEIPT_FILE}", readonly=True)
         if first not in record["areas"]:
             # Not an area: nothing lives here, and nothing may be made here.
-            return Node("absent", job=job, name=first)
+            return Node(NodeKind.ABSENT, job=job, name=first)
         area_path = "/".join(parts[2:])
-        return Node("real", job=job, root=root, rel=f"{job}/{area_path}", area_path=area_path, readonly=readonly)
+        return Node(NodeKind.REAL, job=job, root=root, rel=f"{job}/{area_path}", area_path=area_path, readonly=readonly)
 
     def _backing(self, path: str, *, for_change: bool = False) -> Node:
         if for_change and path.count("/") == 1 and path.strip("/") not in TOP_DIRS:
@@ -1232,7 +1239,7 @@ class WsfsOperations(Operations):
             for handle in self._handles.values():
                 node = handle.node
                 if handle.fd >= 0 and node.root == "jobs" and node.rel.startswith(prefix):
-                    handle.node = Node("real", root="jobs", rel=node.rel)  # no job, no area: no manifest
+                    handle.node = Node(NodeKind.REAL, root="jobs", rel=node.rel)  # no job, no area: no manifest
                     self._dropped_open[node.rel] = handle
 
     def _handle_at(self, root: str, rel: str) -> Handle | None:
