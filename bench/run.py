@@ -859,15 +859,11 @@ class Bench:
 
     def prepare_manifest_jobs(self, runs: int) -> None:
         """Jobs w6m-rN with temp/ holding the files AND their manifest entries (before the mount)."""
-        from wsfs.config import default_config
-        from wsfs.lifecycle import JobService
-        from wsfs.store import Store
-        from wsfs.tree import Tree
+        from wsfs.core.config import default_config
+        from wsfs.core.lifecycle import open_data_dir
 
         n = self.sizes["temp_files"]
-        tree = Tree(str(self.wsfs.data))
-        store = Store(str(self.wsfs.data / "store"))
-        service = JobService(store, tree, default_config())
+        service = open_data_dir(str(self.wsfs.data), default_config())
         try:
             for r in range(runs):
                 job = f"w6m-r{r}"
@@ -880,10 +876,8 @@ class Bench:
                     for name in files:
                         path = os.path.join(dirpath, name)
                         service.manifest.put(job, os.path.relpath(path, temp.parent), os.lstat(path))
-                service.manifest.flush()
         finally:
-            store.close()
-            tree.close()
+            service.close()
 
     def run_state_completion(self, runs: int, with_manifest: bool) -> None:
         n = self.sizes["temp_files"]
@@ -994,7 +988,7 @@ class Bench:
     # -- workloads 8 and 9: populated data dirs ---------------------------------------------
 
     def run_sweep(self, runs: int) -> None:
-        from wsfs.retention import Sweeper
+        from wsfs.core.retention import Sweeper
 
         s = self.sizes
         base = self.work / "sweep"
@@ -1138,10 +1132,10 @@ class FakeClock:
 
 
 def open_core(data_dir: Path, now: float):
-    from wsfs.config import default_config
-    from wsfs.lifecycle import JobService
-    from wsfs.store import Store
-    from wsfs.tree import Tree
+    from wsfs.core.config import default_config
+    from wsfs.core.lifecycle import JobService
+    from wsfs.core.store import Store
+    from wsfs.core.tree import Tree
 
     clock = FakeClock(now)
     tree = Tree(str(data_dir))

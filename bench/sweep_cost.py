@@ -28,19 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsfs.config import default_config
-from wsfs.lifecycle import JobService
-from wsfs.retention import Sweeper
-from wsfs.store import Store
-from wsfs.tree import Tree
+from wsfs.core.config import default_config
+from wsfs.core.lifecycle import JobService, open_data_dir
+from wsfs.core.retention import Sweeper
 
 NOW = 1_800_000_000.0
 
 
 def open_core(data: Path) -> JobService:
-    tree = Tree(str(data))
-    store = Store(str(data / "store"), clock=lambda: NOW)
-    return JobService(store, tree, default_config(), clock=lambda: NOW)
+    return open_data_dir(str(data), default_config(), clock=lambda: NOW)
 
 
 def close_core(service: JobService) -> None:

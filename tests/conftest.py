@@ -20,10 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from wsfs.config import default_config, parse_config
-from wsfs.lifecycle import JobService
-from wsfs.store import Store
-from wsfs.tree import Tree
+from wsfs.core.config import default_config, parse_config
+from wsfs.core.lifecycle import open_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 20.0
@@ -50,21 +48,15 @@ def clock():
 @pytest.fixture
 def core(tmp_path, clock):
     """A JobService on a fresh data dir, with a fake clock."""
-    tree = Tree(str(tmp_path / "data"))
-    store = Store(str(tmp_path / "data" / "store"), clock=clock)
-    service = JobService(store, tree, default_config(), clock=clock)
+    service = open_data_dir(str(tmp_path / "data"), default_config(), clock=clock)
     yield service
-    service.manifest.flush()
-    store.close()
-    tree.close()
+    service.close()
 
 
 def make_core(data_dir, clock=None, config=None):
     """A JobService on ``data_dir`` (for tests that reopen one)."""
     clock = clock or FakeClock()
-    tree = Tree(str(data_dir))
-    store = Store(str(Path(data_dir) / "store"), clock=clock)
-    return JobService(store, tree, config or default_config(), clock=clock)
+    return open_data_dir(str(data_dir), config or default_config(), clock=clock)
 
 
 # -- real mounts ------------------------------------------------------------------

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from wsfs import binding  # first: it makes mfusepy load libfuse 3 (libfuse 2 may be installed too)
-from wsfs.fs import _stat_dict
+from wsfs.fuse import binding  # first: it makes mfusepy load libfuse 3 (libfuse 2 may be installed too)
+from wsfs.fuse.operations import _stat_dict
 
 mfusepy = binding.mfusepy
 

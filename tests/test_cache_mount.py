@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import sh
 
-from wsfs.fs import CACHE_TIMEOUT_S
+from wsfs.fuse.operations import CACHE_TIMEOUT_S
 
 pytestmark = pytest.mark.mount
 

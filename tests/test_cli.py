@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import wsfs_cli
 
-from wsfs.cli import main
+from wsfs.client.cli import main
 
 JOB_ID_RE = re.compile(r"job_\d{8}_\d{6}_[0-9a-f]{4}")
 

@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO, sh
 
-from wsfs import cli as cli_module
-from wsfs.cli import main
+from wsfs.client import cli as cli_module
+from wsfs.client.cli import main
 
 WAIT = 30.0
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from wsfs import control
-from wsfs.cloning import copy_file_data, may_read
-from wsfs.devspace import DevspaceError, Endpoint, path_matches, plan_sync, run_sync
-from wsfs.errors import AccessDeniedError, BadCommandError, BadJobIdError, NoSuchJobError, QuotaError
+from wsfs.client.devspace import DevspaceError, Endpoint, path_matches, plan_sync, run_sync
+from wsfs.core import control
+from wsfs.core.cloning import copy_file_data, may_read
+from wsfs.core.errors import AccessDeniedError, BadCommandError, BadJobIdError, NoSuchJobError, QuotaError
 
 
 def job_path(core, job: str) -> Path:
@@ -81,7 +81,7 @@ def test_clone_carries_sha256_that_still_matches(core):
 
 
 def core_state(word):
-    from wsfs.model import JobState
+    from wsfs.core.model import JobState
     return JobState(word)
 
 
@@ -197,13 +197,13 @@ def test_run_sync_dry_run_changes_nothing_and_verify_checks(tmp_path):
 def test_dev_template_is_built_in_and_overridable(tmp_path):
     from conftest import parse_toml_config
 
-    from wsfs.config import default_config
+    from wsfs.core.config import default_config
 
     assert list(default_config().template("dev").areas) == ["src", "data", "temp"]
     cfg = parse_toml_config('[templates.dev]\nquota = "10G"\nsetup = "make venv"\n')
     assert cfg.template("dev").quota == 10 << 30 and cfg.template("dev").setup == "make venv"
     assert list(cfg.template("dev").areas) == ["src", "data", "temp"]
-    from wsfs.config import ConfigError
+    from wsfs.core.config import ConfigError
     with pytest.raises(ConfigError, match="setup"):
         parse_toml_config('[templates.dev]\nsetup = 3\n')
 
@@ -211,7 +211,7 @@ def test_dev_template_is_built_in_and_overridable(tmp_path):
 def test_template_max_jobs_caps_its_live_workspaces(tmp_path):
     from conftest import make_core, parse_toml_config
 
-    from wsfs.model import JobState
+    from wsfs.core.model import JobState
 
     core = make_core(tmp_path / "data", config=parse_toml_config('[templates.dev]\nmax_jobs = 2\n'))
     try:

@@ -10,9 +10,9 @@ from conftest import parse_toml_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsfs import config as config_module
-from wsfs.config import Config, ConfigError, Template, default_config, load_config, parse_config
-from wsfs.model import AreaKind, JobState
+from wsfs.core import config as config_module
+from wsfs.core.config import Config, ConfigError, Template, default_config, load_config, parse_config
+from wsfs.core.model import AreaKind, JobState
 
 DAY, HOUR = 86400.0, 3600.0
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsfs.control import (
+from wsfs.core.control import (
     MAX_COMMAND_BYTES,
     MAX_PID,
     MAX_REASON_CHARS,
@@ -17,8 +17,8 @@ from wsfs.control import (
     parse_control_command,
     parse_state_command,
 )
-from wsfs.errors import BadCommandError, BadJobIdError
-from wsfs.model import JobState
+from wsfs.core.errors import BadCommandError, BadJobIdError
+from wsfs.core.model import JobState
 
 GRAMMAR_ERRORS = (BadCommandError, BadJobIdError)
 STATE_VERBS = {"transition", "stage", "owner"}

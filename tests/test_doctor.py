@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import sh
 
-from wsfs import doctor
-from wsfs.cli import main
-from wsfs.model import JobState
+from wsfs.client.cli import main
+from wsfs.core import doctor
+from wsfs.core.model import JobState
 
 
 @pytest.fixture(autouse=True)

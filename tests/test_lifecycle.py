@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from wsfs.config import parse_config
-from wsfs.errors import (
+from wsfs.core.config import parse_config
+from wsfs.core.errors import (
     BadCommandError,
     BadJobIdError,
     InvalidTransitionError,
@@ -34,8 +34,8 @@ from wsfs.errors import (
     SealedError,
     WsfsError,
 )
-from wsfs.lifecycle import ARCHIVE_STEPS, CRASH_STEPS, ENDING_STEPS, RECEIPT_FILE, RECORD_VERSION, manifest_bytes
-from wsfs.model import JobState
+from wsfs.core.lifecycle import ARCHIVE_STEPS, CRASH_STEPS, ENDING_STEPS, RECEIPT_FILE, RECORD_VERSION, manifest_bytes
+from wsfs.core.model import JobState
 
 NO_SUCH_PID = 1 << 22  # the grammar's ceiling; pid_max is at most this, so no process ever has it
 ENDED = {"completed", "failed", "cancelled", "crashed"}

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from conftest import REPO, events, is_mounted, sh
 
-from wsfs.store import Store
+from wsfs.core.store import Store
 
 pytestmark = pytest.mark.mount
 

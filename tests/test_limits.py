@@ -13,8 +13,8 @@ import threading
 import pytest
 from conftest import REPO, make_core, parse_toml_config, sh
 
-from wsfs.errors import BadCommandError, NoSpaceError, QuotaError
-from wsfs.model import JobState
+from wsfs.core.errors import BadCommandError, NoSpaceError, QuotaError
+from wsfs.core.model import JobState
 
 KIB, MIB = 1 << 10, 1 << 20
 

@@ -65,7 +65,7 @@ def test_metrics_are_scraped_with_cat_and_over_http_and_counters_move(mount_fact
 def test_a_bad_metrics_listen_is_a_config_error():
     from conftest import parse_toml_config
 
-    from wsfs.config import ConfigError
+    from wsfs.core.config import ConfigError
 
     assert parse_toml_config('metrics_listen = "127.0.0.1:9105"\n').metrics_listen == "127.0.0.1:9105"
     for bad in ('"9105"', '"host:port"', '"127.0.0.1:70000"', "9105"):

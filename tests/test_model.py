@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsfs.errors import BadJobIdError, InvalidTransitionError, WsfsError
-from wsfs.model import (
+from wsfs.core.errors import BadJobIdError, InvalidTransitionError, WsfsError
+from wsfs.core.model import (
     DEFAULT_TEMPLATE,
     ENDED_STATES,
     QUARANTINED_STATES,

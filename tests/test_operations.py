@@ -20,8 +20,8 @@ import types
 import pytest
 from conftest import make_core, parse_toml_config
 
-from wsfs.binding import FuseOSError
-from wsfs.fs import WsfsOperations
+from wsfs.fuse.binding import FuseOSError
+from wsfs.fuse.operations import WsfsOperations
 
 ME = (os.getuid(), os.getgid())
 
@@ -166,7 +166,7 @@ def test_a_file_written_is_in_the_manifest_and_the_usage(fs):
 def test_with_posix_acls_the_daemon_applies_the_umask_unless_a_default_acl_decides(fs, tmp_path):
     """With FUSE_CAP_POSIX_ACL the kernel hands over modes unmasked: the daemon applies the
     caller's umask, except in a directory with a default ACL (POSIX: the ACL decides)."""
-    from wsfs import acl
+    from wsfs.core import acl
 
     f = fs()
     f.ops.posix_acl = True

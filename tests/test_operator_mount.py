@@ -101,7 +101,8 @@ def test_mount_makes_its_default_mount_point(tmp_path, monkeypatch):
     """``wsfs mount`` with no mount point makes the default one (``~/wsfs`` for a user) first."""
     from click.testing import CliRunner
 
-    from wsfs import cli, daemon
+    from wsfs.client import cli
+    from wsfs.fuse import daemon
 
     target = tmp_path / "home" / "wsfs"
     calls = []

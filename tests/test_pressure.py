@@ -14,8 +14,8 @@ import pytest
 from conftest import events, make_core, parse_toml_config
 from test_retention import DAY, actions, ended_job, new_job, snapshot
 
-from wsfs.model import JobState
-from wsfs.retention import Sweeper
+from wsfs.core.model import JobState
+from wsfs.core.retention import Sweeper
 
 MIB = 1 << 20
 CAPACITY, NEED = 100 * MIB, 30 * MIB
@@ -146,7 +146,7 @@ def test_a_job_with_results_still_to_publish_or_held_open_is_not_purged(pressure
 
 
 def test_pressure_config_errors():
-    from wsfs.config import ConfigError
+    from wsfs.core.config import ConfigError
 
     for text in ('pressure = "on"', 'pressure = ["hidden", "hidden"]', 'pressure = ["running"]',
                  'pressure = [1]', 'pressure_min_age = "never"', 'pressure_min_age = "soon"'):
@@ -163,9 +163,9 @@ def test_a_clone_short_of_space_waits_for_the_sweeper_thread_and_never_deadlocks
     RELIEF_WAIT_S and is refused (ENOSPC), and the cleanup goes on once the clone let go."""
     import threading
 
-    from wsfs import retention
-    from wsfs.cloning import clone_job
-    from wsfs.errors import NoSpaceError
+    from wsfs.core import retention
+    from wsfs.core.cloning import clone_job
+    from wsfs.core.errors import NoSpaceError
 
     monkeypatch.setattr(retention, "RELIEF_WAIT_S", 1.0)
     core = pressured('pressure = ["failed"]\npressure_min_age = "0s"')

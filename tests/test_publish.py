@@ -15,12 +15,12 @@ import pytest
 from conftest import FakeClock, events, make_core, parse_toml_config
 from test_lifecycle import write_file
 
-from wsfs.config import ConfigError
-from wsfs.control import parse_control_command
-from wsfs.doctor import diagnose
-from wsfs.errors import BadCommandError, BadJobIdError, NotAllowedError
-from wsfs.model import JobState
-from wsfs.publish import Publisher, expand_destination
+from wsfs.core.config import ConfigError
+from wsfs.core.control import parse_control_command
+from wsfs.core.doctor import diagnose
+from wsfs.core.errors import BadCommandError, BadJobIdError, NotAllowedError
+from wsfs.core.model import JobState
+from wsfs.core.publish import Publisher, expand_destination
 
 
 def config_for(tmp_path, body: str, retention: str = ""):
@@ -450,7 +450,7 @@ def test_an_unexpected_error_postpones_instead_of_spinning(pub, tmp_path, monkey
 def test_an_older_store_without_the_publish_tables_opens_read_only(tmp_path):
     import lmdb
 
-    from wsfs import store as store_mod
+    from wsfs.core import store as store_mod
 
     env = lmdb.open(str(tmp_path / "old"), max_dbs=20, subdir=True)
     with env.begin(write=True) as txn:

@@ -387,8 +387,8 @@ def test_config_command_prints_the_effective_configuration(tmp_path):
 def test_config_command_without_a_file_prints_the_defaults(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from wsfs import config as config_module
-    from wsfs.cli import main
+    from wsfs.client.cli import main
+    from wsfs.core import config as config_module
 
     # In-process, so that this machine's own /etc/wsfs/wsfs.toml (make install) does not count.
     monkeypatch.setattr(config_module, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))

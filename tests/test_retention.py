@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import events, make_core, parse_toml_config
 
-from wsfs.lifecycle import RECEIPT_FILE
-from wsfs.model import JobState
-from wsfs.retention import Sweeper, owner_alive
-from wsfs.store import Reader
+from wsfs.core.lifecycle import RECEIPT_FILE
+from wsfs.core.model import JobState
+from wsfs.core.retention import Sweeper, owner_alive
+from wsfs.core.store import Reader
 
 DAY, HOUR = 86400.0, 3600.0
 
@@ -287,7 +287,7 @@ def test_restore_gives_a_fresh_retention_period(core, clock, sweeper):
 
 
 def test_restore_refuses_a_visible_or_purged_job(core, clock, sweeper):
-    from wsfs.errors import NotAllowedError
+    from wsfs.core.errors import NotAllowedError
 
     ended_job(core, "v1", JobState.FAILED)
     with pytest.raises(NotAllowedError):
@@ -637,7 +637,7 @@ def test_resume_of_failed_keeps_files(core, clock, sweeper):
 
 
 def test_resume_of_a_hidden_job_needs_restore_first(core, clock, sweeper):
-    from wsfs.errors import NotAllowedError
+    from wsfs.core.errors import NotAllowedError
 
     ended_job(core, "hr", JobState.FAILED)
     clock.advance(7 * DAY)
@@ -652,8 +652,8 @@ def test_resume_of_a_hidden_job_needs_restore_first(core, clock, sweeper):
 
 
 def test_trash_failures_are_logged_by_path_and_counted_in_status(tmp_path, monkeypatch, caplog):
-    from wsfs.config import default_config
-    from wsfs.daemon import Daemon
+    from wsfs.core.config import default_config
+    from wsfs.fuse.daemon import Daemon
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -700,7 +700,7 @@ def test_trash_failures_are_logged_by_path_and_counted_in_status(tmp_path, monke
     ('[templates.media]\nareas = { audio = "scratch" }\nquta = "1G"\n', "templates.media.quta"),
 ])
 def test_bad_config_names_the_key(text, key):
-    from wsfs.config import ConfigError
+    from wsfs.core.config import ConfigError
 
     with pytest.raises(ConfigError) as info:
         parse_toml_config(text)
@@ -721,7 +721,7 @@ def test_config_values_reach_the_templates():
 
 
 def test_sample_config_parses():
-    from wsfs.config import load_config
+    from wsfs.core.config import load_config
 
     config = load_config(str(Path(__file__).resolve().parent.parent / "etc" / "wsfs.toml"))
     media = config.template("media")
@@ -821,16 +821,16 @@ def test_busy_check_does_not_stat_paths_in_the_mount(core, tmp_path, monkeypatch
 
 
 def test_ready_probe_does_not_stat_the_mount_from_the_daemon(tmp_path, monkeypatch, caplog):
-    import wsfs.daemon
-    from wsfs.config import default_config
+    import wsfs.fuse.daemon
+    from wsfs.core.config import default_config
 
     mnt = tmp_path / "mnt"
     (mnt / ".wsfs").mkdir(parents=True)
     (mnt / ".wsfs" / "status").write_text("{}")
-    daemon = wsfs.daemon.Daemon(str(mnt), str(tmp_path / "data"), default_config())
+    daemon = wsfs.fuse.daemon.Daemon(str(mnt), str(tmp_path / "data"), default_config())
     daemon.open()
     try:
-        monkeypatch.setattr(wsfs.daemon, "is_wsfs_mount", lambda path: True)
+        monkeypatch.setattr(wsfs.fuse.daemon, "is_wsfs_mount", lambda path: True)
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
         tried = _forbid_stat_under(monkeypatch, mnt)
         with caplog.at_level(logging.INFO, logger="wsfs.daemon"):

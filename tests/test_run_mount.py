@@ -33,7 +33,7 @@ def test_importing_the_client_loads_none_of_the_daemons_modules():
             "('lmdb', 'psutil', 'msgpack', 'mfusepy', 'click') or m.startswith('wsfs.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
-    assert out.strip() == "['wsfs.client', 'wsfs.mounts']"
+    assert out.strip() == "['wsfs.client', 'wsfs.client.mounts']"
 
 
 def test_run_with_inputs_placeholders_and_here(mount_factory, tmp_path):
@@ -143,7 +143,7 @@ def test_show_receipt_after_the_tree_is_gone(mount_factory):
 
 
 def test_job_document_has_a_version_and_only_documented_fields(mount_factory):
-    from wsfs.lifecycle import JOB_DOCUMENT_FIELDS
+    from wsfs.core.lifecycle import JOB_DOCUMENT_FIELDS
 
     m = mount_factory()
     sh("mkdir workspaces/doc", cwd=m.mnt)

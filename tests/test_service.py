@@ -28,8 +28,8 @@ from click.testing import CliRunner
 from conftest import REPO, MountedWsfs, is_mounted, require_fuse, sh
 
 from wsfs import __version__
-from wsfs.cli import main, setup_logging, stderr_is_journal
-from wsfs.store import Store
+from wsfs.client.cli import main, setup_logging, stderr_is_journal
+from wsfs.core.store import Store
 
 UNITS = ("wsfs.service", "wsfs@.service")
 WAIT = 30.0  # a deadline for things that must happen, never a measured duration
@@ -242,7 +242,7 @@ def test_notify_ready_status_stopping_and_a_clean_store(tmp_path):
 
 
 def test_sd_notify_sends_nothing_without_a_socket(monkeypatch):
-    from wsfs import daemon
+    from wsfs.fuse import daemon
 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     daemon.sd_notify("READY=1")  # no socket, no error
@@ -412,8 +412,8 @@ def test_log_level_option_is_checked():
 def test_shutdown_marks_clean_only_when_every_thread_stopped(tmp_path, monkeypatch):
     import threading
 
-    from wsfs import daemon as daemon_mod
-    from wsfs.config import default_config
+    from wsfs.core.config import default_config
+    from wsfs.fuse import daemon as daemon_mod
 
     def opened() -> daemon_mod.Daemon:
         d = daemon_mod.Daemon(str(tmp_path / "mnt"), str(tmp_path / "data"), default_config())
@@ -439,8 +439,8 @@ def test_shutdown_marks_clean_only_when_every_thread_stopped(tmp_path, monkeypat
 
 
 def test_a_stopping_sweeper_starts_no_new_action(core, clock):
-    from wsfs.model import JobState
-    from wsfs.retention import Sweeper
+    from wsfs.core.model import JobState
+    from wsfs.core.retention import Sweeper
 
     for job in ("a", "b"):
         core.create_job(job, 0, 0)

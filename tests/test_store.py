@@ -7,9 +7,9 @@ import os
 import lmdb
 import pytest
 
-from wsfs import store as store_module
-from wsfs.errors import StoreError
-from wsfs.store import SCHEMA_VERSION, Store, expiry_key, manifest_key
+from wsfs.core import store as store_module
+from wsfs.core.errors import StoreError
+from wsfs.core.store import SCHEMA_VERSION, Store, expiry_key, manifest_key
 
 
 class Clock:

@@ -387,8 +387,8 @@ def test_the_manifest_and_usage_of_an_ended_job_follow_files_still_open_at_its_e
     """A file is recorded at its creation and again at close; ended while it was still being written,
     the job kept its creation entry (doctor: changed since the manifest saw it) or, for outputs, a
     re-hashed entry whose growth the usage never counted (doctor: usage says ..., the manifest ...)."""
-    from wsfs import doctor as doctor_mod
-    from wsfs.model import JobState
+    from wsfs.core import doctor as doctor_mod
+    from wsfs.core.model import JobState
 
     core.create_job("j", 0, 0)
     for path in ("output/o", "temp/t", "input/i"):

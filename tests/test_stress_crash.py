@@ -493,7 +493,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
 
 def test_recovery_trashes_the_tree_of_a_creation_cut_before_its_record(core):
     """A kill between create_job's mkdir and its commit left a tree without a record: doctor's orphan."""
-    from wsfs import doctor as doctor_mod
+    from wsfs.core import doctor as doctor_mod
 
     for rel in ("cut", "cut/input", "cut/output", "cut/temp"):  # what create_job makes before it commits
         core.tree.mkdir("jobs", rel)
@@ -509,7 +509,7 @@ def test_recovery_trashes_the_tree_of_a_creation_cut_before_its_record(core):
 
 
 def _crashed_job_with_output(core, job_id: str) -> dict:
-    from wsfs.model import JobState
+    from wsfs.core.model import JobState
 
     core.create_job(job_id, 0, 0)
     fd = core.tree.open("jobs", f"{job_id}/output/result", os.O_WRONLY | os.O_CREAT)
@@ -535,7 +535,7 @@ class Killed(BaseException):
 def test_recovery_moves_back_the_tree_of_a_resume_cut_before_its_commit(core, monkeypatch):
     """resume renamed quarantine/J to jobs/J and trashed the receipt before committing: a kill between
     left a crashed record, its tree in workspaces/ (doctor: misplaced) and no receipt."""
-    from wsfs import doctor as doctor_mod
+    from wsfs.core import doctor as doctor_mod
 
     record = _crashed_job_with_output(core, "r")
 
@@ -554,7 +554,7 @@ def test_recovery_moves_back_the_tree_of_a_resume_cut_before_its_commit(core, mo
 
 def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, monkeypatch):
     """The receipt of the last end goes only after resume's commit; recovery re-crashes the job and writes anew."""
-    from wsfs import doctor as doctor_mod
+    from wsfs.core import doctor as doctor_mod
 
     _crashed_job_with_output(core, "r")
     monkeypatch.setattr(core, "_trash_stale_receipt", lambda job_id: None)  # the kill, right after the commit
@@ -569,8 +569,8 @@ def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, m
 
 def test_live_doctor_does_not_report_a_tree_purged_while_it_runs(tmp_path):
     """doctor empties the trash, then looks: a tree a purge moved in between was reported as not deleted."""
-    from wsfs.config import default_config
-    from wsfs.daemon import Daemon
+    from wsfs.core.config import default_config
+    from wsfs.fuse.daemon import Daemon
 
     daemon = Daemon(str(tmp_path / "mnt"), str(tmp_path / "data"), default_config())
     daemon.open()

@@ -49,7 +49,7 @@ from stress_support import StressMount, replay, seed, size
 from test_tree import FIXED_NS, VICTIM, make_mirror, snapshot
 from test_users import NOBODY, as_nobody
 
-from wsfs.tree import Tree
+from wsfs.core.tree import Tree
 
 pytestmark = pytest.mark.mount
 
@@ -669,7 +669,7 @@ def test_ending_a_job_whose_listed_files_changed_kind_behind_its_back(core, tmp_
     the receipt step opened them to hash them and failed (EISDIR, ELOOP) on every attempt to
     end the job, which stayed half ended.  Such a name is no output: left out, the job ends.
     A parent swapped for a link to a canary is not followed either (nothing of it is read)."""
-    from wsfs.model import JobState
+    from wsfs.core.model import JobState
 
     canary = tmp_path / "canary"
     canary.mkdir()

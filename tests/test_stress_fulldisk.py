@@ -33,10 +33,10 @@ import pytest
 from conftest import REPO, FakeClock, is_mounted, require_fuse, sh
 from stress_support import StressMount, replay, seed, size
 
-from wsfs.config import default_config
-from wsfs.lifecycle import JobService
-from wsfs.store import Store
-from wsfs.tree import Tree
+from wsfs.core.config import default_config
+from wsfs.core.lifecycle import JobService
+from wsfs.core.store import Store
+from wsfs.core.tree import Tree
 
 pytestmark = pytest.mark.mount
 
@@ -438,7 +438,7 @@ def _full(monkeypatch):
     def statvfs(path):
         st = real(path)
         return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0) + tuple(st)[5:])
-    monkeypatch.setattr("wsfs.store.os.statvfs", statvfs)
+    monkeypatch.setattr("wsfs.core.store.os.statvfs", statvfs)
 
 
 def test_a_commit_the_disk_refuses_is_enospc_and_the_manifest_keeps_its_changes(core, monkeypatch):
@@ -447,7 +447,7 @@ def test_a_commit_the_disk_refuses_is_enospc_and_the_manifest_keeps_its_changes(
     lost.  Now it is StoreError(ENOSPC), the batch stays queued, and it is stored once commits work."""
     import lmdb
 
-    from wsfs.errors import StoreError
+    from wsfs.core.errors import StoreError
 
     core.create_job("J", 0, 0)
     fd = core.tree.open("jobs", "J/output/f", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -484,8 +484,8 @@ def test_a_transition_refused_part_way_is_finished_by_the_same_command(core, mon
     """A step after the intent that fails (a full disk at the receipt, no descriptors for the
     scratch move) left the job "already ending" until the next mount.  The same command again
     finishes it; another one is still refused."""
-    from wsfs.errors import SealedError, StoreError
-    from wsfs.model import JobState
+    from wsfs.core.errors import SealedError, StoreError
+    from wsfs.core.model import JobState
 
     core.create_job("J", 0, 0)
     for rel in ("J/output/o", "J/temp/t"):
@@ -509,8 +509,8 @@ def test_a_transition_refused_part_way_is_finished_by_the_same_command(core, mon
 
 
 def test_a_worker_thread_the_store_refuses_starts_again_instead_of_stopping_the_mount(tmp_path, monkeypatch):
-    from wsfs import daemon
-    from wsfs.errors import StoreError
+    from wsfs.core.errors import StoreError
+    from wsfs.fuse import daemon
 
     d = daemon.Daemon(str(tmp_path / "mnt"), str(tmp_path / "data"), default_config())
     monkeypatch.setattr(daemon, "STORE_RETRY", 0.01)
@@ -538,7 +538,7 @@ def test_the_ready_probe_survives_running_out_of_descriptors(tmp_path, monkeypat
     child's pipe, subprocess raised EMFILE, the thread 'crashed' and stopped the mount."""
     import types
 
-    from wsfs import daemon
+    from wsfs.fuse import daemon
 
     d = daemon.Daemon(str(tmp_path / "mnt"), str(tmp_path / "data"), default_config())
     d.publisher = types.SimpleNamespace(mount_ready=threading.Event())
@@ -562,7 +562,7 @@ def test_a_job_the_full_disk_refuses_leaves_no_tree(tmp_path, monkeypatch):
     after its tree was made: the tree stayed, with no record (an orphan for doctor).  Now it goes."""
     from conftest import make_core, parse_toml_config
 
-    from wsfs.errors import StoreError
+    from wsfs.core.errors import StoreError
 
     core = make_core(tmp_path / "data", config=parse_toml_config('min_free = "0"'))
     env = core.store.env

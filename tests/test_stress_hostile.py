@@ -39,10 +39,10 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from stress_support import StressMount, replay, seed, size
 
-from wsfs.config import load_config
-from wsfs.control import MAX_PID, parse_control_command, parse_state_command
-from wsfs.errors import WsfsError
-from wsfs.model import JOB_ID_RE
+from wsfs.core.config import load_config
+from wsfs.core.control import MAX_PID, parse_control_command, parse_state_command
+from wsfs.core.errors import WsfsError
+from wsfs.core.model import JOB_ID_RE
 
 pytestmark = pytest.mark.mount
 

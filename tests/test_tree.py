@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from wsfs.errors import UnsafePathError, WsfsError
-from wsfs.tree import NAME_MAX, ROOTS, Tree, check_name, split
+from wsfs.core.errors import UnsafePathError, WsfsError
+from wsfs.core.tree import NAME_MAX, ROOTS, Tree, check_name, split
 
 VICTIM = b"the canary's secret\n"
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2

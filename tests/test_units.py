@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsfs.units import format_duration, format_size, parse_duration, parse_size
+from wsfs.core.units import format_duration, format_size, parse_duration, parse_size
 
 K, M, G, T, P = (1 << 10), (1 << 20), (1 << 30), (1 << 40), (1 << 50)
 

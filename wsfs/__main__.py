@@ -1,5 +1,5 @@
 """``python -m wsfs`` runs the CLI (the background daemon is started this way)."""
 
-from .cli import main
+from .client.cli import main
 
 main(prog_name="wsfs")

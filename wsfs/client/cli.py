@@ -32,12 +32,12 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .client import Mount, WsfsClientError, resolve_mount, sharee_name
-from .config import ConfigError, load_config
-from .model import JOB_ID_RE
+from .. import __version__
+from ..core.config import ConfigError, load_config
+from ..core.model import JOB_ID_RE
+from ..core.units import format_duration, format_size
+from . import Mount, WsfsClientError, resolve_mount, sharee_name
 from .mounts import MountError, default_data_dir, default_mountpoint
-from .units import format_duration, format_size
 
 EX_CONFIG = 78  # sysexits.h; systemd calls it "CONFIGURATION"
 LIVE_STATES = ("running", "completed", "failed", "cancelled", "crashed")
@@ -143,7 +143,7 @@ def mount(ctx, mountpoint, data_dir, config_file, foreground, allow_other, debug
     Example:
       wsfs mount /mnt/wsfs --data /var/lib/wsfs
     """
-    from . import daemon
+    from ..fuse import daemon
 
     if mountpoint is None:  # the default place is made on first use, as the default data dir is
         mountpoint = default_mountpoint()
@@ -178,7 +178,7 @@ def unmount(mountpoint, lazy):
     Example:
       wsfs unmount /mnt/wsfs
     """
-    from . import daemon
+    from ..fuse import daemon
 
     mountpoint = mountpoint or str(resolve_mount(None))
     try:
@@ -480,7 +480,7 @@ def _records(mount) -> list[dict]:
         if exc.errno is None or exc.errno == errno.ENOTCONN:
             fail(str(exc))
         problem = str(exc)
-    from .store import Store
+    from ..core.store import Store
 
     data = os.environ.get("WSFS_DATA") or default_data_dir()
     store_path = os.path.join(data, "store")
@@ -658,7 +658,7 @@ def state(job, word, reason, force, mount):
 
 
 def _duration(text: str, option: str) -> float:
-    from .units import parse_duration
+    from ..core.units import parse_duration
 
     try:
         seconds = parse_duration(text)
@@ -1115,12 +1115,10 @@ def _finding_line(finding: dict) -> str:
 
 def _doctor_offline(data_dir: str, config_file: str | None, repair: bool) -> dict:
     """``doctor`` with no daemon: take the data dir's lock, open the store ourselves."""
-    from . import daemon as daemon_mod
-    from . import doctor as doctor_mod
-    from .errors import StoreError
-    from .lifecycle import JobService
-    from .store import Store
-    from .tree import Tree
+    from ..core import doctor as doctor_mod
+    from ..core.errors import StoreError
+    from ..core.lifecycle import open_data_dir
+    from ..fuse import daemon as daemon_mod
 
     store_path = os.path.join(data_dir, "store")
     if not os.path.exists(os.path.join(store_path, "data.mdb")):
@@ -1136,26 +1134,21 @@ def _doctor_offline(data_dir: str, config_file: str | None, repair: bool) -> dic
     except OSError as exc:
         fail(f"cannot lock {data_dir}: {exc.strerror}")
     try:
-        tree = Tree(data_dir)
         try:
-            store = Store(store_path)
+            service = open_data_dir(data_dir, config)
         except StoreError as exc:
-            tree.close()
             fail(str(exc))
-        service = JobService(store, tree, config)
         try:
             report = doctor_mod.run(service, repair_too=repair)
         finally:
-            service.manifest.flush()
-            store.close()
-            tree.close()
+            service.close()
     finally:
         os.close(lock_fd)
     return report.as_dict(limit=1 << 30)
 
 
 def _served_by(data_dir: str, store_path: str) -> str:
-    from .store import Store
+    from ..core.store import Store
 
     mount = {}
     try:

@@ -240,12 +240,26 @@ class ManifestWriter:
         self.flush()
 
 
+def open_data_dir(data_dir: str, config: Config | None = None, *, clock=time.time) -> JobService:
+    """The composition root: the tree, the store and the service of a data dir, wired together
+    (the daemon, the CLI's offline commands, the tests and the benchmarks all open one this way).
+    ``JobService.close`` closes them again.  Raises ``StoreError`` for a store it cannot use."""
+    tree = Tree(data_dir)
+    try:
+        store = Store(os.path.join(data_dir, "store"), clock=clock)
+    except BaseException:
+        tree.close()
+        raise
+    return JobService(store, tree, config, clock=clock)
+
+
 class JobService:
     """Everything that creates jobs or changes their state."""
 
     def __init__(self, store: Store, tree: Tree, config: Config | None = None, clock=time.time):
         self.store = store
         self.tree = tree
+        self._closed = False
         self.config = config or default_config()
         self.clock = clock
         self.manifest = ManifestWriter(self)
@@ -284,6 +298,17 @@ class JobService:
         self.area_dropping = lambda job_id, area: None
         fault = os.environ.get("WSFS_FAULT", "")
         self._fault = fault.partition("after:")[2] or None
+
+    def close(self) -> None:
+        """Store what the manifest writer still holds, then close the store and the tree (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.manifest.flush()
+        finally:
+            self.store.close()
+            self.tree.close()
 
     # -- records --------------------------------------------------------------
 

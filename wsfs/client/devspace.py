@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .model import JOB_ID_RE
+from ..core.model import JOB_ID_RE
 
 #: Never synced: a worktree's ``.git`` file names its own worktree; copying it would point DST at SRC's.
 SYNC_SKIPPED_NAMES = (".git",)
@@ -616,7 +616,7 @@ class CreateReport:
 
 def _remove_job(ws, reason: str) -> None:
     """Undo a creation: cancelled, then archived (tree deleted); ``wsfs list`` shows it no more."""
-    from .client import WsfsClientError
+    from . import WsfsClientError
 
     try:
         ws.cancel(" ".join(reason.split())[:1000])
@@ -635,7 +635,7 @@ def create_devspace(mount, job: str | None, *, repo=None, branch: str | None = N
     raises ``DevspaceError``.  ``progress(total)`` returns a callable told of
     each copied file's bytes; ``setup_output`` is the setup command's stdout.
     """
-    from .client import WsfsClientError, generate_job_id
+    from . import WsfsClientError, generate_job_id
 
     job = job or generate_job_id()
     plan = plan_worktree(repo, job, branch, base) if repo is not None else None
@@ -708,7 +708,7 @@ def _run_setup(ws, info: dict, cwd: Path, output, report: CreateReport) -> None:
 
 def clone_devspace(mount, src_job: str, new_job: str, *, branch: str | None = None) -> dict:
     """``wsfs clone``: the daemon copies SRC's areas; a git workspace's clone gets its own worktree and branch."""
-    from .client import Workspace, WsfsClientError
+    from . import Workspace, WsfsClientError
 
     try:
         info = _job_info(mount.job_dir(src_job))
@@ -757,7 +757,7 @@ def end_devspace(mount, job: str, word: str, reason: str | None, *, force: bool 
     ``force``: then a bundle and a patch go to ``MOUNT/shared/wsfs-salvage/JOB/``
     first.  After ``archived`` the worktree is pruned and a merged branch deleted.
     """
-    from .client import WsfsClientError
+    from . import WsfsClientError
 
     messages: list[str] = []
     try:

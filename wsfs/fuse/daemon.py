@@ -44,18 +44,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import __version__
-from .config import Config
-from .errors import StoreError
-from .hashing import Hasher
-from .lifecycle import JobService
-from .model import JobState
-from .mounts import FSNAME, MountError
-from .publish import Publisher
-from .retention import Sweeper
-from .store import Store
-from .tree import Tree
-from .units import format_size
+from .. import __version__
+from ..client.mounts import FSNAME, MountError
+from ..core.config import Config
+from ..core.errors import StoreError
+from ..core.hashing import Hasher
+from ..core.lifecycle import JobService, open_data_dir
+from ..core.model import JobState
+from ..core.publish import Publisher
+from ..core.retention import Sweeper
+from ..core.store import Store
+from ..core.tree import Tree
+from ..core.units import format_size
 
 log = logging.getLogger("wsfs.daemon")
 
@@ -230,9 +230,8 @@ class Daemon:
         self._doctor_lock = threading.Lock()
 
     def open(self) -> None:
-        self.tree = Tree(self.data_dir)
-        self.store = Store(os.path.join(self.data_dir, "store"))
-        self.service = JobService(self.store, self.tree, self.config)
+        self.service = open_data_dir(self.data_dir, self.config)
+        self.store, self.tree = self.service.store, self.service.tree
         with self.store.read() as r:
             previous = r.meta("mount", {})
         unclean = previous.get("state") == "live"
@@ -271,7 +270,7 @@ class Daemon:
                 "hash_backlog": hasher.backlog() if hasher is not None else 0}
 
     def start_threads(self) -> None:
-        from . import metrics  # prometheus_client: the daemon's, never the client's
+        from ..core import metrics  # prometheus_client: the daemon's, never the client's
 
         metrics.serve_state(self.metrics_state)
         if self.config.metrics_listen:
@@ -423,8 +422,8 @@ class Daemon:
         not load is refused whole (``EINVAL``, the reason in the event and the log) and the
         one in use stays.  (``sweep_interval`` takes effect at the next start.)
         """
-        from .config import ConfigError, load_config
-        from .errors import BadCommandError
+        from ..core.config import ConfigError, load_config
+        from ..core.errors import BadCommandError
 
         try:
             config = load_config(self.config_file)
@@ -444,7 +443,7 @@ class Daemon:
         The trash is emptied first, so what the report lists there is what
         could not be deleted, not what the trash thread had not reached yet.
         """
-        from . import doctor
+        from ..core import doctor
 
         with self._doctor_lock:
             stuck: set[str] = set()
@@ -500,7 +499,7 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
     """Mount and serve in this process until unmounted or signalled.  ``reload`` on
     ``.wsfs/control`` (``systemctl reload``) reads ``config_file`` again (None: the default)."""
     from .binding import FUSE, LIBFUSE_VERSION  # only the daemon needs libfuse
-    from .fs import WsfsOperations
+    from .operations import WsfsOperations
 
     check_data_dir(data_dir)
     check_mountpoint(mountpoint)

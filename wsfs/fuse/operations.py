@@ -39,7 +39,12 @@ import stat
 import threading
 import time
 
-from . import acl, metrics
+from ..core import acl, metrics
+from ..core.errors import NotAllowedError, WsfsError
+from ..core.hashing import Hasher, StreamHash
+from ..core.lifecycle import RECEIPT_FILE, JobService, manifest_bytes
+from ..core.model import JOB_ID_RE, is_hidden_name
+from ..core.tree import Tree
 from .binding import (
     CAP_DONT_MASK,
     CAP_POSIX_ACL,
@@ -51,11 +56,6 @@ from .binding import (
     invalidate_path,
     remember_session,
 )
-from .errors import NotAllowedError, WsfsError
-from .hashing import Hasher, StreamHash
-from .lifecycle import RECEIPT_FILE, JobService, manifest_bytes
-from .model import JOB_ID_RE, is_hidden_name
-from .tree import Tree
 
 log = logging.getLogger("wsfs.fs")
 

@@ -16,10 +16,9 @@ import sys
 
 import click
 
-from . import devspace
+from ..core.units import format_size
+from . import WsfsClientError, devspace
 from .cli import complete_jobs, fail, interactive, live_mount, main, mount_option
-from .client import WsfsClientError
-from .units import format_size
 
 
 def _progress_factory():
