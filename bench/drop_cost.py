@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from mounted import mounted
 
 
 def one(files: int) -> tuple[float, float]:
-    base = Path(tempfile.mkdtemp(prefix="wsfs-drop-"))
-    mnt, data = base / "mnt", base / "data"
-    mnt.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-m", "wsfs", "mount", str(mnt), "--data", str(data)], env=env, cwd=REPO,
-                   check=True, capture_output=True)
-    try:
+    with mounted(prefix="wsfs-drop-") as (mnt, data):
         job = mnt / "workspaces" / "big"
         os.mkdir(job)
         block = b"x" * 4096
@@ -44,9 +34,6 @@ def one(files: int) -> tuple[float, float]:
             time.sleep(0.05)
         emptied = time.perf_counter() - started
         return took * 1000, emptied
-    finally:
-        subprocess.run([sys.executable, "-m", "wsfs", "unmount", str(mnt)], env=env, cwd=REPO, capture_output=True)
-        subprocess.run(["rm", "-rf", str(base)])
 
 
 def main() -> None:

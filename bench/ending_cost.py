@@ -13,24 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from mounted import REPO, mounted
 
 
 def one(src: Path, how: str, mib: int, wait: float) -> float:
-    base = Path(tempfile.mkdtemp(prefix="wsfs-ending-"))
-    mnt, data = base / "mnt", base / "data"
-    mnt.mkdir()
-    # cwd is the tree too: `python -m` puts the working directory first on sys.path.
-    env = dict(os.environ, PYTHONPATH=str(src))
-    subprocess.run([sys.executable, "-m", "wsfs", "mount", str(mnt), "--data", str(data)], env=env, cwd=src,
-                   check=True, capture_output=True)
-    try:
+    with mounted(src, prefix="wsfs-ending-") as (mnt, _data):
         os.mkdir(mnt / "workspaces" / "big")
         fd = os.open(mnt / "workspaces" / "big" / "output" / "out", os.O_CREAT | os.O_WRONLY, 0o644)
         try:
@@ -48,9 +38,6 @@ def one(src: Path, how: str, mib: int, wait: float) -> float:
         with open(mnt / "workspaces" / "big" / ".state", "w") as f:
             f.write("completed\n")
         return (time.perf_counter() - started) * 1000
-    finally:
-        subprocess.run([sys.executable, "-m", "wsfs", "unmount", str(mnt)], env=env, cwd=src, capture_output=True)
-        subprocess.run(["rm", "-rf", str(base)])
 
 
 def main() -> None:

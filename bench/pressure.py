@@ -17,13 +17,13 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from mounted import mounted
+
 MIB = 1 << 20
 
 
@@ -32,24 +32,9 @@ def free(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--disk", type=int, default=1024, help="tmpfs size, MiB")
-    parser.add_argument("--min-free", type=int, default=256, help="min_free, MiB")
-    parser.add_argument("--job", type=int, default=64, help="MiB written per job")
-    parser.add_argument("--total", type=int, default=4096, help="MiB written in all")
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="wsfs-pressure-"))
-    disk, mnt = base / "disk", base / "mnt"
-    disk.mkdir()
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.disk}M", "tmpfs", str(disk)], check=True)
-    config = base / "wsfs.toml"
-    config.write_text(f'min_free = "{args.min_free}M"\npressure = ["hidden", "cancelled", "failed", "completed"]\n'
-                      'pressure_min_age = "0s"\n')
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-m", "wsfs", "mount", str(mnt), "--data", str(disk / "data"),
-                    "--config", str(config)], env=env, cwd=REPO, check=True, capture_output=True)
+def fill(mnt: Path, disk: Path, args) -> tuple[list[dict], list[int], dict[str, int], float]:
+    """The writer, with the sampler beside it; returns the events, the free-space samples, the
+    writer's errors by name and how long it took."""
     samples: list[int] = []
     done = threading.Event()
 
@@ -73,16 +58,33 @@ def main() -> None:
                         f.write(block)
                 (job / ".state").write_text("completed\n" if i % 3 == 0 else "failed\n")
             except OSError as exc:
-                name = os.strerror(exc.errno)
+                name = os.strerror(exc.errno or 0)
                 errors[name] = errors.get(name, 0) + 1
-        took = time.perf_counter() - started
     finally:
         done.set()
         sampler.join()
-        events = [json.loads(line) for line in (mnt / ".wsfs" / "events").read_text().splitlines()]
-        subprocess.run([sys.executable, "-m", "wsfs", "unmount", str(mnt)], env=env, cwd=REPO, capture_output=True)
+    took = time.perf_counter() - started
+    events = [json.loads(line) for line in (mnt / ".wsfs" / "events").read_text().splitlines()]
+    return events, samples, errors, took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--disk", type=int, default=1024, help="tmpfs size, MiB")
+    parser.add_argument("--min-free", type=int, default=256, help="min_free, MiB")
+    parser.add_argument("--job", type=int, default=64, help="MiB written per job")
+    parser.add_argument("--total", type=int, default=4096, help="MiB written in all")
+    args = parser.parse_args()
+    disk = Path(tempfile.mkdtemp(prefix="wsfs-pressure-disk-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.disk}M", "tmpfs", str(disk)], check=True)
+    config = (f'min_free = "{args.min_free}M"\npressure = ["hidden", "cancelled", "failed", "completed"]\n'
+              'pressure_min_age = "0s"\n')
+    try:
+        with mounted(data=disk / "data", config=config, prefix="wsfs-pressure-") as (mnt, _data):
+            events, samples, errors, took = fill(mnt, disk, args)
+    finally:
         subprocess.run(["umount", str(disk)])
-        subprocess.run(["rm", "-rf", str(base)])
+        os.rmdir(disk)
     purges = [e for e in events if e["kind"] == "purged" and e.get("reason") == "disk pressure"]
     need = args.min_free * MIB
     print(f"disk {args.disk} MiB, min_free {args.min_free} MiB, {args.total // args.job} jobs of {args.job} MiB "

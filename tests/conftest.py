@@ -293,3 +293,42 @@ def parse_toml_config(text: str):
     import tomllib
 
     return parse_config(tomllib.loads(text), "<test>")
+
+
+def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.05, *, tolerate=()):
+    """Poll ``predicate`` until it returns something truthy (returned); an exception of a type in
+    ``tolerate`` counts as not yet.  Fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except tolerate:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(interval)
+
+
+def errno_of(fn, *args, **kwargs) -> int | None:
+    """The errno ``fn(*args)`` fails with, or None; an fd it opened is closed (an fd left open
+    would keep the mount busy)."""
+    try:
+        result = fn(*args, **kwargs)
+    except OSError as exc:
+        return exc.errno
+    if fn is os.open:
+        os.close(result)
+    return None
+
+
+def control_as(m: MountedWsfs, uid: int, line: str) -> subprocess.CompletedProcess:
+    """``echo LINE`` to the mount's ``.wsfs/control`` by ``uid``: the file is opened here (a test's
+    tmp dir is not searchable by others), the write, whose caller the daemon checks, is uid's."""
+    fd = os.open(m.mnt / ".wsfs" / "control", os.O_WRONLY)
+    try:
+        return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "bash", "-c",
+                               f"echo '{line}' >&{fd}"], capture_output=True, text=True, pass_fds=(fd,))
+    finally:
+        os.close(fd)

@@ -354,26 +354,17 @@ def check_accepted(cmd: Command, parse, verbs) -> None:
             assert isinstance(value, int) and 0 <= value < 1 << 63
 
 
+@pytest.mark.parametrize("parse, verbs", [(parse_state_command, STATE_VERBS), (parse_control_command, CONTROL_VERBS)],
+                         ids=["state", "control"])
 @settings(max_examples=600, deadline=None)
-@given(any_bytes)
-def test_state_grammar_never_raises_anything_else(data):
+@given(data=any_bytes)
+def test_the_grammars_never_raise_anything_else(parse, verbs, data):
     try:
-        cmd = parse_state_command(data)
+        cmd = parse(data)
     except GRAMMAR_ERRORS as exc:
         assert exc.errno == errno.EINVAL
         return
-    check_accepted(cmd, parse_state_command, STATE_VERBS)
-
-
-@settings(max_examples=600, deadline=None)
-@given(any_bytes)
-def test_control_grammar_never_raises_anything_else(data):
-    try:
-        cmd = parse_control_command(data)
-    except GRAMMAR_ERRORS as exc:
-        assert exc.errno == errno.EINVAL
-        return
-    check_accepted(cmd, parse_control_command, CONTROL_VERBS)
+    check_accepted(cmd, parse, verbs)
 
 
 @settings(max_examples=300, deadline=None)

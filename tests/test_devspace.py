@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, control_as
 
 pytestmark = [pytest.mark.mount,
               pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")]
@@ -285,14 +285,7 @@ def test_clone_needs_read_permission(mount_factory, tmp_path):
     ok(m, "create", "open")
 
     def as_nobody(line: str) -> subprocess.CompletedProcess:
-        # Opened here (the tmp dir is not searchable for nobody); the write, whose caller the
-        # daemon checks, is nobody's.
-        fd = os.open(m.mnt / ".wsfs" / "control", os.O_WRONLY)
-        try:
-            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
-                                   f"echo '{line}' >&{fd}"], capture_output=True, text=True, pass_fds=(fd,))
-        finally:
-            os.close(fd)
+        return control_as(m, 65534, line)
 
     refused = as_nobody("clone private stolen")
     assert refused.returncode != 0 and "Permission denied" in refused.stderr

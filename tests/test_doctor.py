@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import sh
+from conftest import control_as, sh
 
 from wsfs.client.cli import main
 from wsfs.core import doctor
@@ -359,14 +359,7 @@ def test_doctor_repair_is_for_root_but_anyone_may_look(mount_factory):
     m = mount_factory(allow_other=True)
 
     def as_nobody(line: str) -> subprocess.CompletedProcess:
-        # The control file is opened here (the tmp dir is not searchable for nobody); the write,
-        # whose caller the daemon checks, is nobody's.
-        fd = os.open(m.mnt / ".wsfs" / "control", os.O_WRONLY)
-        try:
-            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
-                                   f"echo '{line}' >&{fd}"], capture_output=True, text=True, pass_fds=(fd,))
-        finally:
-            os.close(fd)
+        return control_as(m, 65534, line)
 
     assert as_nobody("doctor").returncode == 0
     refused = as_nobody("doctor repair")

@@ -21,19 +21,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from wsfs.core import errors
 from wsfs.core.config import parse_config
-from wsfs.core.errors import (
-    BadCommandError,
-    BadJobIdError,
-    InvalidTransitionError,
-    JobExistsError,
-    NoSpaceError,
-    NoSuchJobError,
-    NotAllowedError,
-    QuotaError,
-    SealedError,
-    WsfsError,
-)
 from wsfs.core.lifecycle import ARCHIVE_STEPS, CRASH_STEPS, ENDING_STEPS, RECEIPT_FILE, RECORD_VERSION, manifest_bytes
 from wsfs.core.model import JobState
 
@@ -72,14 +61,7 @@ def write_file(core, job: str, path: str, data: bytes, *, stream_sha: bool = Fal
 
 
 def read_file(core, root: str, rel: str) -> bytes:
-    fd = core.tree.open(root, rel, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return core.tree.read(root, rel)
 
 
 def stored(core, job: str) -> dict:
@@ -214,7 +196,7 @@ def test_create_with_a_template(tmp_path, clock):
 
 @pytest.mark.parametrize("job_id", ["", "-x", ".x", "..", "a/b", "j" * 129, "caf\u00e9", "a b", "a\n"])
 def test_create_bad_id(core, job_id):
-    with pytest.raises(BadJobIdError) as info:
+    with pytest.raises(errors.BadJobIdError) as info:
         core.create_job(job_id, 1, 1)
     assert info.value.errno == errno.EINVAL
     assert core.tree.listdir("jobs", "") == [] and events(core) == []
@@ -222,26 +204,26 @@ def test_create_bad_id(core, job_id):
 
 def test_create_reused_id(core):
     core.create_job("job1", 1, 1)
-    with pytest.raises(JobExistsError) as info:
+    with pytest.raises(errors.JobExistsError) as info:
         core.create_job("job1", 1, 1)
     assert info.value.errno == errno.EEXIST
     core.write_state("job1", b"completed")
     core.write_state("job1", b"archived")
     assert not core.tree.exists("jobs", "job1")
-    with pytest.raises(JobExistsError):
+    with pytest.raises(errors.JobExistsError):
         core.create_job("job1", 1, 1)
     assert stored(core, "job1")["state"] == "archived"
 
 
 def test_create_unknown_template(core):
-    with pytest.raises(BadCommandError) as info:
+    with pytest.raises(errors.BadCommandError) as info:
         core.create_job("job1", 1, 1, template="nope")
     assert info.value.errno == errno.EINVAL and "nope" in str(info.value)
     assert core.get("job1") is None and core.tree.listdir("jobs", "") == []
 
 
 def test_create_with_a_gone_owner(core):
-    with pytest.raises(BadCommandError) as info:
+    with pytest.raises(errors.BadCommandError) as info:
         core.create_job("job1", 1, 1, owner_pid=NO_SUCH_PID)
     assert info.value.errno == errno.EINVAL and core.get("job1") is None
 
@@ -250,7 +232,7 @@ def test_create_through_control(core):
     core.write_control(b"create job1 quota=1K max_files=2", uid=7, gid=8)
     record = stored(core, "job1")
     assert (record["uid"], record["gid"], record["quota"], record["max_files"]) == (7, 8, 1024, 2)
-    with pytest.raises(JobExistsError):
+    with pytest.raises(errors.JobExistsError):
         core.write_control(b"create job1")
     [rejected] = events(core, "rejected")
     assert rejected["via"] == "control" and rejected["errno"] == "EEXIST" and rejected["job"] == "job1"
@@ -260,11 +242,11 @@ def test_max_jobs(tmp_path, clock):
     core = make_core(tmp_path / "data", clock, parse_config({"max_jobs": 1}))
     try:
         core.create_job("a", 1, 1)
-        with pytest.raises(QuotaError) as info:
+        with pytest.raises(errors.QuotaError) as info:
             core.create_job("b", 1, 1)
         assert info.value.errno == errno.EDQUOT and core.get("b") is None
         core.write_state("a", b"cancelled")
-        with pytest.raises(QuotaError):
+        with pytest.raises(errors.QuotaError):
             core.create_job("b", 1, 1)       # a cancelled job's tree still counts
         core.write_state("a", b"archived")
         core.create_job("b", 1, 1)
@@ -276,7 +258,7 @@ def test_max_jobs(tmp_path, clock):
 def test_min_free(tmp_path, clock):
     core = make_core(tmp_path / "data", clock, parse_config({"min_free": "8000P"}))
     try:
-        with pytest.raises(NoSpaceError) as info:
+        with pytest.raises(errors.NoSpaceError) as info:
             core.create_job("a", 1, 1)
         assert info.value.errno == errno.ENOSPC and core.get("a") is None
     finally:
@@ -357,7 +339,7 @@ def test_ending(core, clock, word, reason, expiry):
     assert {p for p, _e in core.manifest_entries("job1")} == set(kept)
     assert record["usage"] == {"bytes": sum(map(len, kept.values())), "files": len(kept)}
     assert stat.S_IMODE(core.tree.lstat("jobs", f"job1/{RECEIPT_FILE}").st_mode) == 0o444
-    with pytest.raises(SealedError) as info:
+    with pytest.raises(errors.SealedError) as info:
         with core.mutation("job1"):
             pass
     assert info.value.errno == errno.EROFS
@@ -403,7 +385,7 @@ def test_archived(core, clock):
     assert core.manifest_entries("job1") == []
     with core.store.read() as r:
         assert list(r.due(10 ** 12)) == [] and r.totals()["live"] == 0
-    with pytest.raises(SealedError):
+    with pytest.raises(errors.SealedError):
         with core.mutation("job1"):
             pass
 
@@ -454,7 +436,7 @@ def test_rejected_writes_change_nothing_and_are_recorded(core, setup, command, c
     before = stored(core, "job1")
     manifest_before = core.manifest_entries("job1")
     files_before = tree_files(core, "job1") if before["where"] else None
-    with pytest.raises(WsfsError) as info:
+    with pytest.raises(errors.WsfsError) as info:
         core.write_state("job1", command)
     assert info.value.errno == code
     assert stored(core, "job1") == before and core.get("job1") == before
@@ -472,16 +454,16 @@ def test_rejected_writes_change_nothing_and_are_recorded(core, setup, command, c
 
 def test_transition_rules(core):
     core.create_job("job1", 1, 1)
-    with pytest.raises(NoSuchJobError) as info:
+    with pytest.raises(errors.NoSuchJobError) as info:
         core.transition("nope", JobState.COMPLETED)
     assert info.value.errno == errno.ENOENT
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(errors.InvalidTransitionError):
         core.transition("job1", JobState.RUNNING)
     core.write_state("job1", b"failed")
-    with pytest.raises(NotAllowedError) as info:
+    with pytest.raises(errors.NotAllowedError) as info:
         core.transition("job1", JobState.RUNNING)   # allowed by the table, but only through resume
     assert info.value.errno == errno.EPERM
-    with pytest.raises(NoSuchJobError):
+    with pytest.raises(errors.NoSuchJobError):
         core.write_state("nope", b"completed")
 
 
@@ -491,10 +473,10 @@ def test_a_job_already_ending_refuses_another_transition(core):
     def begin(record, w):
         record["pending"] = {"target": "completed", "reason": None, "at": 0.0, "step": "intent", "from": "running"}
     core._update("job1", begin)
-    with pytest.raises(SealedError) as info:
+    with pytest.raises(errors.SealedError) as info:
         core.write_state("job1", b"failed")
     assert info.value.errno == errno.EPERM
-    with pytest.raises(SealedError):
+    with pytest.raises(errors.SealedError):
         with core.mutation("job1"):
             pass
 
@@ -503,7 +485,7 @@ def test_mutation_while_running(core):
     core.create_job("job1", 1, 1)
     with core.mutation("job1") as record:
         assert record["id"] == "job1"
-    with pytest.raises(NoSuchJobError):
+    with pytest.raises(errors.NoSuchJobError):
         with core.mutation("absent"):
             pass
 
@@ -657,7 +639,7 @@ def test_resume_refused(core, setup):
     for word in setup:
         core.write_state("job1", word)
     before = stored(core, "job1")
-    with pytest.raises(InvalidTransitionError) as info:
+    with pytest.raises(errors.InvalidTransitionError) as info:
         core.resume("job1")
     assert info.value.errno == errno.EPERM and stored(core, "job1") == before
 
@@ -665,7 +647,7 @@ def test_resume_refused(core, setup):
 def test_resume_through_control_checks_the_owner(core):
     core.create_job("job1", 1000, 1000)
     core.write_state("job1", b"failed")
-    with pytest.raises(NotAllowedError):
+    with pytest.raises(errors.NotAllowedError):
         core.write_control(b"resume job1", uid=2000)
     assert stored(core, "job1")["state"] == "failed"
     core.write_control(b"resume job1", uid=1000)
@@ -893,7 +875,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def write(self, job, area, name, data, stream_sha):
         model = self.model[job]
         if model["state"] != "running":
-            with pytest.raises(SealedError):
+            with pytest.raises(errors.SealedError):
                 write_file(self.core, job, f"{area}/{name}", data)
             return
         write_file(self.core, job, f"{area}/{name}", data, stream_sha=stream_sha, flush=False)
@@ -951,7 +933,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if code is None:
             self.core.write_state(job, command)
         else:
-            with pytest.raises(WsfsError) as info:
+            with pytest.raises(errors.WsfsError) as info:
                 self.core.write_state(job, command)
             assert info.value.errno == code, (model["state"], command, info.value)
         if new_state == "completed" and model["state"] != "completed":
@@ -965,7 +947,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.core.resume(job)
             model["state"] = "running"
         else:
-            with pytest.raises(InvalidTransitionError):
+            with pytest.raises(errors.InvalidTransitionError):
                 self.core.resume(job)
 
     @rule(seconds=st.sampled_from([1, 3600, 8 * 86400]))

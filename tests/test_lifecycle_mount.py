@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import REPO, events, is_mounted, sh
+from conftest import wait_until as conftest_wait_until
 
 from wsfs.core.store import Store
 
@@ -86,13 +87,7 @@ def errno_of(fn) -> int:
 
 
 def wait_until(predicate, deadline: float, what: str):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"not within {deadline:.0f}s: {what}")
+    return conftest_wait_until(predicate, what, deadline, 0.1)
 
 
 def trash_empty(m) -> bool:

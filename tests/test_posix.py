@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import MountedWsfs, require_fuse, sh
+from conftest import MountedWsfs, errno_of, require_fuse, sh
 
 pytestmark = pytest.mark.mount
 
@@ -95,16 +95,6 @@ def on_both(where, scenario):
     got, expected = scenario(here), scenario(plain)
     assert got == expected
     return got
-
-
-def errno_of(fn, *args, **kwargs) -> int | None:
-    try:
-        result = fn(*args, **kwargs)
-    except OSError as exc:
-        return exc.errno
-    if fn is os.open:
-        os.close(result)
-    return None
 
 
 def read(path) -> bytes:

@@ -181,13 +181,21 @@ publish = [{{ area = "input", to = "{tmp_path}/archive/{{job}}" }},
     assert [f for f in diagnose(service) if f.kind != "trash"] == []  # doctor finds the store and tree agree
 
 
-def test_an_existing_destination_is_never_overwritten_silently(pub, tmp_path):
-    dest = tmp_path / "lib" / "j1"
+def completed_over(pub, dest, old: str, publish: str):
+    """A job completed with ``publish`` (a config line) whose destination ``dest`` holds ``old``
+    already: (service, publisher, clock, job)."""
     dest.mkdir(parents=True)
-    (dest / "old").write_text("someone else's")
-    service, publisher, clock = pub(f'publish = [{{ area = "output", to = "{tmp_path}/lib/{{job}}" }}]')
+    (dest / "old").write_text(old)
+    service, publisher, clock = pub(publish)
     job = job_with_outputs(service)
     service.transition(job, JobState.COMPLETED)
+    return service, publisher, clock, job
+
+
+def test_an_existing_destination_is_never_overwritten_silently(pub, tmp_path):
+    dest = tmp_path / "lib" / "j1"
+    service, publisher, clock, job = completed_over(
+        pub, dest, "someone else's", f'publish = [{{ area = "output", to = "{tmp_path}/lib/{{job}}" }}]')
     for attempt in range(1, 5):  # the first try and publish_retries = 3 retries
         assert publisher.process_due() == [job]
         assert publisher.process_due() == []  # not due again before its backoff
@@ -210,11 +218,8 @@ def test_an_existing_destination_is_never_overwritten_silently(pub, tmp_path):
 
 def test_replace_swaps_the_destination_atomically(pub, tmp_path):
     dest = tmp_path / "lib" / "j1"
-    dest.mkdir(parents=True)
-    (dest / "old").write_text("previous version")
-    service, publisher, _clock = pub(f'publish = [{{ area = "output", to = "{dest}", replace = true }}]')
-    job = job_with_outputs(service)
-    service.transition(job, JobState.COMPLETED)
+    service, publisher, _clock, job = completed_over(
+        pub, dest, "previous version", f'publish = [{{ area = "output", to = "{dest}", replace = true }}]')
     publisher.process_due()
     assert service.require(job)["publish"]["status"] == "done"
     assert tree_of(dest) == {"a.txt": b"alpha\n", "sub/b.bin": b"\0" * 5000}

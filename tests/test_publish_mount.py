@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
-from conftest import events, sh
+from conftest import events, sh, wait_until
 from test_cli import wsfs
 from test_users import NOBODY, as_nobody
 
@@ -23,13 +22,7 @@ DEADLINE = 30.0
 
 
 def wait_for(predicate, what: str, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, what, timeout)
 
 
 def jobs(m) -> dict[str, dict]:
@@ -129,12 +122,18 @@ publish_retries = 0
     return m, rootonly
 
 
+def settled_as_nobody(m, job: str, make: str) -> dict:
+    """Nobody makes ``job`` (the shell line ``make``), writes ``output/f`` and completes it; its
+    publishing, once settled."""
+    result = as_nobody(f"set -e; {make}; echo mine > workspaces/{job}/output/f; "
+                       f"echo completed > workspaces/{job}/.state", cwd=m.mnt)
+    assert result.returncode == 0, result.stderr
+    return wait_for(lambda: publish_settled(m, job), f"the publishing of {job} to settle")
+
+
 def test_a_hook_of_a_non_root_job_cannot_write_as_root(shared):
     m, rootonly = shared
-    result = as_nobody("set -e; mkdir workspaces/userjob; echo mine > workspaces/userjob/output/f; "
-                       "echo completed > workspaces/userjob/.state", cwd=m.mnt)
-    assert result.returncode == 0, result.stderr
-    publish = wait_for(lambda: publish_settled(m, "userjob"), "the hook to run")
+    publish = settled_as_nobody(m, "userjob", "mkdir workspaces/userjob")
     assert publish["status"] == "failed" and publish["hooks"]["on_completed"]["status"] == "failed"
     (hook,) = events(m, "hook", "userjob")
     assert hook["uid"] == NOBODY and hook["exit"] != 0
@@ -146,10 +145,7 @@ def test_a_hook_of_a_non_root_job_cannot_write_as_root(shared):
 
 def test_publishing_for_a_non_root_job_writes_with_the_owners_rights(shared):
     m, rootonly = shared
-    result = as_nobody("set -e; echo 'create upjob template=pub' > .wsfs/control; "
-                       "echo mine > workspaces/upjob/output/f; echo completed > workspaces/upjob/.state", cwd=m.mnt)
-    assert result.returncode == 0, result.stderr
-    publish = wait_for(lambda: publish_settled(m, "upjob"), "publishing to fail")
+    publish = settled_as_nobody(m, "upjob", "echo 'create upjob template=pub' > .wsfs/control")
     assert publish["status"] == "failed" and "Permission denied" in publish["error"]
     assert not (rootonly / "lib").exists()
     assert (m.ws / "upjob" / "output" / "f").read_text() == "mine\n"  # a failed publish keeps the workspace

@@ -12,11 +12,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
-from conftest import REPO, events, is_mounted, sh
+from conftest import REPO, events, is_mounted, sh, wait_until
 
 DEADLINE = 30.0
 
@@ -34,15 +33,7 @@ def wsfs(m, *args, check: bool = True, env=None) -> subprocess.CompletedProcess:
 
 
 def wait_for(what: str, predicate, timeout: float = DEADLINE, interval: float = 0.1):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, what, timeout, interval)
 
 
 def records(m) -> dict[str, dict]:

@@ -36,17 +36,7 @@ import time
 import traceback
 
 import pytest
-from stress_support import (
-    FULL,
-    doctor,
-    read_jobs,
-    receipt_problems,
-    replay,
-    seed,
-    size,
-    start_mount,
-    write_control,
-)
+from stress_support import FULL, doctor, read_jobs, receipt_problems, replay, seed, size, start_mount, write_control
 
 DURATION_S = size(20, 150)
 LIVE_JOBS = 64

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_fuse, sh
+from conftest import wait_until as conftest_wait_until
 from stress_support import StressMount, replay, seed, size
 from test_tree import FIXED_NS, VICTIM, make_mirror, snapshot
 from test_users import NOBODY, as_nobody
@@ -417,16 +418,7 @@ PLANTS = {
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {timeout:.0f}s: {what}")
-        time.sleep(0.05)
+    conftest_wait_until(condition, what, timeout, tolerate=OSError)
 
 
 @pytest.fixture

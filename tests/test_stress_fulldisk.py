@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, FakeClock, is_mounted, require_fuse, sh
+from conftest import wait_until as conftest_wait_until
 from stress_support import StressMount, replay, seed, size
 
 from wsfs.core.config import default_config
@@ -113,11 +114,7 @@ def fill_to_the_last_block(where: Path) -> None:
 
 
 def wait_until(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {timeout:.0f}s: {what}")
-        time.sleep(0.05)
+    conftest_wait_until(condition, what, timeout)
 
 
 def read_job(m, job: str) -> dict:

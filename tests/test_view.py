@@ -14,7 +14,7 @@ import shutil
 import stat
 
 import pytest
-from conftest import MountedWsfs, events, sh
+from conftest import MountedWsfs, errno_of, events, sh
 
 import wsfs
 
@@ -44,16 +44,6 @@ def daemon_problems(m: MountedWsfs) -> list[str]:
                 problems.append(line)
         previous = line
     return problems
-
-
-def errno_of(fn, *args, **kwargs) -> int | None:
-    try:
-        result = fn(*args, **kwargs)
-    except OSError as exc:
-        return exc.errno
-    if fn is os.open:
-        os.close(result)  # an fd left open would keep the mount busy
-    return None
 
 
 def read(path) -> bytes:

@@ -799,32 +799,30 @@ def _control_job(mount, verb: str, job: str) -> None:
         fail(str(exc))
 
 
-@main.command()
-@click.argument("job", shell_complete=complete_jobs)
-@mount_option
-def restore(job, mount):
-    """Bring back a job that retention hid (its files were kept); its retention starts over.
+def _job_control_command(verb: str, done: str, help_text: str) -> None:
+    """``wsfs VERB JOB``: one ``VERB JOB`` control command, then ``JOB: done``."""
+    @main.command(name=verb, help=help_text)
+    @click.argument("job", shell_complete=complete_jobs)
+    @mount_option
+    def command(job, mount):
+        _control_job(mount, verb, job)
+        click.echo(f"{job}: {done}")
+
+
+_job_control_command("restore", "restored", """Bring back a job that retention hid (its files were kept); its
+    retention starts over.
 
     \b
     Example:
       wsfs restore render-42
-    """
-    _control_job(mount, "restore", job)
-    click.echo(f"{job}: restored")
-
-
-@main.command()
-@click.argument("job", shell_complete=complete_jobs)
-@mount_option
-def resume(job, mount):
-    """Run a failed or crashed job again: its tree comes back to workspaces/, unsealed, files kept.
+    """)
+_job_control_command("resume", "running again", """Run a failed or crashed job again: its tree comes back to
+    workspaces/, unsealed, files kept.
 
     \b
     Example:
       wsfs resume transcode-7
-    """
-    _control_job(mount, "resume", job)
-    click.echo(f"{job}: running again")
+    """)
 
 
 PUBLISH_POLL = 0.2
@@ -911,10 +909,7 @@ def sweep(dry_run, as_json, mount):
             m.control("sweep dry-run" if dry_run else "sweep")
     except WsfsClientError as exc:
         fail(str(exc))
-    reports = [e for e in m.events() if e["kind"] == "sweep" and e["seq"] > before and e["dry_run"] == dry_run]
-    if not reports:
-        fail("the sweep ran but its report was not found in .wsfs/events")
-    report = reports[0]
+    report = _report_after(m, before, "sweep", dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -933,6 +928,15 @@ def sweep(dry_run, as_json, mount):
         click.echo(line)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report["counts"].items())) or "nothing due"
     click.echo(f"sweep{' (dry run)' if dry_run else ''}: {counts} in {report['duration_ms']:.1f} ms")
+
+
+def _report_after(m: Mount, before: int, kind: str, **fields) -> dict:
+    """The report a control command left as a ``kind`` event (``sweep``, ``doctor``) after event
+    ``before``, with ``fields`` as given."""
+    for event in m.events():
+        if event["kind"] == kind and event["seq"] > before and all(event.get(k) == v for k, v in fields.items()):
+            return event
+    fail(f"{kind} ran but its report was not found in .wsfs/events")
 
 
 def interactive() -> bool:
@@ -1204,10 +1208,7 @@ def doctor(repair, as_json, data_dir, config_file, mount):
             m.control("doctor repair" if repair else "doctor")
         except WsfsClientError as exc:
             fail(str(exc))
-        reports = [e for e in m.events() if e["kind"] == "doctor" and e["seq"] > before and e["repair"] == repair]
-        if not reports:
-            fail("doctor ran but its report was not found in .wsfs/events")
-        report = reports[0]
+        report = _report_after(m, before, "doctor", repair=repair)
     else:
         report = _doctor_offline(data_dir, config_file, repair)
     if as_json:

@@ -43,6 +43,7 @@ import time
 from .control import GIT_OPTIONS
 from .errors import AccessDeniedError, NotAllowedError, QuotaError
 from .model import JobState, is_hidden_name, validate_job_id
+from .tree import names_in
 
 log = logging.getLogger("wsfs.cloning")
 
@@ -126,12 +127,7 @@ class _Copier:
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def copy_dir(self, sfd: int, dfd: int, prefix: str) -> None:
-        rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=sfd)
-        try:
-            names = sorted(os.listdir(rfd))
-        finally:
-            os.close(rfd)
-        for name in names:
+        for name in names_in(sfd):
             if is_hidden_name(name):
                 continue  # libfuse's unlinked-but-open files: not part of the workspace
             try:

@@ -46,6 +46,7 @@ is written when it is closed (docs/spec.md §8).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -452,11 +453,19 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
     return f"{root}/{name}: adopted{renamed} into quarantine/{job} as a crashed job, with a receipt"
 
 
-def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
-    job = f.job_id
+@contextlib.contextmanager
+def _idle_job(service: JobService, job: str, live: bool, busy):
+    """The job's record under its exclusive lock; None when it changed since it was checked (ending,
+    no tree left, or a file open through the mount)."""
     with service.lock(job).exclusive():
         record = service.require(job)
-        if record.get("pending") or record.get("where") is None or (live and job in busy):
+        yield None if record.get("pending") or record.get("where") is None or (live and job in busy) else record
+
+
+def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
+    job = f.job_id
+    with _idle_job(service, job, live, busy) as record:
+        if record is None:
             return f"{job}: changed meanwhile, manifest left alone"
         if manifest_differences(service, record) is None:
             return f"{job}: manifest already agrees"
@@ -467,9 +476,8 @@ def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, bu
 
 def _repair_hidden(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     job = f.job_id
-    with service.lock(job).exclusive():
-        record = service.require(job)
-        if record.get("pending") or record.get("where") is None or (live and job in busy):
+    with _idle_job(service, job, live, busy) as record:
+        if record is None:
             return f"{job}: changed meanwhile, hidden names left alone"
         hidden: list[str] = []
         service.tree_files(record, hidden)

@@ -240,6 +240,22 @@ class ManifestWriter:
         self.flush()
 
 
+def _take_area_usage(record: dict, w, areas: list[str]) -> dict[str, dict]:
+    """Take areas' usage off a record (in ``w``'s transaction), from its per-area sums; returns
+    what each held.  Their manifest entries are the caller's to drop (``ManifestWriter.drop``)."""
+    by_area = record.setdefault("area_usage", {})
+    taken = {}
+    for area in areas:
+        if area not in by_area:  # a record from before per-area sums: count them
+            entries = list(w.manifest(record["id"], area))
+            by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
+        dbytes, dfiles = by_area.pop(area)
+        taken[area] = {"bytes": dbytes, "files": dfiles}
+        record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
+        record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
+    return taken
+
+
 def open_data_dir(data_dir: str, config: Config | None = None, *, clock=time.time) -> JobService:
     """The composition root: the tree, the store and the service of a data dir, wired together
     (the daemon, the CLI's offline commands, the tests and the benchmarks all open one this way).
@@ -707,16 +723,9 @@ class JobService:
             freed = {}
 
             def change(record, w):
-                by_area = record.setdefault("area_usage", {})
-                for area in areas:
-                    if area not in by_area:  # a record from before per-area sums: count them
-                        entries = list(w.manifest(job_id, area))
-                        by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
-                    dbytes, dfiles = by_area[area]
-                    by_area[area] = [0, 0]
-                    freed[area] = {"bytes": dbytes, "files": dfiles}
-                    record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
-                    record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
+                freed.update(_take_area_usage(record, w, areas))
+                for area in areas:  # the area is still there, empty
+                    record["area_usage"][area] = [0, 0]
                 if stage is not None:
                     record["stage"] = stage
                 record["stages"].append({"name": stage or "drop", "at": now, "dropped": list(areas)})
@@ -804,14 +813,7 @@ class JobService:
             # the .state write returns in milliseconds, the receipt reads only the areas that
             # stay, and recover() drops any entries a crash left behind.  Their usage leaves
             # the record now, from the per-area sums.
-            by_area = record.setdefault("area_usage", {})
-            for area in areas:
-                if area not in by_area:  # a record from before per-area sums: count them
-                    entries = list(w.manifest(job_id, area))
-                    by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
-                dbytes, dfiles = by_area.pop(area)
-                record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
-                record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
+            _take_area_usage(record, w, areas)
         record = self._set_step(job_id, "scratch", drop_usage)
         for area in areas:
             self.manifest.drop(job_id, area)
@@ -983,16 +985,9 @@ class JobService:
         if where is None:
             return None
         try:
-            fd = self.tree.open(where[0], f"{where[1]}/{RECEIPT_FILE}", os.O_RDONLY | os.O_NONBLOCK)
+            return self.tree.read(where[0], f"{where[1]}/{RECEIPT_FILE}", os.O_NONBLOCK)
         except OSError:
             return None
-        try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
 
     def _step_tree(self, record: dict, target: JobState) -> dict:
         job_id = record["id"]

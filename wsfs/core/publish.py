@@ -64,7 +64,7 @@ import typing
 from . import metrics
 from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
-from .tree import split
+from .tree import names_in, split
 
 log = logging.getLogger("wsfs.publish")
 
@@ -215,12 +215,7 @@ def _copy_dir(src_fd: int, dst: str, creds: OwnerCredentials, stop: threading.Ev
     Symlinks are recreated as they are (never followed); FIFOs, sockets and
     devices are skipped.
     """
-    rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=src_fd)
-    try:
-        names = sorted(os.listdir(rfd))
-    finally:
-        os.close(rfd)
-    for name in names:
+    for name in names_in(src_fd):
         if stop is not None and stop.is_set():
             raise InterruptedPublishError("interrupted: wsfs is stopping")
         st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)

@@ -69,6 +69,16 @@ def check_name(name: str) -> str:
     return name
 
 
+def names_in(dir_fd: int) -> list[str]:
+    """The names in a directory given by fd (an ``O_PATH`` one too), sorted: what every walk of a
+    tree here (the tree's own, cloning's, publishing's) lists at each level."""
+    rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return sorted(os.listdir(rfd))
+    finally:
+        os.close(rfd)
+
+
 def split(rel: str) -> list[str]:
     """``"a/b/c"`` -> ``["a", "b", "c"]``, each component checked."""
     if not rel:
@@ -216,6 +226,17 @@ class Tree:
         finally:
             if owned:
                 os.close(fd)
+
+    def read(self, root: str, rel: str, flags: int = 0) -> bytes:
+        """The whole content of a file (``flags`` added to ``O_RDONLY``, e.g. ``O_NONBLOCK``)."""
+        fd = self.open(root, rel, os.O_RDONLY | flags)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def listdir(self, root: str, rel: str) -> list[str]:
         dfd = self.open_dir(root, split(rel))
@@ -532,12 +553,7 @@ class Tree:
             os.close(dfd)
 
     def _walk(self, dfd: int, prefix: str, dirs: bool):
-        rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            names = sorted(os.listdir(rfd))
-        finally:
-            os.close(rfd)
-        for name in names:
+        for name in names_in(dfd):
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
