@@ -176,7 +176,7 @@ def test_usage_that_disagrees_with_the_manifest(core):
 
     def skew(record, w):
         record["usage"] = {"bytes": 999, "files": 7}
-    core._update("j", skew)
+    core.update("j", skew)
     findings = doctor.diagnose(core)
     assert findings[0].detail == "usage says 999 bytes in 7 files, the manifest 3 bytes in 1 files"
     doctor.repair(core, findings)
@@ -234,7 +234,7 @@ def test_an_interrupted_transition_is_reported_and_finished_without_a_daemon(cor
     def begin(record, w):
         record["pending"] = {"target": "completed", "reason": None, "at": clock.now, "step": "intent",
                              "from": "running"}
-    core._update("p", begin)
+    core.update("p", begin)
     assert doctor.diagnose(core, live=True) == []  # live: a transition in flight is not damage
     findings = doctor.diagnose(core)
     assert [f.line() for f in findings] == ["pending: p: its transition to completed stopped after step intent "

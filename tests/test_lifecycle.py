@@ -472,7 +472,7 @@ def test_a_job_already_ending_refuses_another_transition(core):
 
     def begin(record, w):
         record["pending"] = {"target": "completed", "reason": None, "at": 0.0, "step": "intent", "from": "running"}
-    core._update("job1", begin)
+    core.update("job1", begin)
     with pytest.raises(errors.SealedError) as info:
         core.write_state("job1", b"failed")
     assert info.value.errno == errno.EPERM

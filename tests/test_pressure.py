@@ -29,7 +29,7 @@ def disk_bytes(data: Path) -> int:
 @pytest.fixture
 def pressured(tmp_path, clock, monkeypatch):
     """make(config) -> a JobService whose data dir lives on the fake disk."""
-    monkeypatch.setattr(Sweeper, "_busy_jobs", lambda self: set(self._open_jobs()))
+    monkeypatch.setattr(Sweeper, "_busy_jobs", lambda self: set(self.open_jobs()))
     made = []
 
     def make(config: str = ""):

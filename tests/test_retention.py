@@ -63,7 +63,7 @@ def snapshot(core) -> dict:
 @pytest.fixture
 def sweeper(core, monkeypatch):
     """A sweeper that sees no busy trees unless a test says so (psutil's view is tested on its own)."""
-    monkeypatch.setattr(Sweeper, "_busy_jobs", lambda self: set(self._open_jobs()))
+    monkeypatch.setattr(Sweeper, "_busy_jobs", lambda self: set(self.open_jobs()))
     return Sweeper(core)
 
 
@@ -494,7 +494,7 @@ def test_reused_pid_counts_as_gone(core, clock, sweeper):
 
     def fake_older_owner(record, w):
         record["owner"]["create_time"] -= 3600  # ... but not the one that registered
-    core._update("reuse", fake_older_owner)
+    core.update("reuse", fake_older_owner)
     report = sweeper.sweep(clock())
     assert actions(report) == [("reuse", "crash")]
     assert core.get("reuse")["state"] == "crashed"
@@ -565,7 +565,7 @@ def test_recover_after_a_crash_quarantines_running_jobs(core, clock):
     def interrupted(record, w):
         record["pending"] = {"target": "failed", "reason": "boom", "at": clock(), "step": "intent",
                              "from": "running"}
-    core._update("ending", interrupted)
+    core.update("ending", interrupted)
     # An unflushed manifest batch is lost in a crash: recovery rebuilds it from the tree.
     (data_dir(core) / "jobs" / "run1" / "output" / "late").write_bytes(b"late!")
 

@@ -250,7 +250,7 @@ def _commit_manifest(service, new_id: str, src_id: str, copier: _Copier, seconds
         w.add_event("cloned", new_id, source=src_id, files=len(copier.entries), bytes=copier.bytes,
                     seconds=round(seconds, 3), methods=copier.methods)
         return [record]
-    record = service._commit(fn)[0]
+    record = service.commit(fn)[0]
     service.usage.forget(new_id)
     return record
 

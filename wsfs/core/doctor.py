@@ -57,7 +57,7 @@ import psutil
 
 from .config import Template
 from .lifecycle import JobService
-from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState, check_transition
+from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState
 
 log = logging.getLogger("wsfs.doctor")
 
@@ -228,7 +228,7 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
                                         f"({'a symlink' if kind == stat.S_IFLNK else 'not a directory'})",
                                         root, name))
                 continue
-            with service._create_lock if live else _NO_LOCK:
+            with service.create_lock if live else _NO_LOCK:
                 record = service.get(name) if JOB_ID_RE.fullmatch(name) else None
                 if record is None:
                     if _is_dir(service, root, name):
@@ -353,7 +353,7 @@ def _repair_misplaced(service: JobService, f: Finding, now: float, live: bool, b
                 or not _is_dir(service, root, job):
             return f"{job}: no longer misplaced, left alone"
         service.tree.rename(root, job, where, job)
-        service._commit(lambda w: (w.add_event("doctor-moved", job, to=VIEW_NAMES[where], by="doctor"), [])[1])
+        service.add_event("doctor-moved", job, to=VIEW_NAMES[where], by="doctor")
     return f"{job}: moved its tree from {VIEW_NAMES[root]}/ back to {VIEW_NAMES[where]}/, where its record says"
 
 
@@ -367,20 +367,7 @@ def _repair_missing(service: JobService, f: Finding, now: float, live: bool, bus
         if here or elsewhere:
             return f"{job}: its tree is back, left alone"
         was_running = record["state"] == JobState.RUNNING.value
-        if was_running:
-            check_transition(JobState.RUNNING, JobState.CRASHED)
-        reason = "its tree disappeared (found by wsfs doctor)"
-
-        def change(rec, w):
-            w.delete_manifest_prefix(job)
-            rec.update(where=None, purged_at=now, expires_at=None)
-            if was_running:
-                # No tree to quarantine or seal: the record alone ends the job (docs/spec.md §4: crashed).
-                rec.update(state=JobState.CRASHED.value, state_since=now, ended=now, sealed=True, owner=None,
-                           reason=reason)
-                rec["history"].append({"state": JobState.CRASHED.value, "at": now, "reason": reason})
-        service._update(job, change, ("purged", {"state": record["state"], "by": "doctor", "reason": reason}))
-        service.usage.forget(job)
+        service.tree_lost(job, now, "its tree disappeared (found by wsfs doctor)", by="doctor")
     return f"{job}: tree missing: " + ("ended crashed and marked purged" if was_running else "marked purged")
 
 
@@ -419,7 +406,7 @@ def _adoption_template(service: JobService, areas: dict[str, AreaKind]) -> Templ
 def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     """Adopt a tree without a record: a ``crashed`` job in quarantine/, as the crash path would make it."""
     root, name = f.at
-    with service._create_lock:
+    with service.create_lock:
         if not _is_dir(service, root, name):
             return f"{root}/{name}: gone meanwhile"
         record = service.get(name) if JOB_ID_RE.fullmatch(name) else None
@@ -446,7 +433,7 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
             w.put_job(new)
             w.add_event("adopted", job, tree=f"{root}/{name}", by="doctor")
             return [new]
-        service._commit(fn)
+        service.commit(fn)
     service.rebuild_manifest(job)
     service.transition(job, JobState.CRASHED, f"adopted by wsfs doctor: {root}/{name} had no record")
     renamed = "" if job == name else f" as {job}"
@@ -495,7 +482,7 @@ def _repair_trash(service: JobService, f: Finding, now: float, live: bool, busy)
         log.error("doctor: could not remove %s from the trash: %s", path, exc)
     failures = service.tree.remove_tree("trash", name, on_error=report)
     if failures:
-        service._commit(lambda w: (w.bump_counter("failed_removals", failures), [])[1])
+        service.commit(lambda w: (w.bump_counter("failed_removals", failures), [])[1])
         return f"trash/{name}: {failures} could not be removed (first: {errors[0] if errors else '?'})"
     return f"trash/{name}: deleted"
 

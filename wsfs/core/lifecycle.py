@@ -158,7 +158,7 @@ class ManifestWriter:
                 self._wake.clear()
             if ops:
                 try:
-                    self._service._commit(lambda w: self._apply(w, ops))
+                    self._service.commit(lambda w: self._apply(w, ops))
                 except BaseException:
                     with self._lock:  # nothing of the batch was stored: it goes first next time
                         self._ops[:0] = ops
@@ -284,7 +284,7 @@ class JobService:
         self._cache_lock = threading.Lock()
         self._locks: weakref.WeakValueDictionary[str, RWLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
-        self._create_lock = threading.Lock()
+        self.create_lock = threading.Lock()
         self.trash_wake = threading.Event()
         # Set when a record's publishing was queued (wsfs.publish: the wsfs-publisher thread waits on it).
         self.publish_wake = threading.Event()
@@ -338,11 +338,15 @@ class JobService:
         if records:
             self.records_changed(records)
 
-    def _commit(self, fn):
+    def add_event(self, kind: str, job_id: str | None, **fields) -> None:
+        """Store one event alone (its own commit)."""
+        self.commit(lambda w: (w.add_event(kind, job_id, **fields), [])[1])
+
+    def commit(self, fn):
         """Run ``fn(writer)`` -> list of changed records, in one transaction."""
         return self.store.transact(fn, on_commit=self._remember)
 
-    def _update(self, job_id: str, change, event: tuple | None = None) -> dict:
+    def update(self, job_id: str, change, event: tuple | None = None) -> dict:
         """Read-modify-write one record: ``change(record, writer)`` edits it in place."""
         def fn(w):
             record = w.job(job_id)
@@ -353,7 +357,7 @@ class JobService:
             if event:
                 w.add_event(event[0], job_id, **event[1])
             return [record]
-        return self._commit(fn)[0]
+        return self.commit(fn)[0]
 
     def get(self, job_id: str) -> dict | None:
         with self._cache_lock:
@@ -443,7 +447,7 @@ class JobService:
         except KeyError:
             raise BadCommandError(f"no template {template!r} (known: {', '.join(self.config.templates)})") from None
         owner = self._owner_of(owner_pid) if owner_pid else None
-        with self._create_lock:
+        with self.create_lock:
             if self.get(job_id) is not None:
                 raise JobExistsError(f"job id {job_id} was used before")
             self._check_create_limits()
@@ -478,7 +482,7 @@ class JobService:
                     w.add_event("created", job_id, template=tmpl.name, uid=uid, **(
                         {"labels": record["labels"]} if record["labels"] else {}))
                     return [record]
-                self._commit(fn)
+                self.commit(fn)
             except BaseException:
                 # Refused half way (a full disk: an area's mkdir, or the commit): no job, and no
                 # tree left without a record either.
@@ -553,7 +557,7 @@ class JobService:
             w.bump_counter("rejected_writes")
             return []
         try:
-            self._commit(fn)
+            self.commit(fn)
         except StoreError as store_exc:  # a full disk: the caller still gets its errno
             log.warning("could not record a rejected write: %s", store_exc)
         except Exception:
@@ -586,7 +590,7 @@ class JobService:
         with self.mutation(job_id):
             def change(record, w):
                 record["labels"] = {**(record.get("labels") or {}), **labels}
-            return self._update(job_id, change, ("labelled", {"labels": labels}))
+            return self.update(job_id, change, ("labelled", {"labels": labels}))
 
     def extend(self, job_id: str, seconds: float) -> dict:
         """Push a job's deadline ``seconds`` further, at most ``max_extensions`` times: a running
@@ -609,7 +613,7 @@ class JobService:
             def change(record, w):
                 record["expires_at"] = max(record.get("expires_at") or now, now) + seconds
                 record["extensions"] = record.get("extensions", 0) + 1
-            return self._update(job_id, change, ("extended", {"by_s": seconds}))
+            return self.update(job_id, change, ("extended", {"by_s": seconds}))
 
     def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None,
                       reload=None) -> str | None:
@@ -665,7 +669,7 @@ class JobService:
                 record = self.require(command.job_id)
                 if uid != 0 and uid != record["uid"]:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
-                self._commit(lambda w: (w.add_event("note", command.job, text=command.reason, uid=uid), [])[1])
+                self.add_event("note", command.job, text=command.reason, uid=uid)
             elif command.verb == "doctor":
                 if doctor is None:
                     raise WsfsError("no doctor runs here", errno=errno.ENOSYS)
@@ -692,7 +696,7 @@ class JobService:
                                       errno=errno.EPERM)
                 record["stage"] = stage
                 record["stages"].append({"name": stage, "at": now})
-            return self._update(job_id, change, ("stage", {"stage": stage}))
+            return self.update(job_id, change, ("stage", {"stage": stage}))
 
     def drop_areas(self, job_id: str, areas: list[str], stage: str | None = None) -> dict:
         """Empty scratch areas of a running job now (``drop AREA``, README "Dropping scratch
@@ -732,7 +736,7 @@ class JobService:
                 if stage is not None:
                     w.add_event("stage", job_id, stage=stage)
                 w.add_event("dropped", job_id, stage=stage, areas=freed)
-            record = self._update(job_id, change)
+            record = self.update(job_id, change)
             for area in areas:
                 self.manifest.drop(job_id, area)  # queued under the lock: before any entry written anew
             self.usage.forget(job_id)
@@ -747,7 +751,7 @@ class JobService:
                     raise SealedError(f"job {job_id} is {record['state']}: owners are for running jobs",
                                       errno=errno.EPERM)
                 record["owner"] = owner
-            return self._update(job_id, change, ("owner", {"pid": pid}))
+            return self.update(job_id, change, ("owner", {"pid": pid}))
 
     # -- transitions ------------------------------------------------------------
 
@@ -778,7 +782,7 @@ class JobService:
                 if record.get("pending") or record["state"] != current.value:
                     raise SealedError(f"job {job_id} changed meanwhile", errno=errno.EPERM)
                 record["pending"] = pending
-            record = self._update(job_id, begin)
+            record = self.update(job_id, begin)
             self._fault_point("intent")
             return self._finish(record)
 
@@ -797,7 +801,7 @@ class JobService:
             record["pending"]["step"] = step
             if extra:
                 extra(record, w)
-        return self._update(job_id, change)
+        return self.update(job_id, change)
 
     def _step_scratch(self, record: dict, target: JobState) -> dict:
         job_id = record["id"]
@@ -1026,7 +1030,7 @@ class JobService:
             if target in (JobState.COMPLETED, JobState.FAILED, JobState.CRASHED):
                 # Publishing and hooks run later, in the publisher: queued in this same commit.
                 publish.queue(record, self.template(record), target.value, now)
-        record = self._update(record["id"], finish, ("transition", {
+        record = self.update(record["id"], finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
         metrics.TRANSITIONS.labels(from_state=pending.get("from") or "", to_state=target.value).inc()
         log.info("job %s: %s -> %s%s", record["id"], pending.get("from"), target.value,
@@ -1068,7 +1072,7 @@ class JobService:
                 record.update(sealed=False, where="jobs", ended=None, reason=None, receipt_sha256=None,
                               owner=owner, expires_at=None if lease is None else now + lease, extensions=0)
             was = record["state"]
-            record = self._update(job_id, change, ("transition", {"from": was, "to": "running",
+            record = self.update(job_id, change, ("transition", {"from": was, "to": "running",
                                                                    "reason": "resumed"}))
             metrics.TRANSITIONS.labels(from_state=was, to_state="running").inc()
             log.info("job %s: %s -> running (resumed)", job_id, was)
@@ -1095,7 +1099,7 @@ class JobService:
             def change(record, w):
                 record["hidden"] = False
                 record["expires_at"] = None if after is None else now + after  # a fresh retention period
-            record = self._update(job_id, change, ("restored", {}))
+            record = self.update(job_id, change, ("restored", {}))
         self.view_changed(job_id)
         return record
 
@@ -1211,11 +1215,33 @@ class JobService:
                     changed.append(record)
                 return changed
             if ready:
-                self._commit(fn)
+                self.commit(fn)
         for job_id, result in outcome.items():
             if not isinstance(result, WsfsError):
                 self.view_changed(job_id)
         return outcome
+
+    def tree_lost(self, job_id: str, now: float, reason: str, by: str) -> dict:
+        """A job whose tree is gone from the data dir (found by ``doctor``): the record says so,
+        as a purge does, and a running job ends ``crashed`` by the state table (docs/spec.md §4),
+        its record alone (no tree to quarantine or seal).  The caller holds the job's lock."""
+        record = self.require(job_id)
+        was_running = record["state"] == JobState.RUNNING.value
+        if was_running:
+            check_transition(JobState.RUNNING, JobState.CRASHED)
+
+        def change(rec, w):
+            w.delete_manifest_prefix(job_id)
+            rec.update(where=None, purged_at=now, expires_at=None)
+            if was_running:
+                rec.update(state=JobState.CRASHED.value, state_since=now, ended=now, sealed=True, owner=None,
+                           reason=reason)
+                rec["history"].append({"state": JobState.CRASHED.value, "at": now, "reason": reason})
+        record = self.update(job_id, change, ("purged", {"state": record["state"], "by": by, "reason": reason}))
+        if was_running:
+            metrics.TRANSITIONS.labels(from_state=JobState.RUNNING.value, to_state=JobState.CRASHED.value).inc()
+        self.usage.forget(job_id)
+        return record
 
     # -- recovery ---------------------------------------------------------------
 
@@ -1352,7 +1378,7 @@ class JobService:
             w.put_job(rec)
             return [rec]
         self.manifest.flush()
-        record = self._commit(fn)[0]
+        record = self.commit(fn)[0]
         self.usage.forget(job_id)
         return record
 

@@ -451,7 +451,7 @@ class Publisher:
                 record["publish"].update(error=error,
                                          next_at=now + self.service.template(record).publish_backoff)
         try:
-            self.service._update(job_id, change)
+            self.service.update(job_id, change)
         except Exception:
             log.exception("could not postpone publishing job %s", job_id)
 
@@ -533,7 +533,7 @@ class Publisher:
         def change(record, w):
             item = record["publish"]["targets"][index]
             item.update(dest=dest, error=error, status="pending" if error else "done")
-        return self.service._update(job_id, change, event)
+        return self.service.update(job_id, change, event)
 
     def hook_env(self, record: dict, event: str) -> tuple[dict, str]:
         """The hook's environment and working directory (the workspace, through the mount when there is one)."""
@@ -587,7 +587,7 @@ class Publisher:
 
         def change(record, w):
             record["publish"]["hooks"][name].update(status="pending" if error else "done", exit=code, error=error)
-        return self.service._update(job_id, change, ("hook", {
+        return self.service.update(job_id, change, ("hook", {
             "hook": name, "exit": code, "error": error, "output": output, "duration_s": took, "attempt": attempt,
             "uid": record["uid"]}))
 
@@ -605,19 +605,19 @@ class Publisher:
                             item["status"] = "failed"
                     p.update(status="failed", attempts=attempts, error="; ".join(errors), next_at=None)
                 log.error("job %s: publishing failed after %d attempt(s): %s", job_id, attempts, "; ".join(errors))
-                return self.service._update(job_id, failed, ("publish", {
+                return self.service.update(job_id, failed, ("publish", {
                     "status": "failed", "attempts": attempts, "error": "; ".join(errors)}))
             delay = min(template.publish_backoff * 2 ** (attempts - 1), MAX_BACKOFF)
 
             def retry(record, w):
                 record["publish"].update(attempts=attempts, error="; ".join(errors), next_at=now + delay)
-            return self.service._update(job_id, retry, ("publish", {
+            return self.service.update(job_id, retry, ("publish", {
                 "status": "retry", "attempts": attempts, "error": "; ".join(errors), "retry_in_s": delay}))
         items = publish["targets"] + list(publish["hooks"].values())
         if any(item["status"] == "failed" for item in items):  # an earlier round's failure stands until retried
             def still_failed(record, w):
                 record["publish"].update(status="failed", next_at=None)
-            return self.service._update(job_id, still_failed)
+            return self.service.update(job_id, still_failed)
         record = self._move_areas(record)
         if (publish["targets"] or "on_completed" in publish["hooks"]) and template.after_publish:
             record = self._delete_tree(record)
@@ -625,7 +625,7 @@ class Publisher:
         def done(record, w):
             record["publish"].update(status="done", error=None, next_at=None, done_at=now,
                                      attempts=publish["attempts"] + 1)
-        return self.service._update(job_id, done, ("publish", {"status": "done",
+        return self.service.update(job_id, done, ("publish", {"status": "done",
                                                                 "attempts": publish["attempts"] + 1}))
 
     def _move_areas(self, record: dict) -> dict:
@@ -649,7 +649,7 @@ class Publisher:
                         record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
                         record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
                     record["publish"]["moved"].append(area)
-            record = service._update(job_id, change, ("moved", {"areas": areas}))
+            record = service.update(job_id, change, ("moved", {"areas": areas}))
         service.view_changed(job_id)
         return record
 
@@ -673,7 +673,7 @@ class Publisher:
                 w.delete_manifest_prefix(job_id)
                 record.update(where=None, expires_at=None)
                 record["publish"]["deleted_at"] = now
-            record = service._update(job_id, change, ("deleted", {"why": "after-publish: everything was published"}))
+            record = service.update(job_id, change, ("deleted", {"why": "after-publish: everything was published"}))
         service.view_changed(job_id)
         return record
 
@@ -708,6 +708,6 @@ def request(service, job_id: str, retry: bool, now: float) -> dict:
             publish["next_at"] = now
         else:
             raise NotAllowedError(f"job {job_id} is published already; `publish JOB retry` publishes it again")
-    record = service._update(job_id, change, ("publish", {"status": "requested", "retry": retry}))
+    record = service.update(job_id, change, ("publish", {"status": "requested", "retry": retry}))
     service.publish_wake.set()
     return record

@@ -120,7 +120,7 @@ class Sweeper:
         self.service = service
         self.mountpoint = mountpoint
         # jobs with files open through the mount
-        self._open_jobs: Callable[[], set[str]] = open_jobs or (lambda: set())
+        self.open_jobs: Callable[[], set[str]] = open_jobs or (lambda: set())
         self._empty_trash = empty_trash or self._remove_trash  # the daemon's, which the trash thread shares
         self._futile = False  # the last pass below min_free could free nothing more
         self._futile_at = 0.0
@@ -133,7 +133,7 @@ class Sweeper:
 
     def _busy_jobs(self) -> set[str]:
         """Jobs whose tree a process holds: open through the mount, or cwd/open files inside."""
-        busy = set(self._open_jobs())
+        busy = set(self.open_jobs())
         prefixes = [os.path.join(self.service.tree.data_dir, d) + os.sep for d in ("jobs", "quarantine")]
         if self.mountpoint:
             prefixes += [os.path.join(self.mountpoint, d) + os.sep for d in ("workspaces", "quarantine")]
@@ -236,7 +236,7 @@ class Sweeper:
 
         def change(record, w):
             record.setdefault("notified", {})[step] = deadline
-        service._update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
+        service.update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
                                                         "error": error, "output": output[-2000:]}))
 
     def _remove_trash(self) -> None:
@@ -322,7 +322,7 @@ class Sweeper:
         ``timeout``) for a pass that started after this call, so that the job may find room.
 
         The pass runs on the sweeper's own thread, never the caller's: the caller may hold
-        locks (``_create_lock``, a clone's job locks) that the pass needs, and then the wait
+        locks (``create_lock``, a clone's job locks) that the pass needs, and then the wait
         ends at the timeout and the job is refused rather than deadlocked.  Not again within
         ``PRESSURE_CHECK_S`` of a pass that could free nothing."""
         if self._futile and time.monotonic() - self._futile_at < PRESSURE_CHECK_S:
@@ -407,7 +407,7 @@ class Sweeper:
             elif action.action == "notice":
                 self._notify(action)
             elif action.action == "skip":
-                self.service._commit(lambda w: (w.add_event("skipped", action.job, why=action.why), [])[1])
+                self.service.add_event("skipped", action.job, why=action.why)
             action.done = action.action != "skip"
         except WsfsError as exc:  # the job changed since the plan (restored, resumed): not an error
             action.error = str(exc)
@@ -422,7 +422,7 @@ class Sweeper:
                         duration_ms=summary["duration_ms"], actions=summary["actions"][:200],
                         **({"pressure": summary["pressure"]} if "pressure" in summary else {}))
             return []
-        self.service._commit(fn)
+        self.service.commit(fn)
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Sweep every ``interval``, when woken, and as soon as the free space falls below min_free."""

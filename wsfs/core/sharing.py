@@ -136,6 +136,6 @@ def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -
         def change(record, w):
             record["shares"] = shares
         event = ("unshared", {"with": who}) if access is None else ("shared", {"with": who, "access": access})
-        record = service._update(job_id, change, event)
+        record = service.update(job_id, change, event)
     service.acl_changed(job_id, changed)
     return record

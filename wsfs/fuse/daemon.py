@@ -457,7 +457,7 @@ class Daemon:
                             "; ".join(f.line() for f in report.findings[:20]))
             for action in report.actions:
                 log.warning("doctor repair: %s", action)
-            self.service._commit(lambda w: (w.add_event("doctor", None, **summary), [])[1])
+            self.service.add_event("doctor", None, **summary)
             return summary
 
     def close(self, clean: bool) -> bool:
@@ -512,7 +512,7 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
     ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep,
                          doctor=daemon.doctor, reload=daemon.reload)
     daemon.open_jobs = ops.open_jobs
-    daemon.sweeper._open_jobs = ops.open_jobs
+    daemon.sweeper.open_jobs = ops.open_jobs
     daemon.hasher = ops.hasher
     daemon.start_threads()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
