@@ -46,7 +46,6 @@ job's lock exclusive, as transitions do.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import errno
 import logging
@@ -61,7 +60,7 @@ import threading
 import time
 import typing
 
-from . import metrics
+from . import metrics, syscalls
 from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
 from .tree import names_in, split
@@ -74,11 +73,7 @@ COPY_CHUNK = 1 << 20
 IDLE_WAIT = 60.0             # the thread looks again at least this often
 MAX_BACKOFF = 86400.0
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
-_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}.get(os.uname().machine)
-_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
-_libc = ctypes.CDLL(None, use_errno=True)
-_AT_FDCWD = -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = syscalls.RENAME_NOREPLACE, syscalls.RENAME_EXCHANGE
 
 
 class PublishError(WsfsError):
@@ -157,33 +152,26 @@ class OwnerCredentials:
     """``with creds:`` makes this thread's filesystem access the job owner's (a no-op unless root)."""
 
     def __init__(self, uid: int, gid: int):
-        self.active = os.geteuid() == 0 and uid != 0 and _SYS_SETGROUPS is not None
+        self.active = os.geteuid() == 0 and uid != 0 and syscalls.HAS_THREAD_SETGROUPS
         self.uid, self.gid = uid, gid
         self._groups: list[int] = []
-
-    def _setgroups(self, groups: list[int]) -> None:
-        # The raw syscall changes this thread only; glibc's setgroups() would change every thread.
-        array = (ctypes.c_uint * max(len(groups), 1))(*groups)
-        if _libc.syscall(_SYS_SETGROUPS, len(groups), array if groups else None) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setgroups: {os.strerror(err)}")
 
     def __enter__(self):
         if self.active:
             self._groups = os.getgroups()
-            self._setgroups([])
-            _libc.setfsgid(self.gid)
-            _libc.setfsuid(self.uid)
-            if _libc.setfsuid(-1 & 0xFFFFFFFF) != self.uid:  # setfsuid returns the previous fsuid
+            syscalls.thread_setgroups([])
+            syscalls.setfsgid(self.gid)
+            syscalls.setfsuid(self.uid)
+            if syscalls.setfsuid(-1) != self.uid:  # setfsuid returns the previous fsuid
                 self.__exit__(None, None, None)
                 raise PublishError(f"could not take the identity of uid {self.uid}")
         return self
 
     def __exit__(self, *exc):
         if self.active:
-            _libc.setfsuid(0)
-            _libc.setfsgid(0)
-            self._setgroups(self._groups)
+            syscalls.setfsuid(0)
+            syscalls.setfsgid(0)
+            syscalls.thread_setgroups(self._groups)
         return False
 
 
@@ -191,13 +179,7 @@ class OwnerCredentials:
 
 
 def _renameat2(src: str, dst: str, flags: int) -> None:
-    if _SYS_RENAMEAT2 is None:
-        raise OSError(errno.EINVAL, "renameat2 is not known on this machine")
-    ret = _libc.syscall(_SYS_RENAMEAT2, _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                        ctypes.c_uint(flags))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dst)
+    syscalls.renameat2(syscalls.AT_FDCWD, os.fsencode(src), syscalls.AT_FDCWD, os.fsencode(dst), flags)
 
 
 def _fsync_path(path: str) -> None:

@@ -24,27 +24,19 @@ safe from any thread.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import stat
 import uuid
 
+from . import syscalls
 from .errors import UnsafePathError
 
-_RENAME_EXCHANGE = 2
 ROOTS = ("jobs", "quarantine", "shared", "trash")
 NAME_MAX = 255
 
-_SYS_OPENAT2 = 437  # same number on every Linux architecture
-_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
 _PATH_CHUNK = 3072  # bytes of path one openat2 call resolves (PATH_MAX is 4096)
-_RESOLVE = 0x02 | 0x04 | 0x08  # NO_MAGICLINKS | NO_SYMLINKS | BENEATH
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+_RESOLVE = syscalls.RESOLVE_NO_MAGICLINKS | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_BENEATH
 
 
 def _process_umask() -> int:
@@ -130,13 +122,7 @@ class Tree:
 
     @staticmethod
     def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
-        how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE)
-        fd = _libc.syscall(_SYS_OPENAT2, dir_fd, path.encode("utf-8", "surrogateescape"),
-                           ctypes.byref(how), ctypes.sizeof(how))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return fd
+        return syscalls.openat2(dir_fd, path, flags | os.O_CLOEXEC, mode, _RESOLVE)
 
     def open_dir(self, root: str, parts: list[str], *, use_openat2: bool | None = None) -> int:
         """An ``O_PATH`` fd of the directory ``parts`` below ``root``; caller closes it."""
@@ -339,13 +325,7 @@ class Tree:
             if not flags:
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
                 return
-            if _SYS_RENAMEAT2 is None:
-                raise OSError(errno.EINVAL, "rename flags are not supported here")
-            ret = _libc.syscall(_SYS_RENAMEAT2, sfd, sname.encode("utf-8", "surrogateescape"),
-                                dfd, dname.encode("utf-8", "surrogateescape"), ctypes.c_uint(flags))
-            if ret < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+            syscalls.renameat2(sfd, sname, dfd, dname, flags)
 
     def chmod(self, root: str, rel: str, mode: int) -> None:
         if not rel:
@@ -460,7 +440,7 @@ class Tree:
                 except OSError:
                     continue
                 self.setxattr("trash", trash_name, attr, value, 0)
-            self.rename(root, rel, "trash", trash_name, _RENAME_EXCHANGE)
+            self.rename(root, rel, "trash", trash_name, syscalls.RENAME_EXCHANGE)
         except BaseException:
             self.rmdir("trash", trash_name)
             raise

@@ -24,7 +24,6 @@ writes, so the running sha256 of a file written front to back stays right.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import enum
 import errno
@@ -38,7 +37,7 @@ import stat
 import threading
 import time
 
-from ..core import acl, metrics
+from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
 from ..core.hashing import Hasher, StreamHash
 from ..core.lifecycle import RECEIPT_FILE, JobService, manifest_bytes
@@ -74,8 +73,6 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 _VIRTUAL_INO_BASE = 1 << 60
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 def op(func):
@@ -1143,9 +1140,7 @@ class WsfsOperations(Operations):
         with self._changing(node), handle.lock:
             if self._limited(node) and handle.node is node and not mode & 1:  # FALLOC_FL_KEEP_SIZE grows no file
                 self._charge(handle.node, max(offset + size - os.fstat(handle.fd).st_size, 0))
-            if _libc.fallocate(handle.fd, mode, offset, size) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+            syscalls.fallocate(handle.fd, mode, offset, size)
             handle.dirty = handle.changed = True
             self._forget_hashes(handle.ino)
         self._show_other_names(handle.node, handle.ino)
