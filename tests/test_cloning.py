@@ -232,3 +232,19 @@ def test_template_max_jobs_caps_its_live_workspaces(tmp_path):
         core.manifest.flush()
         core.store.close()
         core.tree.close()
+
+
+def test_a_clone_keeps_usage_by_area_so_a_later_drop_gives_back_exactly_what_its_area_held(core):
+    """Usage is the manifest's sum in all and by area (docs/spec.md §8), on every path that writes
+    entries: a clone's per-area sums must be there, or a drop after a new write would take off
+    only what was written since the clone."""
+    make_source(core)
+    core.write_control(b"clone src new", 0, 0)
+    record = core.require("new")
+    assert record["area_usage"] == {"output": [5010, 2], "temp": [2, 1]}
+    path = job_path(core, "new") / "temp" / "more"
+    path.write_bytes(b"y" * 100)
+    core.manifest.put("new", "temp/more", os.lstat(path))
+    core.manifest.flush()
+    core.drop_areas("new", ["temp"])
+    assert core.require("new")["usage"] == {"bytes": 5010, "files": 2}

@@ -175,6 +175,7 @@ publish = [{{ area = "input", to = "{tmp_path}/archive/{{job}}" }},
     assert service.tree.exists("jobs", "j1/input/src.wav")
     assert [p for p, _e in service.manifest_entries(job)] == ["input/src.wav"]
     assert record["usage"] == {"bytes": 4, "files": 1}
+    assert record["area_usage"] == {"input": [4, 1]}  # the moved area's sums left with it
     after = service.tree.lstat("jobs", "j1/receipt.json")
     assert (after.st_ino, after.st_mtime_ns) == (receipt.st_ino, receipt.st_mtime_ns)  # the receipt is unchanged
     assert [e["areas"] for e in events(service, "moved")] == [["output"]]

@@ -44,6 +44,7 @@ from .control import GIT_OPTIONS
 from .errors import AccessDeniedError, NotAllowedError, QuotaError
 from .model import JobState, is_hidden_name, validate_job_id
 from .tree import names_in
+from .usage import usage_of
 
 log = logging.getLogger("wsfs.cloning")
 
@@ -245,7 +246,7 @@ def _commit_manifest(service, new_id: str, src_id: str, copier: _Copier, seconds
         record = w.job(new_id)
         for path, entry in copier.entries.items():
             w.put_manifest(new_id, path, entry)
-        record["usage"] = {"bytes": copier.bytes, "files": len(copier.entries)}
+        record["usage"], record["area_usage"] = usage_of(copier.entries.items())
         w.put_job(record)
         w.add_event("cloned", new_id, source=src_id, files=len(copier.entries), bytes=copier.bytes,
                     seconds=round(seconds, 3), methods=copier.methods)

@@ -61,6 +61,7 @@ from .limits import UsageMeter
 from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
 from .store import RWLock, Store
 from .tree import Tree
+from .usage import add_area_usage, take_area_usage, usage_of
 
 log = logging.getLogger("wsfs.lifecycle")
 
@@ -207,13 +208,7 @@ class ManifestWriter:
             record = w.job(job)
             if record is None or not any(b or f for b, f in areas.values()):
                 continue
-            usage = record["usage"]
-            by_area = record.setdefault("area_usage", {})
-            for area, (dbytes, dfiles) in areas.items():
-                usage["bytes"] = max(usage["bytes"] + dbytes, 0)
-                usage["files"] = max(usage["files"] + dfiles, 0)
-                mine = by_area.setdefault(area, [0, 0])
-                mine[0], mine[1] = max(mine[0] + dbytes, 0), max(mine[1] + dfiles, 0)
+            add_area_usage(record, areas)
             w.put_job(record)
             records.append(record)
         return records
@@ -238,22 +233,6 @@ class ManifestWriter:
                 log.warning("manifest changes stored again")
                 failing = False
         self.flush()
-
-
-def _take_area_usage(record: dict, w, areas: list[str]) -> dict[str, dict]:
-    """Take areas' usage off a record (in ``w``'s transaction), from its per-area sums; returns
-    what each held.  Their manifest entries are the caller's to drop (``ManifestWriter.drop``)."""
-    by_area = record.setdefault("area_usage", {})
-    taken = {}
-    for area in areas:
-        if area not in by_area:  # a record from before per-area sums: count them
-            entries = list(w.manifest(record["id"], area))
-            by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
-        dbytes, dfiles = by_area.pop(area)
-        taken[area] = {"bytes": dbytes, "files": dfiles}
-        record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
-        record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
-    return taken
 
 
 def open_data_dir(data_dir: str, config: Config | None = None, *, clock=time.time) -> JobService:
@@ -727,7 +706,7 @@ class JobService:
             freed = {}
 
             def change(record, w):
-                freed.update(_take_area_usage(record, w, areas))
+                freed.update(take_area_usage(record, w, areas))
                 for area in areas:  # the area is still there, empty
                     record["area_usage"][area] = [0, 0]
                 if stage is not None:
@@ -817,7 +796,7 @@ class JobService:
             # the .state write returns in milliseconds, the receipt reads only the areas that
             # stay, and recover() drops any entries a crash left behind.  Their usage leaves
             # the record now, from the per-area sums.
-            _take_area_usage(record, w, areas)
+            take_area_usage(record, w, areas)
         record = self._set_step(job_id, "scratch", drop_usage)
         for area in areas:
             self.manifest.drop(job_id, area)
@@ -1359,22 +1338,16 @@ class JobService:
         def fn(w):
             old = dict(w.manifest(job_id))
             w.delete_manifest_prefix(job_id)
-            total = 0
+            entries = []
             for path, st in files.items():
                 entry = [st.st_size, st.st_mtime_ns, st.st_ino, None]
                 prev = old.get(path)
                 if prev and prev[:3] == entry[:3]:
                     entry[3] = prev[3]
                 w.put_manifest(job_id, path, entry)
-                total += st.st_size
+                entries.append((path, entry))
             rec = w.job(job_id)
-            rec["usage"] = {"bytes": total, "files": len(files)}
-            by_area: dict[str, list[int]] = {}
-            for path, st in files.items():
-                mine = by_area.setdefault(path.split("/", 1)[0], [0, 0])
-                mine[0] += st.st_size
-                mine[1] += 1
-            rec["area_usage"] = by_area
+            rec["usage"], rec["area_usage"] = usage_of(entries)
             w.put_job(rec)
             return [rec]
         self.manifest.flush()

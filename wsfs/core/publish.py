@@ -64,6 +64,7 @@ from . import metrics, syscalls
 from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
 from .tree import names_in, split
+from .usage import take_area_usage
 
 log = logging.getLogger("wsfs.publish")
 
@@ -626,10 +627,9 @@ class Publisher:
                     service.trash_wake.set()
 
             def change(record, w):
+                take_area_usage(record, w, areas)
                 for area in areas:
-                    for _path, old in w.delete_manifest_prefix(job_id, area):
-                        record["usage"]["bytes"] = max(record["usage"]["bytes"] - old[0], 0)
-                        record["usage"]["files"] = max(record["usage"]["files"] - 1, 0)
+                    w.delete_manifest_prefix(job_id, area)
                     record["publish"]["moved"].append(area)
             record = service.update(job_id, change, ("moved", {"areas": areas}))
         service.view_changed(job_id)
