@@ -40,6 +40,7 @@ import stat
 import threading
 import time
 import weakref
+from collections.abc import Callable
 
 import psutil
 
@@ -275,7 +276,7 @@ class JobService:
         self.records_changed = lambda records: None
         # (inode, size) -> sha256 of a file the FUSE layer is still hashing, or None;
         # set by fs.WsfsOperations (its hasher thread).
-        self.pending_digest = lambda ino, size: None
+        self.pending_digest: Callable[[int, int], bytes | None] = lambda ino, size: None
         # Called with a job id before its tree is sealed, quarantined or leaves (the FUSE layer
         # removes the hidden names of its files unlinked while open, see fs.HiddenNames).
         self.tree_closing = lambda job_id: None

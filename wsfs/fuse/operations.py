@@ -36,6 +36,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
@@ -128,15 +129,41 @@ class Node:
     area_path: str | None = None    # AREA/rel, for manifest entries
     readonly: bool = False          # quarantine, receipt
 
+    @property
+    def job_id(self) -> str:
+        """The job of a node under one (a caller that knows it is: a JOBROOT, an area's file)."""
+        if self.job is None:
+            raise WsfsError(f"{self.kind.value} {self.rel or self.name!r} belongs to no job")
+        return self.job
+
+    @property
+    def area_rel(self) -> str:
+        """``AREA/rel`` of a file in an area (a caller that knows it is one)."""
+        if self.area_path is None:
+            raise WsfsError(f"{self.rel!r} is in no area")
+        return self.area_path
+
 
 @dataclasses.dataclass(eq=False)
 class Handle:
-    """An open file: a backing fd, or a virtual file's bytes."""
+    """An open directory of the view (``opendir``); the base of the two kinds of open file."""
 
     node: Node
-    fd: int = -1
-    data: bytes = b""
     writable: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class VirtualHandle(Handle):
+    """An open virtual file (``.state``, ``.job``, ``.wsfs/*``): its bytes, taken at open."""
+
+    data: bytes = b""
+
+
+@dataclasses.dataclass(eq=False)
+class FileHandle(Handle):
+    """An open backing file: the daemon's own fd on it, and what this open did to it."""
+
+    fd: int = -1
     dirty: bool = False
     changed: bool = False  # written to (truncated, allocated) through this handle, ever
     stream: StreamHash | None = None  # the running sha256, while written front to back
@@ -193,11 +220,11 @@ class WsfsOperations(Operations):
         self._sweep = sweep
         self._reload = reload
         self._doctor = doctor
-        self._status = status or (lambda: {})
+        self._status: Callable[[], dict] = status or (lambda: {})
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._fh_counter = itertools.count(1)
-        self._writers: dict[int, set[Handle]] = {}  # backing inode -> open writable handles
+        self._writers: dict[int, set[FileHandle]] = {}  # backing inode -> open writable handles
         self.hasher = Hasher()  # its thread is started by the daemon
         self._linked = LinkedNames()
         self._hidden = HiddenNames()
@@ -210,7 +237,7 @@ class WsfsOperations(Operations):
         self._hidden_now: dict[str, tuple] = {}
         # rel -> an open handle of a file whose area was dropped (_area_dropping): its fstat() comes
         # by its old path (libfuse #62), as an unlinked file's does, until its last close
-        self._dropped_open: dict[str, Handle] = {}
+        self._dropped_open: dict[str, FileHandle] = {}
         service.view_changed = self._forget_cached_job
         service.records_changed = self._forget_job_files
         service.pending_digest = self.hasher.digest_now
@@ -260,7 +287,7 @@ class WsfsOperations(Operations):
     def open_jobs(self) -> set[str]:
         """Jobs with a file open through the mount (the sweeper does not purge those)."""
         with self._handles_lock:
-            return {h.node.job for h in self._handles.values() if h.node.job is not None and h.fd >= 0}
+            return {h.node.job for h in self._handles.values() if h.node.job is not None and isinstance(h, FileHandle)}
 
     # -- path resolution ----------------------------------------------------
 
@@ -331,7 +358,7 @@ class WsfsOperations(Operations):
 
     def _charge(self, node: Node, dbytes: int = 0, dfiles: int = 0) -> None:
         if self._limited(node):
-            self.service.usage.charge(node.job, dbytes, dfiles)
+            self.service.usage.charge(node.job_id, dbytes, dfiles)
 
     def _changing(self, node: Node):
         """Context for a change to a backing path: seal check and transition ordering."""
@@ -349,7 +376,7 @@ class WsfsOperations(Operations):
 
     def _vfile_attrs(self, node: Node, size: int) -> dict:
         if node.name == KEPT_RECEIPT:
-            record = self.service.require(node.job)
+            record = self.service.require(node.job_id)
             mode, uid, gid = 0o400, record["uid"], record["gid"]
         elif node.job is None:
             mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
@@ -373,7 +400,7 @@ class WsfsOperations(Operations):
         after_setattr = mark is not None and mark == (path, fh.fh if fh is not None else None)
         if fh is not None and fh.fh:
             handle = self._handle(fh)
-            if handle.fd >= 0:
+            if isinstance(handle, FileHandle):
                 return self._visible_links(handle.node, _stat_dict(os.fstat(handle.fd)), after_setattr)
             return self._vfile_attrs(handle.node, len(self._content(handle.node)))
         if path is None:
@@ -389,11 +416,11 @@ class WsfsOperations(Operations):
             st = self.tree.lstat(node.root, node.rel)
         except FileNotFoundError:
             # fstat() of an unlinked open file comes by path (libfuse #62), its hidden name maybe gone
-            handle = self._handle_at(node.root, node.rel) if _is_hidden(node) else \
+            open_file = self._handle_at(node.root, node.rel) if _is_hidden(node) else \
                 self._dropped_open.get(node.rel) if self._dropped_open else None
-            if handle is None:
+            if open_file is None:
                 raise
-            return _stat_dict(os.fstat(handle.fd))
+            return _stat_dict(os.fstat(open_file.fd))
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             self._linked.note((node.root, st.st_ino), path)
         if node.readonly and node.area_path is None and node.rel.endswith("/" + RECEIPT_FILE):
@@ -409,7 +436,7 @@ class WsfsOperations(Operations):
 
     def _receipt_attrs(self, node: Node, attrs: dict) -> dict:
         """receipt.json is read by whoever may read its job's root (see _vfile_attrs)."""
-        root = self._job_root(node.job)
+        root = self._job_root(node.job_id)
         attrs["st_mode"] = stat.S_IFREG | (stat.S_IMODE(root.st_mode) & 0o444)
         attrs["st_uid"], attrs["st_gid"] = root.st_uid, root.st_gid
         return attrs
@@ -435,7 +462,7 @@ class WsfsOperations(Operations):
         name, job = node.name, node.job
         if name == KEPT_RECEIPT:
             with self.service.store.read() as r:
-                return bytes(r.receipt(job) or b"")
+                return bytes(r.receipt(node.job_id) or b"")
         if job is not None:
             if name == STATE_FILE:
                 return (self.service.require(job)["state"] + "\n").encode()
@@ -587,7 +614,7 @@ class WsfsOperations(Operations):
                         if record.get("where") == where and not record.get("hidden") and record["id"] in inodes:
                             entries.append((record["id"], inodes[record["id"]], stat.S_IFDIR))
         elif node.kind == "jobroot":
-            record = self.service.require(node.job)
+            record = self.service.require(node.job_id)
             present = {name: (ino, kind) for name, ino, kind in self.tree.scandir(node.root, node.rel)}
             entries += [(a, *present[a]) for a in record["areas"] if a in present]
             entries += [(name, self._vfile_ino(node.job, name), stat.S_IFREG) for name in JOB_CONTROL_FILES]
@@ -692,14 +719,14 @@ class WsfsOperations(Operations):
         fh = next(self._fh_counter)
         with self._handles_lock:
             self._handles[fh] = handle
-            if handle.writable and handle.fd >= 0:
+            if handle.writable and isinstance(handle, FileHandle):
                 writers = self._writers.setdefault(handle.ino, set())
                 if writers:  # two writers: neither can hash front to back
                     for h in [handle, *writers]:
                         if h.stream is not None:
                             h.stream.invalidate()
                 writers.add(handle)
-        if handle.fd >= 0:
+        if isinstance(handle, FileHandle):
             self._hidden.opened((handle.node.root, handle.ino))
         fi.fh = fh
         return 0
@@ -722,7 +749,7 @@ class WsfsOperations(Operations):
             except BaseException:
                 os.close(fd)
                 raise
-            return self._register(fi, Handle(node, fd=fd, ino=ino))
+            return self._register(fi, FileHandle(node, fd=fd, ino=ino))
         if node.readonly:
             raise FuseOSError(errno.EROFS)
         with self._changing(node):
@@ -730,7 +757,7 @@ class WsfsOperations(Operations):
                 self._charge(node, -self.tree.lstat(node.root, node.rel).st_size)
             fd = self.tree.open(node.root, node.rel, flags)
             st = os.fstat(fd)
-            handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
+            handle = FileHandle(node, fd=fd, writable=True, ino=st.st_ino)
             if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
                 handle.stream = self._stream(fd, st.st_ino)
             if flags & os.O_TRUNC and node.area_path is not None:
@@ -752,7 +779,7 @@ class WsfsOperations(Operations):
             # .wsfs/status, events and jobs change with every event: the fstat() that tail, less
             # or wc make after open() gets the size of what this open reads.
             invalidate_path(f"/{WSFS_DIR}/{node.name}")
-        return self._register(fi, Handle(node, data=data, writable=wants_write))
+        return self._register(fi, VirtualHandle(node, data=data, writable=wants_write))
 
     @op
     def create(self, path, mode, fi):
@@ -780,25 +807,29 @@ class WsfsOperations(Operations):
             except BaseException:
                 os.close(fd)
                 raise
-            handle = Handle(node, fd=fd, writable=True, ino=st.st_ino)
+            handle = FileHandle(node, fd=fd, writable=True, ino=st.st_ino)
             if node.area_path is not None:
                 handle.stream = self._stream(fd, st.st_ino) if st.st_size == 0 else None
-                self.service.manifest.put(node.job, node.area_path, st)
+                self.service.manifest.put(node.job_id, node.area_rel, st)
             return self._register(fi, handle)
 
     @op
     def read(self, path, size, offset, fi):
         handle = self._handle(fi)
-        if handle.fd >= 0:
+        if isinstance(handle, FileHandle):
             return os.pread(handle.fd, size, offset)
+        if not isinstance(handle, VirtualHandle):
+            raise FuseOSError(errno.EISDIR)
         return handle.data[offset:offset + size]
 
     @op
     def read_into(self, path, buf: memoryview, offset, fi) -> int:
         """``read`` straight into libfuse's reply buffer (big reads, see ``binding.FUSE``)."""
         handle = self._handle(fi)
-        if handle.fd >= 0:
+        if isinstance(handle, FileHandle):
             return os.preadv(handle.fd, [buf], offset)
+        if not isinstance(handle, VirtualHandle):
+            raise FuseOSError(errno.EISDIR)
         chunk = handle.data[offset:offset + len(buf)]
         buf[:len(chunk)] = chunk
         return len(chunk)
@@ -807,7 +838,7 @@ class WsfsOperations(Operations):
     def write(self, path, data, offset, fi):
         handle = self._handle(fi)
         node = handle.node
-        if handle.fd < 0:
+        if not isinstance(handle, FileHandle):
             return self._write_virtual(handle, data)
         if node.job is None:
             written = os.pwrite(handle.fd, data, offset)
@@ -864,7 +895,7 @@ class WsfsOperations(Operations):
         node = handle.node
         data = bytes(data)  # a view of libfuse's buffer lives only as long as this call
         if node.name == STATE_FILE:
-            self.service.write_state(node.job, data, uid)
+            self.service.write_state(node.job_id, data, uid)
         elif node.name == "control":
             self.service.write_control(data, uid, gid, sweep=self._sweep, doctor=self._doctor, reload=self._reload)
         else:
@@ -904,7 +935,7 @@ class WsfsOperations(Operations):
     def truncate(self, path, length, fh=None):
         if fh is not None and fh.fh:
             handle = self._handle(fh)
-            if handle.fd < 0:
+            if not isinstance(handle, FileHandle):
                 return self._truncate_virtual(handle.node)
             node = handle.node
             with self._changing(node), handle.lock:
@@ -926,7 +957,7 @@ class WsfsOperations(Operations):
             if node.area_path is not None:
                 st = self.tree.lstat(node.root, node.rel)
                 self._forget_hashes(st.st_ino)
-                self.service.manifest.put(node.job, node.area_path, st)
+                self.service.manifest.put(node.job_id, node.area_rel, st)
         self._show_other_names(node)
         return 0
 
@@ -951,8 +982,8 @@ class WsfsOperations(Operations):
         # behind, the entry has no hash yet and release (which finishes it) records again.
         handle = self._handle(fi)
         node = handle.node
-        if handle.dirty and handle.fd >= 0 and node.area_path is not None:
-            with self.service.lock(node.job).shared(), handle.lock:
+        if isinstance(handle, FileHandle) and handle.dirty and node.area_path is not None:
+            with self.service.lock(node.job_id).shared(), handle.lock:
                 self._record_file(handle, handle.stream)
                 handle.dirty = handle.stream is not None and handle.stream.pending
         return 0
@@ -960,16 +991,16 @@ class WsfsOperations(Operations):
     @op
     def release(self, path, fi):
         with self._handles_lock:
-            handle = self._handles.pop(fi.fh, None)
-            if handle is not None and handle.writable and handle.fd >= 0:
+            handle: Handle | None = self._handles.pop(fi.fh, None)
+            if handle is not None and handle.writable and isinstance(handle, FileHandle):
                 writers = self._writers.get(handle.ino)
                 if writers is not None:
                     writers.discard(handle)
                     if not writers:
                         del self._writers[handle.ino]
-            if handle is not None and self._dropped_open.get(handle.node.rel) is handle:
+            if isinstance(handle, FileHandle) and self._dropped_open.get(handle.node.rel) is handle:
                 del self._dropped_open[handle.node.rel]
-        if handle is None or handle.fd < 0:
+        if not isinstance(handle, FileHandle):
             return 0
         node = handle.node
         hidden_names = self._hidden.closed((node.root, handle.ino))
@@ -977,7 +1008,7 @@ class WsfsOperations(Operations):
         try:
             if handle.changed and node.area_path is not None:
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
-                with self.service.lock(node.job).shared():
+                with self.service.lock(node.job_id).shared():
                     st = self._record_file(handle, stream) if handle.dirty else self._still_there(handle)
                 if st is not None and stream is not None and stream.pending:
                     # Hashed later, in the hasher thread; the entry gets its sha256 then.
@@ -1009,8 +1040,10 @@ class WsfsOperations(Operations):
             return  # libfuse, a rmdir or the job's ending took it first
         if not stat.S_ISREG(st.st_mode):
             return
-        job = rel.split("/", 1)[0] if root == "jobs" else None
-        record = self.service.get(job) if job is not None else None
+        if root != "jobs":
+            return
+        job = rel.split("/", 1)[0]
+        record = self.service.get(job)
         if record is not None and self.service.metered(record):
             self.service.usage.charge(job, -st.st_size, -1)
 
@@ -1042,24 +1075,24 @@ class WsfsOperations(Operations):
         with self._handles_lock:
             for handle in self._handles.values():
                 node = handle.node
-                if handle.fd >= 0 and node.root == "jobs" and node.rel.startswith(prefix):
+                if isinstance(handle, FileHandle) and node.root == "jobs" and node.rel.startswith(prefix):
                     handle.node = Node(NodeKind.REAL, root="jobs", rel=node.rel)  # no job, no area: no manifest
                     self._dropped_open[node.rel] = handle
 
-    def _handle_at(self, root: str, rel: str) -> Handle | None:
+    def _handle_at(self, root: str, rel: str) -> FileHandle | None:
         """An open backing handle of the file at ``root``/``rel`` (a hidden name already removed)."""
         with self._handles_lock:
             for handle in self._handles.values():
-                if handle.fd >= 0 and handle.node.root == root and handle.node.rel == rel:
+                if isinstance(handle, FileHandle) and handle.node.root == root and handle.node.rel == rel:
                     return handle
         return None
 
-    def _still_there(self, handle: Handle) -> os.stat_result | None:
+    def _still_there(self, handle: FileHandle) -> os.stat_result | None:
         """The stat of a file recorded at its flush, while its job runs and its name is its own."""
         node = handle.node
         if _is_hidden(node):
             return None  # unlinked while open: it left the manifest when it was unlinked
-        record = self.service.get(node.job)
+        record = self.service.get(node.job_id)
         if record is None or self.service.is_sealed(record):
             return None
         st = os.fstat(handle.fd)
@@ -1068,15 +1101,15 @@ class WsfsOperations(Operations):
         except OSError:
             return None
 
-    def _needs_whole_hash(self, handle: Handle, stream: StreamHash | None, st: os.stat_result) -> bool:
+    def _needs_whole_hash(self, handle: FileHandle, stream: StreamHash | None, st: os.stat_result) -> bool:
         """A kept file whose closing left no sha256 (no stream covered it), with no other writer."""
         if st.st_size == 0 or (stream is not None and stream.valid and stream.written == st.st_size):
             return False
         with self._handles_lock:
             if self._writers.get(handle.ino):
                 return False  # another writer still has it open: its own close decides
-        record = self.service.get(handle.node.job)
-        area = handle.node.area_path.split("/", 1)[0]
+        record = self.service.get(handle.node.job_id)
+        area = handle.node.area_rel.split("/", 1)[0]
         return record is not None and area in self.service.template(record).keep_areas()
 
     def _hashed_later(self, node: Node, st: os.stat_result):
@@ -1084,8 +1117,8 @@ class WsfsOperations(Operations):
         def done(digest: bytes | None) -> None:
             if digest is None or _is_hidden(node):
                 return
-            with self.service.lock(node.job).shared():
-                record = self.service.get(node.job)
+            with self.service.lock(node.job_id).shared():
+                record = self.service.get(node.job_id)
                 if record is None or self.service.is_sealed(record):
                     return  # the receipt step hashed it itself
                 try:
@@ -1093,7 +1126,7 @@ class WsfsOperations(Operations):
                 except OSError:
                     return
                 if (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns):
-                    self.service.manifest.put(node.job, node.area_path, now, digest)
+                    self.service.manifest.put(node.job_id, node.area_rel, now, digest)
         return done
 
     def _stream(self, fd: int, ino: int) -> StreamHash:
@@ -1101,16 +1134,16 @@ class WsfsOperations(Operations):
         self.hasher.track(stream)
         return stream
 
-    def _record_file(self, handle: Handle, stream: StreamHash | None) -> os.stat_result | None:
+    def _record_file(self, handle: FileHandle, stream: StreamHash | None) -> os.stat_result | None:
         """Manifest entry for a file closed after writing (docs/spec.md §8: never per write).
 
         The entry has a sha256 only if ``stream`` already covers the whole file;
         returns the file's stat, or None when no entry was made.
         """
         node = handle.node
-        if is_hidden_name(node.area_path.rsplit("/", 1)[-1]):
+        if is_hidden_name(node.area_rel.rsplit("/", 1)[-1]):
             return None  # unlinked while open: it left the manifest when it was unlinked
-        record = self.service.get(node.job)
+        record = self.service.get(node.job_id)
         if record is None or self.service.is_sealed(record):
             return None  # ended meanwhile: the receipt step already recorded the file as it is
         st = os.fstat(handle.fd)
@@ -1121,20 +1154,20 @@ class WsfsOperations(Operations):
         if current.st_ino != st.st_ino:
             return None
         sha = stream.digest_so_far(st.st_size) if stream is not None else None
-        self.service.manifest.put(node.job, node.area_path, st, sha)
+        self.service.manifest.put(node.job_id, node.area_rel, st, sha)
         return st
 
     @op
     def fsync(self, path, datasync, fi):
         handle = self._handle(fi)
-        if handle.fd >= 0:
+        if isinstance(handle, FileHandle):
             (os.fdatasync if datasync else os.fsync)(handle.fd)
         return 0
 
     @op
     def fallocate(self, path, mode, offset, size, fi):
         handle = self._handle(fi)
-        if handle.fd < 0:
+        if not isinstance(handle, FileHandle):
             raise FuseOSError(errno.EOPNOTSUPP)
         node = handle.node
         with self._changing(node), handle.lock:
@@ -1160,7 +1193,7 @@ class WsfsOperations(Operations):
             if gone is not None and stat.S_ISREG(gone.st_mode):
                 self._charge(node, -gone.st_size, -1)
             if node.area_path is not None:
-                self.service.manifest.delete(node.job, node.area_path)
+                self.service.manifest.delete(node.job_id, node.area_rel)
         if _is_hidden(node):  # libfuse removing the name it gave an unlinked file, at its last close
             self._hidden.forget(node.rel)
         if linked is not None:  # its other names have one link less
@@ -1249,22 +1282,22 @@ class WsfsOperations(Operations):
             st = self.tree.lstat(dst.root, dst.rel)
             self._charge(dst, st.st_size, 1)
             if dst.area_path is not None:
-                self.service.manifest.put(dst.job, dst.area_path, st)
+                self.service.manifest.put(dst.job_id, dst.area_rel, st)
         self._linked.note((dst.root, st.st_ino), new)
         self._move_handles(src, dst)  # libfuse's node of a is b's now
         return 0
 
     def _rename_in_manifest(self, src: Node, dst: Node, flags: int) -> None:
         manifest = self.service.manifest
-        if is_hidden_name(dst.area_path.rsplit("/", 1)[-1]):
-            manifest.delete(src.job, src.area_path)  # libfuse hiding an unlinked open file
+        if is_hidden_name(dst.area_rel.rsplit("/", 1)[-1]):
+            manifest.delete(src.job_id, src.area_rel)  # libfuse hiding an unlinked open file
         elif flags & 2:  # RENAME_EXCHANGE: swap through a name no file can have
             marker = "\0swap"
-            manifest.rename(src.job, src.area_path, marker)
-            manifest.rename(src.job, dst.area_path, src.area_path)
-            manifest.rename(src.job, marker, dst.area_path)
+            manifest.rename(src.job_id, src.area_rel, marker)
+            manifest.rename(src.job_id, dst.area_rel, src.area_rel)
+            manifest.rename(src.job_id, marker, dst.area_rel)
         else:
-            manifest.rename(src.job, src.area_path, dst.area_path)
+            manifest.rename(src.job_id, src.area_rel, dst.area_rel)
         self._move_handles(src, dst, exchange=bool(flags & 2))
 
     def _move_handles(self, src: Node, dst: Node, exchange: bool = False) -> None:
@@ -1298,7 +1331,7 @@ class WsfsOperations(Operations):
             self.tree.link(new.root, old.rel, new.rel)
             st = self.tree.lstat(new.root, new.rel)
             if new.area_path is not None and stat.S_ISREG(st.st_mode):
-                self.service.manifest.put(new.job, new.area_path, st)
+                self.service.manifest.put(new.job_id, new.area_rel, st)
         if not stat.S_ISDIR(st.st_mode):
             key = (new.root, st.st_ino)
             self._linked.note(key, source)
@@ -1337,7 +1370,7 @@ class WsfsOperations(Operations):
             if not inherited:
                 self.tree.exact_mode((node.root, node.rel), mode)
             if node.area_path is not None and stat.S_ISREG(mode):
-                self.service.manifest.put(node.job, node.area_path, self.tree.lstat(node.root, node.rel))
+                self.service.manifest.put(node.job_id, node.area_rel, self.tree.lstat(node.root, node.rel))
         return 0
 
     # -- metadata -------------------------------------------------------------------
@@ -1365,7 +1398,7 @@ class WsfsOperations(Operations):
             self.tree.chmod(node.root, node.rel, mode & 0o7777)
         self._show_other_names(node)
         if node.kind == "jobroot":
-            self._job_root_changed(node.job)
+            self._job_root_changed(node.job_id)
         return 0
 
     def _job_root_changed(self, job: str) -> None:
@@ -1382,7 +1415,7 @@ class WsfsOperations(Operations):
             self.tree.chown(node.root, node.rel, uid, gid)
         self._show_other_names(node)
         if node.kind == "jobroot":
-            self._job_root_changed(node.job)
+            self._job_root_changed(node.job_id)
         return 0
 
     @op
@@ -1404,7 +1437,7 @@ class WsfsOperations(Operations):
                 # `cp -p`, `touch -d`, shutil.copystat: the manifest's mtime follows (docs/spec.md §3 .manifest).
                 st = self.tree.lstat(node.root, node.rel)
                 if stat.S_ISREG(st.st_mode):
-                    self.service.manifest.retime(node.job, node.area_path, st)
+                    self.service.manifest.retime(node.job_id, node.area_rel, st)
         self._show_other_names(node)
         return 0
 
@@ -1435,10 +1468,10 @@ class WsfsOperations(Operations):
         """A shared job's ``.state``, ``.job`` and ``.manifest`` may be read by its sharees, as its
         root directory may (wsfs.sharing): the root's named entries, read only.  Writing
         ``.state`` stays the owner's."""
-        record = self.service.require(node.job)
+        record = self.service.require(node.job_id)
         if not record.get("shares"):
             raise FuseOSError(errno.ENODATA)
-        root_entries = acl.decode(self.tree.getxattr(record["where"], node.job, acl.ACCESS))
+        root_entries = acl.decode(self.tree.getxattr(record["where"], node.job_id, acl.ACCESS))
         mode = self._vfile_attrs(node, 0)["st_mode"]
         entries = acl.from_mode(mode)
         for tag, perm, ident in root_entries:
