@@ -35,7 +35,7 @@ UNITS := wsfs.service wsfs@.service
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help system-deps venv run stop clean-run test lint stress bench clean install uninstall
+.PHONY: help system-deps venv run stop clean-run test test-core lint stress bench clean install uninstall
 
 help:
 	@echo "wsfs make targets:"
@@ -44,7 +44,9 @@ help:
 	@echo "  make run           mount wsfs at MOUNT=$(MOUNT) with DATA=$(DATA)"
 	@echo "  make stop          unmount MOUNT"
 	@echo "  make clean-run     remove the wsfs link make run put on PATH"
-	@echo "  make test          run the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
+	@echo "  make test          lint, then the whole test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
+	@echo "  make test-core     lint, then the tests that need no FUSE mount (half a minute)"
+	@echo "  make lint          ruff and mypy"
 	@echo "  make stress        the stress suites (tests/test_stress_*.py) at full size: crash matrix, concurrency, fsx ..."
 	@echo "  make bench         benchmark wsfs against the bare disk and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
 	@echo "  make install       install wsfs, its systemd units and /etc/wsfs/wsfs.toml (PREFIX=$(PREFIX), DESTDIR=$(DESTDIR))"
@@ -148,7 +150,12 @@ test: system-deps venv lint
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# ruff on everything, mypy on the modules [tool.mypy] lists (pyproject.toml)
+# The tests that need no FUSE mount (about half a minute): the core, the grammar, the operations
+# driven directly.  Every test that mounts is marked `mount` (tests/conftest.py checks it).
+test-core: venv lint
+	$(VENV)/bin/python -m pytest -m "not mount" $(PYTEST_ARGS)
+
+# ruff on everything, mypy on the whole package (pyproject.toml)
 lint: venv
 	$(VENV)/bin/ruff check wsfs tests bench
 	$(VENV)/bin/mypy

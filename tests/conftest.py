@@ -111,6 +111,7 @@ class MountedWsfs:
         return args
 
     def start(self, extra_env: dict | None = None) -> MountedWsfs:
+        _MOUNTS_IN_TEST.append(self.mnt)
         env = dict(os.environ, **self.env, **(extra_env or {}))
         env.setdefault("PYTHONPATH", str(REPO))
         self._log_file = open(self.log, "ab")
@@ -254,6 +255,20 @@ def keep_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+_MOUNTS_IN_TEST: list[Path] = []  # what MountedWsfs.start mounted during the test running now
+
+
+@pytest.fixture(autouse=True)
+def tests_that_mount_say_so(request):
+    """The levels of the suite (docs/architecture.md): a test that mounts wsfs is marked ``mount``,
+    so that ``pytest -m "not mount"`` (``make test-core``) is the suite that needs no FUSE."""
+    _MOUNTS_IN_TEST.clear()
+    yield
+    if _MOUNTS_IN_TEST and request.node.get_closest_marker("mount") is None:
+        pytest.fail(f"{request.node.nodeid} mounts wsfs ({_MOUNTS_IN_TEST[0]}) but is not marked: "
+                    "give its module pytestmark = pytest.mark.mount, or the test @pytest.mark.mount")
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -50,6 +50,7 @@ def jobs_of(m) -> dict[str, dict]:
 # -- create ---------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_create_prints_the_workspace_path(wsfs_mount):
     m = wsfs_mount
     mnt = str(m.mnt)
@@ -86,6 +87,7 @@ def test_create_prints_the_workspace_path(wsfs_mount):
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 def test_create_copies_inputs_through_the_mount(wsfs_mount, tmp_path):
     m = wsfs_mount
     source = tmp_path / "luke.xml"
@@ -126,6 +128,7 @@ def four_jobs(wsfs_mount):
     return m
 
 
+@pytest.mark.mount
 def test_list_table_json_state_and_all(four_jobs):
     m = four_jobs
     mnt = str(m.mnt)
@@ -159,6 +162,7 @@ def test_list_table_json_state_and_all(four_jobs):
     assert bad.exit_code == 2
 
 
+@pytest.mark.mount
 def test_list_with_no_jobs(wsfs_mount):
     result = cli("list", "--mount", str(wsfs_mount.mnt))
     assert result.exit_code == 0
@@ -167,6 +171,7 @@ def test_list_with_no_jobs(wsfs_mount):
     assert json.loads(cli("list", "--json", "--mount", str(wsfs_mount.mnt)).stdout) == []
 
 
+@pytest.mark.mount
 def test_show_text_and_json(four_jobs):
     m = four_jobs
     mnt = str(m.mnt)
@@ -204,6 +209,7 @@ def test_show_text_and_json(four_jobs):
 # -- state ---------------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_state_commands(wsfs_mount):
     m = wsfs_mount
     mnt = str(m.mnt)
@@ -243,6 +249,7 @@ def test_state_commands(wsfs_mount):
 # -- run ------------------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_run_completes_with_the_environment_and_cwd(wsfs_mount):
     m = wsfs_mount
     script = ('echo hi > "$WSFS_OUTPUT/x"; env > "$WSFS_OUTPUT/env.txt"; pwd -P > "$WSFS_OUTPUT/cwd.txt"; '
@@ -268,6 +275,7 @@ def test_run_completes_with_the_environment_and_cwd(wsfs_mount):
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 def test_run_generates_an_id(wsfs_mount):
     m = wsfs_mount
     proc = wsfs("run", "--mount", str(m.mnt), "--", "sh", "-c", 'echo "$WSFS_JOB" > "$WSFS_OUTPUT/id"')
@@ -278,6 +286,7 @@ def test_run_generates_an_id(wsfs_mount):
     assert state_of(m.ws / job) == "completed"
 
 
+@pytest.mark.mount
 def test_run_failures_fail_the_job(wsfs_mount):
     m = wsfs_mount
     mnt = str(m.mnt)

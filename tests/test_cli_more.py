@@ -45,6 +45,7 @@ def jobs_of(mnt: Path) -> dict[str, dict]:
 # -- events -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_events_readable_json_by_job_and_latest(wsfs_mount):
     m = wsfs_mount
     mnt = str(m.mnt)
@@ -110,6 +111,7 @@ def _wait_line(lines, needle: str, seen: list[str]) -> str:
     raise AssertionError(f"no line with {needle!r} within {WAIT}s; saw {seen}")
 
 
+@pytest.mark.mount
 def test_events_follow_prints_new_events_until_stopped(wsfs_mount):
     m = wsfs_mount
     sh("mkdir workspaces/before", cwd=m.mnt)
@@ -133,6 +135,7 @@ def test_events_follow_prints_new_events_until_stopped(wsfs_mount):
             proc.wait(timeout=WAIT)
 
 
+@pytest.mark.mount
 def test_events_follow_in_json_stops_on_sigterm(wsfs_mount):
     m = wsfs_mount
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -162,6 +165,7 @@ grace = "1h"
 """
 
 
+@pytest.mark.mount
 def test_sweep_restore_resume(mount_factory):
     m = mount_factory(config=SWEEP_CONFIG)
     mnt = str(m.mnt)
@@ -205,6 +209,7 @@ def test_sweep_restore_resume(mount_factory):
     assert cli("resume", "--mount", mnt).exit_code == 2  # JOB is required
 
 
+@pytest.mark.mount
 def test_sweep_shows_progress_while_it_purges(mount_factory, monkeypatch):
     m = mount_factory(config=SWEEP_CONFIG.replace('grace = "1h"', 'grace = "1s"'))
     mnt = str(m.mnt)
@@ -235,6 +240,7 @@ def test_sweep_and_restore_need_a_mount(tmp_path):
 # -- status, create --json, completion, colours ------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_status_text_and_json(wsfs_mount):
     m = wsfs_mount
     sh("mkdir workspaces/s1 workspaces/s2 && echo 12345 > workspaces/s1/output/f && echo completed > "
@@ -260,6 +266,7 @@ def test_status_text_and_json(wsfs_mount):
     assert st["last_sweep"]["counts"] == {} and st["last_sweep"]["dry_run"] is False
 
 
+@pytest.mark.mount
 def test_create_json_and_job_completion(wsfs_mount):
     m = wsfs_mount
     result = cli("create", "cj", "--json", "--mount", str(m.mnt))
@@ -282,6 +289,7 @@ def test_completion_script_for_bash():
     assert "_wsfs_completion()" in result.stdout and "complete -o nosort -F _wsfs_completion wsfs" in result.stdout
 
 
+@pytest.mark.mount
 def test_list_is_coloured_only_on_a_terminal(wsfs_mount):
     m = wsfs_mount
     sh("mkdir workspaces/l1 workspaces/l2 && echo 'failed x' > workspaces/l2/.state", cwd=m.mnt)
@@ -320,6 +328,7 @@ def test_config_good_and_bad(tmp_path):
 # -- doctor without a daemon (--data) ----------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_doctor_on_a_data_dir_with_no_daemon(mount_factory, tmp_path):
     m = mount_factory()
     sh("mkdir workspaces/d1 workspaces/d2 && echo a > workspaces/d1/output/a && echo b > workspaces/d2/output/b "

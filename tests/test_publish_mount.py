@@ -18,6 +18,8 @@ from conftest import events, sh, wait_until
 from test_cli import wsfs
 from test_users import NOBODY, as_nobody
 
+pytestmark = pytest.mark.mount
+
 DEADLINE = 30.0
 
 

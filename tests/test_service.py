@@ -260,6 +260,7 @@ def store_state(data: Path) -> str:
         store.close()
 
 
+@pytest.mark.mount
 def test_unmount_waits_for_the_clean_shutdown(mount_factory):
     m = mount_factory()
     sh("mkdir workspaces/j && echo x > workspaces/j/output/x && echo completed > workspaces/j/.state", cwd=m.mnt)
@@ -272,6 +273,7 @@ def test_unmount_waits_for_the_clean_shutdown(mount_factory):
     assert (m.data / "jobs" / "j" / "receipt.json").exists()
 
 
+@pytest.mark.mount
 def test_unmount_busy_names_the_holder_then_lazy_detaches(mount_factory):
     m = mount_factory()
     sh("mkdir workspaces/j && echo kept > workspaces/j/output/kept.txt", cwd=m.mnt)
@@ -327,7 +329,7 @@ def test_make_install_and_uninstall_into_destdir(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"wsfs, version {__version__}\n"
     venv = dest / prefix.lstrip("/") / "lib" / "wsfs" / "venv"
-    assert list(venv.glob("lib/python*/site-packages/wsfs/cli.py")), "not installed non-editable in the venv"
+    assert list(venv.glob("lib/python*/site-packages/wsfs/client/cli.py")), "not installed non-editable in the venv"
     assert not list(venv.glob("lib/python*/site-packages/__editable__*"))
     assert edited.read_text().startswith("# mine")  # an existing config is never overwritten
     assert (dest / prefix.lstrip("/") / "share" / "doc" / "wsfs" / "README.md").exists()

@@ -1,6 +1,9 @@
 """The shortest user story through a real mount and a real shell."""
 
+import pytest
 from conftest import sh
+
+pytestmark = pytest.mark.mount
 
 
 def test_mkdir_echo_complete_cat(wsfs_mount):

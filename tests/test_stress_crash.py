@@ -541,7 +541,7 @@ def test_recovery_moves_back_the_tree_of_a_resume_cut_before_its_commit(core, mo
 
     def killed(*_args, **_kwargs):
         raise Killed()
-    monkeypatch.setattr(core, "_update", killed)  # the kill, at resume's commit
+    monkeypatch.setattr(core, "update", killed)  # the kill, at resume's commit
     with pytest.raises(Killed):
         core.resume("r")
     monkeypatch.undo()
