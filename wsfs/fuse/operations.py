@@ -129,19 +129,20 @@ class Node:
     area_path: str | None = None    # AREA/rel, for manifest entries
     readonly: bool = False          # quarantine, receipt
 
+    # For a caller that knows the node is under a job (a JOBROOT, an area's file), or in an area:
+    # the value, typed as there; an EIO, not a None passed on, if it is not.
     @property
     def job_id(self) -> str:
-        """The job of a node under one (a caller that knows it is: a JOBROOT, an area's file)."""
-        if self.job is None:
-            raise WsfsError(f"{self.kind.value} {self.rel or self.name!r} belongs to no job")
-        return self.job
+        return self._known(self.job, "belongs to no job")
 
     @property
     def area_rel(self) -> str:
-        """``AREA/rel`` of a file in an area (a caller that knows it is one)."""
-        if self.area_path is None:
-            raise WsfsError(f"{self.rel!r} is in no area")
-        return self.area_path
+        return self._known(self.area_path, "is in no area")
+
+    def _known(self, value: str | None, what: str) -> str:
+        if value is None:
+            raise WsfsError(f"{self.kind.value} {self.rel or self.name!r} {what}")
+        return value
 
 
 @dataclasses.dataclass(eq=False)
