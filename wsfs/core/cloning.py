@@ -42,7 +42,7 @@ import time
 
 from .control import GIT_OPTIONS
 from .errors import AccessDeniedError, NotAllowedError, QuotaError
-from .model import JobState, is_hidden_name, validate_job_id
+from .model import JobRecord, JobState, is_hidden_name, validate_job_id
 from .tree import names_in
 from .usage import usage_of
 
@@ -184,7 +184,7 @@ class _Copier:
         self.bytes += dst_st.st_size
 
 
-def clone_job(service, src_id: str, new_id: str, uid: int, gid: int, *, extra: dict | None = None) -> dict:
+def clone_job(service, src_id: str, new_id: str, uid: int, gid: int, *, extra: dict | None = None) -> JobRecord:
     """Make ``new_id`` a copy of ``src_id``'s areas for the caller (uid, gid); return NEW's record."""
     validate_job_id(src_id)
     validate_job_id(new_id)
@@ -241,7 +241,7 @@ def clone_job(service, src_id: str, new_id: str, uid: int, gid: int, *, extra: d
     return record
 
 
-def _commit_manifest(service, new_id: str, src_id: str, copier: _Copier, seconds: float) -> dict:
+def _commit_manifest(service, new_id: str, src_id: str, copier: _Copier, seconds: float) -> JobRecord:
     def fn(w):
         record = w.job(new_id)
         for path, entry in copier.entries.items():

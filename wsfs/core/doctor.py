@@ -57,7 +57,7 @@ import psutil
 
 from .config import Template
 from .lifecycle import JobService
-from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobState
+from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobRecord, JobState
 
 log = logging.getLogger("wsfs.doctor")
 
@@ -150,7 +150,7 @@ def _summary(service: JobService, root: str, rel: str) -> str:
     return f"{files} file{'s' if files != 1 else ''}, {format_size(total)}"
 
 
-def _tree_state(service: JobService, record: dict) -> tuple[bool, str | None]:
+def _tree_state(service: JobService, record: JobRecord) -> tuple[bool, str | None]:
     """(tree where the record says?, the other root holding a tree of that id, or None)."""
     where = record.get("where")
     here = where is not None and _is_dir(service, where, record["id"])
@@ -165,7 +165,7 @@ def _is_dir(service: JobService, root: str, name: str) -> bool:
         return False
 
 
-def manifest_differences(service: JobService, record: dict, hidden: list[str] | None = None) -> str | None:
+def manifest_differences(service: JobService, record: JobRecord, hidden: list[str] | None = None) -> str | None:
     """One line on how the job's manifest and usage disagree with its files, or None.
 
     ``hidden``, when given, gets the job's hidden names (found in the same walk)."""
@@ -239,14 +239,14 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
                 record = service.get(name)
                 if record is None or record.get("pending") or record.get("where") == root:
                     continue
-                if record.get("where") is None:
+                where = record.get("where")
+                if where is None:
                     gone = "purged" if record.get("purged_at") else record["state"]
                     findings.append(Finding("orphan-tree", name, f"{root}/{name}: a tree, but its record "
                                             f"({gone}) has none ({_summary(service, root, name)})", root, name))
-                elif not _is_dir(service, record["where"], name):
+                elif not _is_dir(service, where, name):
                     findings.append(Finding("misplaced-tree", name, f"its tree is in {where_view}, its record "
-                                            f"({record['state']}) says {VIEW_NAMES[record['where']]}/",
-                                            root, name))
+                                            f"({record['state']}) says {VIEW_NAMES[where]}/", root, name))
                 else:  # a second tree of the same id: the one the record names wins
                     findings.append(Finding("orphan-tree", name, f"{root}/{name}: a second tree of the job "
                                             f"({_summary(service, root, name)})", root, name))
@@ -269,7 +269,7 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
             if not here:
                 if elsewhere is None:
                     findings.append(Finding("missing-tree", job, f"its record ({record['state']}) says "
-                                            f"{VIEW_NAMES[record['where']]}/{job}, and there is no tree"))
+                                            f"{VIEW_NAMES[record.get('where') or '']}/{job}, and there is no tree"))
                 continue
             if live and job in busy:
                 continue
@@ -425,7 +425,7 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
         created = min(st.st_mtime, now)
         new = service.new_record(job, template, st.st_uid, st.st_gid, created, None, None)
         # Sealed from the start: nobody writes into it between this commit and the crash below.
-        new.update(areas={a: k.value for a, k in areas.items()}, where="quarantine", sealed=True)
+        new["areas"], new["where"], new["sealed"] = {a: k.value for a, k in areas.items()}, "quarantine", True
 
         def fn(w):
             if w.job(job) is not None:

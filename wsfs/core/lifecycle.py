@@ -39,6 +39,7 @@ import signal
 import stat
 import threading
 import time
+import typing
 import weakref
 from collections.abc import Callable
 
@@ -59,7 +60,16 @@ from .errors import (
     WsfsError,
 )
 from .limits import UsageMeter
-from .model import ENDED_STATES, JOB_ID_RE, AreaKind, JobState, check_transition, is_hidden_name, validate_job_id
+from .model import (
+    ENDED_STATES,
+    JOB_ID_RE,
+    AreaKind,
+    JobRecord,
+    JobState,
+    check_transition,
+    is_hidden_name,
+    validate_job_id,
+)
 from .store import RWLock, Store
 from .tree import Tree
 from .usage import add_area_usage, take_area_usage, usage_of
@@ -82,9 +92,10 @@ CACHE_SIZE = 8192
 HASH_CHUNK = 1 << 20
 
 
-def _due(record: dict, now: float) -> bool:
+def _due(record: JobRecord, now: float) -> bool:
     """Has the record's deadline passed, at the expiry index's millisecond grain?"""
-    return record.get("expires_at") is not None and int(record["expires_at"] * 1000) <= int(now * 1000)
+    deadline = record.get("expires_at")
+    return deadline is not None and int(deadline * 1000) <= int(now * 1000)
 
 
 def iso(t: float | None) -> str | None:
@@ -260,7 +271,7 @@ class JobService:
         self.clock = clock
         self.manifest = ManifestWriter(self)
         self.usage = UsageMeter(self)
-        self._cache: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
         self._locks: weakref.WeakValueDictionary[str, RWLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
@@ -326,7 +337,7 @@ class JobService:
         """Run ``fn(writer)`` -> list of changed records, in one transaction."""
         return self.store.transact(fn, on_commit=self._remember)
 
-    def update(self, job_id: str, change, event: tuple | None = None) -> dict:
+    def update(self, job_id: str, change, event: tuple | None = None) -> JobRecord:
         """Read-modify-write one record: ``change(record, writer)`` edits it in place."""
         def fn(w):
             record = w.job(job_id)
@@ -339,7 +350,7 @@ class JobService:
             return [record]
         return self.commit(fn)[0]
 
-    def get(self, job_id: str) -> dict | None:
+    def get(self, job_id: str) -> JobRecord | None:
         with self._cache_lock:
             record = self._cache.get(job_id)
         if record is not None:
@@ -352,13 +363,13 @@ class JobService:
                     self._cache.setdefault(job_id, record)
         return record
 
-    def require(self, job_id: str) -> dict:
+    def require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
         if record is None:
             raise NoSuchJobError(f"no job {job_id}")
         return record
 
-    def template(self, record: dict) -> Template:
+    def template(self, record: JobRecord) -> Template:
         try:
             return self.config.template(record["template"])
         except KeyError:
@@ -375,11 +386,11 @@ class JobService:
             return lock
 
     @staticmethod
-    def is_sealed(record: dict) -> bool:
+    def is_sealed(record: JobRecord) -> bool:
         return bool(record.get("sealed") or record.get("pending"))
 
     @staticmethod
-    def location(record: dict) -> tuple[str, str] | None:
+    def location(record: JobRecord) -> tuple[str, str] | None:
         """Where the job's tree is in the data dir: (root, rel), or None when it has none."""
         where = record.get("where")
         return (where, record["id"]) if where else None
@@ -397,7 +408,7 @@ class JobService:
     # -- creation -------------------------------------------------------------
 
     def new_record(self, job_id: str, template: Template, uid: int, gid: int, now: float,
-                   quota: int | None, max_files: int | None) -> dict:
+                   quota: int | None, max_files: int | None) -> JobRecord:
         return {
             "v": RECORD_VERSION, "id": job_id, "state": JobState.RUNNING.value,
             "template": template.name, "areas": {a: k.value for a, k in template.areas.items()},
@@ -414,7 +425,7 @@ class JobService:
     def create_job(self, job_id: str, uid: int, gid: int, *, mode: int = 0o755, template: str = "default",
                    quota: int | None = None, max_files: int | None = None, owner_pid: int | None = None,
                    extra: dict | None = None, labels: dict[str, str] | None = None,
-                   max_running: float | None = None) -> dict:
+                   max_running: float | None = None) -> JobRecord:
         """Make the record and the tree; durable before it returns.
 
         ``extra``: more record fields (``git``, ``origin``: see store.py), set in the same commit.
@@ -449,11 +460,12 @@ class JobService:
                 record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
                 record["owner"] = owner
                 lease = tmpl.max_running if max_running is None else max_running
-                record.update(labels=dict(labels or {}), max_running=lease, extensions=0,
-                              expires_at=None if lease is None else now + lease)  # a running job's: its lease
+                record["labels"] = dict(labels or {})
+                record["max_running"], record["extensions"] = lease, 0
+                record["expires_at"] = None if lease is None else now + lease  # a running job's: its lease
                 if tmpl.setup:
                     record["setup"] = tmpl.setup  # for `wsfs create`, which runs it as the user
-                record.update(extra or {})
+                record.update(typing.cast(JobRecord, extra or {}))  # git, origin: see store.py
 
                 def fn(w):
                     if w.job(job_id) is not None:
@@ -502,7 +514,7 @@ class JobService:
             if live >= self.config.max_jobs:
                 raise QuotaError(f"max_jobs ({self.config.max_jobs}) live workspaces reached")
 
-    def metered(self, record: dict) -> bool:
+    def metered(self, record: JobRecord) -> bool:
         """Does a change to this job go through the usage meter (a quota or max_files of its own,
         or its owner's quota_per_user)?  Most jobs have none: no cost then."""
         return bool(record.get("quota") or record.get("max_files") or self.config.limits_for(record["uid"])[1])
@@ -565,14 +577,14 @@ class JobService:
             self._reject(job_id, ".state", data, exc, uid)
             raise
 
-    def set_labels(self, job_id: str, labels: dict[str, str]) -> dict:
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> JobRecord:
         """Set (or replace) labels of a running job (``label KEY=VALUE`` on ``.state``)."""
         with self.mutation(job_id):
             def change(record, w):
                 record["labels"] = {**(record.get("labels") or {}), **labels}
             return self.update(job_id, change, ("labelled", {"labels": labels}))
 
-    def extend(self, job_id: str, seconds: float) -> dict:
+    def extend(self, job_id: str, seconds: float) -> JobRecord:
         """Push a job's deadline ``seconds`` further, at most ``max_extensions`` times: a running
         job's lease end, or an ended job's retention (when it is hidden; README "Notices
         before data goes").  A hidden job is restored first; a job with no deadline has
@@ -661,7 +673,7 @@ class JobService:
             raise
         return None
 
-    def set_stage(self, job_id: str, stage: str, drop: tuple[str, ...] = ()) -> dict:
+    def set_stage(self, job_id: str, stage: str, drop: tuple[str, ...] = ()) -> JobRecord:
         """Record a stage; the scratch areas it names (``drop=AREA``) or its template drops at
         it (``drop_on_stage``) are emptied in the same step."""
         areas = list(dict.fromkeys([*drop, *self.template(self.require(job_id)).drops_at(stage)]))
@@ -678,7 +690,7 @@ class JobService:
                 record["stages"].append({"name": stage, "at": now})
             return self.update(job_id, change, ("stage", {"stage": stage}))
 
-    def drop_areas(self, job_id: str, areas: list[str], stage: str | None = None) -> dict:
+    def drop_areas(self, job_id: str, areas: list[str], stage: str | None = None) -> JobRecord:
         """Empty scratch areas of a running job now (``drop AREA``, README "Dropping scratch
         during a run"), as completion does: each area is swapped with an empty twin and its
         old contents wait in the trash, O(1) whatever they hold.  Their usage leaves the
@@ -723,7 +735,7 @@ class JobService:
         self.view_changed(job_id)
         return record
 
-    def set_owner(self, job_id: str, pid: int) -> dict:
+    def set_owner(self, job_id: str, pid: int) -> JobRecord:
         owner = self._owner_of(pid)
         with self.lock(job_id).shared():
             def change(record, w):
@@ -735,7 +747,7 @@ class JobService:
 
     # -- transitions ------------------------------------------------------------
 
-    def transition(self, job_id: str, target: JobState, reason: str | None = None) -> dict:
+    def transition(self, job_id: str, target: JobState, reason: str | None = None) -> JobRecord:
         """Move a job to ``target`` (docs/spec.md §4, §6); returns the final record."""
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
@@ -766,7 +778,7 @@ class JobService:
             self._fault_point("intent")
             return self._finish(record)
 
-    def _finish(self, record: dict) -> dict:
+    def _finish(self, record: JobRecord) -> JobRecord:
         """Run the remaining steps of a recorded transition (idempotent)."""
         pending = record["pending"]
         target = JobState(pending["target"])
@@ -776,14 +788,14 @@ class JobService:
             self._fault_point(step)
         return record
 
-    def _set_step(self, job_id: str, step: str, extra=None) -> dict:
+    def _set_step(self, job_id: str, step: str, extra=None) -> JobRecord:
         def change(record, w):
             record["pending"]["step"] = step
             if extra:
                 extra(record, w)
         return self.update(job_id, change)
 
-    def _step_scratch(self, record: dict, target: JobState) -> dict:
+    def _step_scratch(self, record: JobRecord, target: JobState) -> JobRecord:
         job_id = record["id"]
         areas = self.template(record).scratch_areas() if target == JobState.COMPLETED else []
         areas = [a for a in areas if a in record["areas"]]
@@ -803,7 +815,7 @@ class JobService:
             self.manifest.drop(job_id, area)
         return record
 
-    def _step_quarantine(self, record: dict, target: JobState) -> dict:
+    def _step_quarantine(self, record: JobRecord, target: JobState) -> JobRecord:
         """A crashed job's tree moves to quarantine/ (docs/spec.md §7); idempotent."""
         job_id = record["id"]
         self.tree_closing(job_id)
@@ -816,14 +828,14 @@ class JobService:
                 record["where"] = "quarantine"
         return self._set_step(job_id, "quarantine", moved)
 
-    def _step_sealed(self, record: dict, target: JobState) -> dict:
+    def _step_sealed(self, record: JobRecord, target: JobState) -> JobRecord:
         self.tree_closing(record["id"])
 
         def seal(record, w):
             record["sealed"] = True
         return self._set_step(record["id"], "sealed", seal)
 
-    def _step_receipt(self, record: dict, target: JobState) -> dict:
+    def _step_receipt(self, record: JobRecord, target: JobState) -> JobRecord:
         job_id = record["id"]
         where = self.location(record)
         assert where is not None  # a job being ended has its tree
@@ -890,7 +902,7 @@ class JobService:
             record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
         return self._set_step(job_id, "receipt", store_hashes)
 
-    def _surviving_areas(self, record: dict, target: JobState) -> list[str]:
+    def _surviving_areas(self, record: JobRecord, target: JobState) -> list[str]:
         """The areas a job keeps in its ended state: all but the scratch ones at completion."""
         dropped = set(self.template(record).scratch_areas()) if target == JobState.COMPLETED else set()
         return [a for a in record["areas"] if a not in dropped]
@@ -963,7 +975,7 @@ class JobService:
         finally:
             os.close(dfd)
 
-    def read_receipt(self, record: dict) -> bytes | None:
+    def read_receipt(self, record: JobRecord) -> bytes | None:
         """The bytes of the job's ``receipt.json``, while its tree is there."""
         where = self.location(record)
         if where is None:
@@ -973,7 +985,7 @@ class JobService:
         except OSError:
             return None
 
-    def _step_tree(self, record: dict, target: JobState) -> dict:
+    def _step_tree(self, record: JobRecord, target: JobState) -> JobRecord:
         job_id = record["id"]
         self.tree_closing(job_id)
         where = self.location(record)
@@ -988,7 +1000,7 @@ class JobService:
             record["where"] = None
         return self._set_step(job_id, "tree", drop)
 
-    def _step_done(self, record: dict, target: JobState) -> dict:
+    def _step_done(self, record: JobRecord, target: JobState) -> JobRecord:
         pending = record["pending"]
         self.usage.forget(record["id"])
 
@@ -1028,7 +1040,7 @@ class JobService:
 
     # -- resume and restore (retention and crashes build on these) --------------
 
-    def resume(self, job_id: str) -> dict:
+    def resume(self, job_id: str) -> JobRecord:
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
             check_transition(JobState(record["state"]), JobState.RUNNING)
@@ -1067,7 +1079,7 @@ class JobService:
             if self.tree.move_to_trash("jobs", f"{job_id}/{RECEIPT_FILE}", f"{job_id}.receipt"):
                 self.trash_wake.set()
 
-    def restore(self, job_id: str) -> dict:
+    def restore(self, job_id: str) -> JobRecord:
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
             if not record.get("hidden") or not record.get("where"):
@@ -1085,22 +1097,22 @@ class JobService:
 
     # -- retention: hide and purge (the sweeper decides when) ---------------------
 
-    def hide(self, job_id: str, now: float) -> dict:
+    def hide(self, job_id: str, now: float) -> JobRecord:
         """Expired: gone from the view, data kept until the grace ends (docs/spec.md §4)."""
         return self._one(self.hide_many([job_id], now), job_id)
 
-    def purge(self, job_id: str, now: float) -> dict:
+    def purge(self, job_id: str, now: float) -> JobRecord:
         """Grace over: the tree goes to the trash, the record stays with its purge time."""
         return self._one(self.purge_many([job_id], now), job_id)
 
     @staticmethod
-    def _one(outcome: dict, job_id: str) -> dict:
+    def _one(outcome: dict, job_id: str) -> JobRecord:
         result = outcome[job_id]
         if isinstance(result, WsfsError):
             raise result
         return result
 
-    def hide_many(self, job_ids: list[str], now: float) -> dict[str, dict | WsfsError]:
+    def hide_many(self, job_ids: list[str], now: float) -> dict[str, JobRecord | WsfsError]:
         """Hide each due job; one store commit for all.  Returns job -> record or the refusal."""
         def change(record, w):
             if record.get("hidden") or not _due(record, now):
@@ -1111,7 +1123,7 @@ class JobService:
             return "hidden", {"purge_at": now + grace}
         return self._retire(job_ids, change)
 
-    def purge_many(self, job_ids: list[str], now: float, early: str | None = None) -> dict[str, dict | WsfsError]:
+    def purge_many(self, job_ids: list[str], now: float, early: str | None = None) -> dict[str, JobRecord | WsfsError]:
         """Purge each hidden, due job: trees to the trash, then one commit for all records.
 
         ``early`` (the sweeper under disk pressure) gives the reason to purge a job before its
@@ -1147,7 +1159,7 @@ class JobService:
             return "purged", {"state": record["state"], **({"reason": early} if early is not None else {})}
         return self._retire(job_ids, change, check)
 
-    def early_purge_refusal(self, record: dict, now: float) -> str | None:
+    def early_purge_refusal(self, record: JobRecord, now: float) -> str | None:
         """Why a job may not be purged before its time (under disk pressure), or None if it may:
         only an ended job with a tree, not ending or publishing, ended ``pressure_min_age`` ago."""
         if record["state"] not in {s.value for s in ENDED_STATES} or record.get("pending"):
@@ -1160,13 +1172,13 @@ class JobService:
             return "ended less than pressure_min_age ago"
         return None
 
-    def _retire(self, job_ids: list[str], change, check=None) -> dict[str, dict | WsfsError]:
+    def _retire(self, job_ids: list[str], change, check=None) -> dict[str, JobRecord | WsfsError]:
         """Apply ``change(record, writer) -> (event, fields)`` to many jobs under their locks, in one commit.
 
         ``check(record)`` runs first for each, outside the transaction (it may move
         trees); a job it or ``change`` refuses is left as it was.
         """
-        outcome: dict[str, dict | WsfsError] = {}
+        outcome: dict[str, JobRecord | WsfsError] = {}
         with contextlib.ExitStack() as locks:
             for job_id in sorted(set(job_ids)):  # one order everywhere: no deadlock between sweeps
                 locks.enter_context(self.lock(job_id).exclusive())
@@ -1201,7 +1213,7 @@ class JobService:
                 self.view_changed(job_id)
         return outcome
 
-    def tree_lost(self, job_id: str, now: float, reason: str, by: str) -> dict:
+    def tree_lost(self, job_id: str, now: float, reason: str, by: str) -> JobRecord:
         """A job whose tree is gone from the data dir (found by ``doctor``): the record says so,
         as a purge does, and a running job ends ``crashed`` by the state table (docs/spec.md §4),
         its record alone (no tree to quarantine or seal).  The caller holds the job's lock."""
@@ -1289,7 +1301,7 @@ class JobService:
             self.tree.move_to_trash("jobs", name, f"{name}.unfinished")
             self.trash_wake.set()
 
-    def tree_files(self, record: dict, hidden: list[str] | None = None) -> dict[str, os.stat_result]:
+    def tree_files(self, record: JobRecord, hidden: list[str] | None = None) -> dict[str, os.stat_result]:
         """The files of a job's tree that belong in its manifest: AREA/path -> stat.
 
         Not the receipt, and not libfuse's ``.fuse_hidden*`` names of unlinked
@@ -1308,7 +1320,7 @@ class JobService:
                 files[path] = st
         return files
 
-    def remove_hidden_leftovers(self, record: dict, paths: list[str]) -> int:
+    def remove_hidden_leftovers(self, record: JobRecord, paths: list[str]) -> int:
         """Unlink hidden names that no open file needs any more (after a crash, or left by an
         older wsfs or libfuse); the caller knows no file of the job is open.  Returns how many."""
         where = self.location(record)
@@ -1325,7 +1337,7 @@ class JobService:
             log.info("job %s: removed %d hidden name(s) of files unlinked while open", record["id"], removed)
         return removed
 
-    def rebuild_manifest(self, job_id: str) -> dict:
+    def rebuild_manifest(self, job_id: str) -> JobRecord:
         """Make a job's manifest equal to its tree (keeps hashes that still match).
 
         No file of the job may be open (recovery, doctor on an idle job): the hidden
@@ -1384,13 +1396,13 @@ JOB_DOCUMENT_FIELDS = (
 _DOCUMENT_TIMES = ("created", "state_since", "ended", "expires_at")
 
 
-def job_document(record: dict) -> dict:
+def job_document(record: JobRecord) -> dict:
     """``version``, the ``JOB_DOCUMENT_FIELDS`` (absent optional ones as null), each time also as
     ``*_iso``, ``location`` (``workspaces`` or ``quarantine``) and ``ending`` (the state a
     transition in flight goes to, else null)."""
     document = {"version": JOB_DOCUMENT_VERSION, **{key: record.get(key) for key in JOB_DOCUMENT_FIELDS}}
     for key in _DOCUMENT_TIMES:
-        document[key + "_iso"] = iso(record.get(key))
+        document[key + "_iso"] = iso(typing.cast(float | None, record.get(key)))
     document["location"] = {"jobs": "workspaces", "quarantine": "quarantine"}.get(record.get("where") or "")
     document["ending"] = (record.get("pending") or {}).get("target")
     document["sealed"] = bool(record.get("sealed") or record.get("pending"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+import typing
 
 from .errors import BadJobIdError, InvalidTransitionError
 
@@ -80,3 +81,47 @@ class AreaKind(str, enum.Enum):
 
 #: The default template: name -> {area: kind}.
 DEFAULT_TEMPLATE = {"input": AreaKind.INPUT, "output": AreaKind.KEEP, "temp": AreaKind.SCRATCH}
+
+
+class JobRecord(typing.TypedDict, total=False):
+    """A job's record as the store keeps it (``store.py``'s docstring; made by
+    ``JobService.new_record``).  The first group is in every record; the rest only in the
+    records that need them (readers use ``.get``)."""
+
+    v: int
+    id: str
+    state: str                      # a JobState value
+    template: str
+    areas: dict[str, str]           # area -> an AreaKind value
+    created: float
+    state_since: float
+    ended: float | None
+    uid: int
+    gid: int
+    owner: typing.Any               # None or {"pid", "create_time"} of the owning process
+    reason: str | None
+    stage: str | None
+    stages: list[dict]              # {"name", "at", "dropped"?}
+    history: list[dict]             # {"state", "at", "reason"?}
+    usage: dict[str, int]           # {"bytes", "files"}: the manifest's sum
+    area_usage: dict[str, list[int]]
+    quota: int
+    max_files: int
+    sealed: bool
+    pending: typing.Any             # None or a transition in flight: {"target", "reason", "at", "step", "from"}
+    where: str | None               # "jobs", "quarantine" or None once the tree is gone
+    hidden: bool
+    expires_at: float | None
+    purged_at: float | None
+    receipt_sha256: str | None
+    # optional
+    git: dict[str, str]
+    origin: str
+    setup: str | None
+    labels: dict[str, str]
+    max_running: float | None
+    extensions: int
+    notified: dict[str, float]
+    publish: typing.Any             # None or publishing's state (wsfs.core.publish)
+    shares: dict[str, str]          # "u:UID" | "g:GID" -> "r" | "rw"
+    purge_reason: str

@@ -63,6 +63,7 @@ import typing
 from . import metrics, syscalls
 from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
+from .model import JobRecord
 from .tree import names_in, split
 from .usage import take_area_usage
 
@@ -105,7 +106,7 @@ def new_round(template: Template, event: str, now: float) -> dict | None:
     }
 
 
-def queue(record: dict, template: Template, event: str, now: float) -> bool:
+def queue(record: JobRecord, template: Template, event: str, now: float) -> bool:
     """Put ``event``'s work into the record (inside the caller's transaction); True if there is any.
 
     ``completed`` starts a fresh round; another event adds its hook to what
@@ -127,7 +128,7 @@ def status_of(publish: dict | None) -> str | None:
     return None if not publish else publish.get("status")
 
 
-def expand_destination(to: str, record: dict) -> str:
+def expand_destination(to: str, record: JobRecord) -> str:
     """``to`` with {job} {template} {date} {owner}; {date} is the job's end date (UTC), so retries agree."""
     ended = record.get("ended") or record.get("state_since") or record["created"]
     try:
@@ -452,7 +453,7 @@ class Publisher:
 
     # -- one attempt
 
-    def attempt(self, job_id: str) -> dict:
+    def attempt(self, job_id: str) -> JobRecord:
         with self._lock:
             record = self.service.require(job_id)
             publish = record.get("publish")
@@ -488,7 +489,7 @@ class Publisher:
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _publish_target(self, record: dict, index: int, target: dict) -> dict:
+    def _publish_target(self, record: JobRecord, index: int, target: dict) -> JobRecord:
         job_id = record["id"]
         where = self.service.location(record)
         dest: str | None = None
@@ -518,7 +519,7 @@ class Publisher:
             item.update(dest=dest, error=error, status="pending" if error else "done")
         return self.service.update(job_id, change, event)
 
-    def hook_env(self, record: dict, event: str) -> tuple[dict, str]:
+    def hook_env(self, record: JobRecord, event: str) -> tuple[dict, str]:
         """The hook's environment and working directory (the workspace, through the mount when there is one)."""
         env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record["id"], "WSFS_STATE": record["state"],
                "WSFS_TEMPLATE": record["template"], "WSFS_EVENT": event, "WSFS_REASON": record.get("reason") or ""}
@@ -546,7 +547,7 @@ class Publisher:
                 env.setdefault(env_name(target["area"]).replace("WSFS_", "WSFS_PUBLISHED_", 1), target["dest"])
         return env, cwd
 
-    def _run_hook(self, record: dict, name: str, template: Template) -> dict:
+    def _run_hook(self, record: JobRecord, name: str, template: Template) -> JobRecord:
         job_id = record["id"]
         command = template.hooks.get(name)
         attempt = record["publish"]["attempts"] + 1
@@ -574,7 +575,7 @@ class Publisher:
             "hook": name, "exit": code, "error": error, "output": output, "duration_s": took, "attempt": attempt,
             "uid": record["uid"]}))
 
-    def _settle(self, record: dict, template: Template, errors: list[str]) -> dict:
+    def _settle(self, record: JobRecord, template: Template, errors: list[str]) -> JobRecord:
         job_id = record["id"]
         now = self.clock()
         publish = record["publish"]
@@ -611,7 +612,7 @@ class Publisher:
         return self.service.update(job_id, done, ("publish", {"status": "done",
                                                                 "attempts": publish["attempts"] + 1}))
 
-    def _move_areas(self, record: dict) -> dict:
+    def _move_areas(self, record: JobRecord) -> JobRecord:
         """``mode = "move"``: the published area leaves the workspace (its entries leave the manifest)."""
         job_id = record["id"]
         areas = [t["area"] for t in record["publish"]["targets"] if t["mode"] == "move"
@@ -635,7 +636,7 @@ class Publisher:
         service.view_changed(job_id)
         return record
 
-    def _delete_tree(self, record: dict) -> dict:
+    def _delete_tree(self, record: JobRecord) -> JobRecord:
         """``completed = "after-publish"``: the tree goes; the record and its receipt stay."""
         job_id = record["id"]
         service = self.service
@@ -663,7 +664,7 @@ class Publisher:
 # -- by hand (control: publish JOB [retry]) -------------------------------------------------
 
 
-def request(service, job_id: str, retry: bool, now: float) -> dict:
+def request(service, job_id: str, retry: bool, now: float) -> JobRecord:
     """Queue publishing by hand: start it, run a pending one now, or (``retry``) start a failed one over."""
     record = service.require(job_id)
     template = service.template(record)

@@ -42,7 +42,7 @@ import psutil
 from . import metrics
 from .errors import WsfsError
 from .lifecycle import JobService
-from .model import JobState
+from .model import JobRecord, JobState
 from .publish import HOOK_PATH, run_hook
 from .units import format_duration, format_size
 
@@ -217,6 +217,8 @@ class Sweeper:
         assert action.job is not None  # a notice is about a job
         record = service.require(action.job)
         deadline = record["expires_at"]
+        if deadline is None:
+            return  # extended or restored since the plan: no deadline to tell of
         step = "purge" if record.get("hidden") else "hide"
         template = service.template(record)
         env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record["id"], "WSFS_ACTION": step,
@@ -243,7 +245,7 @@ class Sweeper:
         for name in self.service.tree.listdir("trash", ""):
             self.service.tree.remove_tree("trash", name)
 
-    def _pressure_candidates(self, now: float) -> list[tuple[dict, str]]:
+    def _pressure_candidates(self, now: float) -> list[tuple[JobRecord, str]]:
         """Jobs that may go early, in the order they would: ``pressure``'s classes in turn,
         oldest first in each (hidden: by when they were hidden; a state: by when it ended)."""
         service = self.service

@@ -26,9 +26,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import typing
 
 from . import acl
 from .errors import BadCommandError, NotAllowedError, SealedError, WsfsError
+from .model import JobRecord
 
 _TAGS = {"u": acl.USER, "g": acl.GROUP}
 ACCESS_WORDS = {"r": False, "rw": True}
@@ -70,7 +72,7 @@ def _current(at: tuple[str, bool], name: str) -> list[acl.Entry] | None:
     return None
 
 
-def apply(service, record: dict, tag: int, ident: int, write: bool | None) -> list[str]:
+def apply(service, record: JobRecord, tag: int, ident: int, write: bool | None) -> list[str]:
     """Grant (``write`` True/False) or revoke (None) one principal on the job's whole tree.
     Returns the paths below the job's root that were changed (``""`` for the root)."""
     root, rel = service.location(record)
@@ -104,7 +106,7 @@ def apply(service, record: dict, tag: int, ident: int, write: bool | None) -> li
     return changed
 
 
-def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -> dict:
+def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -> JobRecord:
     """Grant ``who`` (``u:UID``/``g:GID``) ``access`` (``r``/``rw``), or revoke it (None)."""
     tag, ident = parse_principal(who)
     if not service.acls_enforced:
@@ -130,7 +132,7 @@ def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -
             del shares[who]
         else:
             shares[who] = access
-        probe = dict(record, shares=shares)
+        probe = typing.cast(JobRecord, {**record, "shares": shares})
         changed = apply(service, probe, tag, ident, None if access is None else ACCESS_WORDS[access])
 
         def change(record, w):

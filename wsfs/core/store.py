@@ -116,6 +116,7 @@ import lmdb
 import msgpack
 
 from .errors import StoreError
+from .model import JobRecord
 
 SCHEMA_VERSION = 2
 #: Store versions this code migrates on a writable open (``_migrate``); a read-only open reads them as they are.
@@ -231,14 +232,14 @@ class Reader:
         raw = self.txn.get(key, db=self._store.dbs[db])
         return None if raw is None else unpack(raw)
 
-    def job(self, job_id: str) -> dict | None:
+    def job(self, job_id: str) -> JobRecord | None:
         return self._get(b"jobs", job_id.encode())
 
     def meta(self, name: str, default=None):
         value = self._get(b"meta", name.encode())
         return default if value is None else value
 
-    def jobs(self) -> Iterator[dict]:
+    def jobs(self) -> Iterator[JobRecord]:
         with self.txn.cursor(db=self._store.dbs[b"jobs"]) as cursor:
             for _key, raw in cursor:
                 yield unpack(raw)
@@ -349,15 +350,16 @@ class Writer(Reader):
     def put_meta(self, name: str, value) -> None:
         self._put(b"meta", name.encode(), value)
 
-    def put_job(self, record: dict) -> None:
+    def put_job(self, record: JobRecord) -> None:
         """Store a record; keep its expiry and pending index keys in step."""
         old = self.job(record["id"])
         old_expiry = old.get("expires_at") if old else None
-        if old_expiry != record.get("expires_at"):
+        new_expiry = record.get("expires_at")
+        if old_expiry != new_expiry:
             if old_expiry is not None:
                 self.txn.delete(expiry_key(old_expiry, record["id"]), db=self._store.dbs[b"expiry"])
-            if record.get("expires_at") is not None:
-                self.txn.put(expiry_key(record["expires_at"], record["id"]), b"", db=self._store.dbs[b"expiry"])
+            if new_expiry is not None:
+                self.txn.put(expiry_key(new_expiry, record["id"]), b"", db=self._store.dbs[b"expiry"])
         key = record["id"].encode()
         pending_db = self._store.dbs[b"pending"]
         if record.get("pending"):
@@ -382,7 +384,7 @@ class Writer(Reader):
     def put_receipt(self, job_id: str, data: bytes) -> None:
         self.txn.put(job_id.encode(), bytes(data), db=self._store.dbs[b"receipts"])
 
-    def _count(self, old: dict | None, new: dict) -> None:
+    def _count(self, old: JobRecord | None, new: JobRecord) -> None:
         totals = self.totals()
         states = totals["states"]
         users = totals.setdefault("users", {})

@@ -11,6 +11,8 @@ Pure functions on a record (a dict) inside the caller's store transaction.
 
 from __future__ import annotations
 
+from .model import JobRecord
+
 
 def usage_of(entries) -> tuple[dict, dict[str, list[int]]]:
     """``(usage, area_usage)`` of manifest entries ``(path, entry)``; entry[0] is the size."""
@@ -24,7 +26,7 @@ def usage_of(entries) -> tuple[dict, dict[str, list[int]]]:
     return {"bytes": total[0], "files": total[1]}, by_area
 
 
-def add_area_usage(record: dict, deltas: dict[str, list[int]]) -> None:
+def add_area_usage(record: JobRecord, deltas: dict[str, list[int]]) -> None:
     """Move a record's usage by ``{area: [bytes, files]}`` deltas (never below zero)."""
     usage = record["usage"]
     by_area = record.setdefault("area_usage", {})
@@ -35,7 +37,7 @@ def add_area_usage(record: dict, deltas: dict[str, list[int]]) -> None:
         mine[0], mine[1] = max(mine[0] + dbytes, 0), max(mine[1] + dfiles, 0)
 
 
-def take_area_usage(record: dict, w, areas: list[str]) -> dict[str, dict]:
+def take_area_usage(record: JobRecord, w, areas: list[str]) -> dict[str, dict]:
     """Take areas' usage off a record, from its per-area sums; returns what each held.  ``w``
     (the store writer) counts an area's entries for a record from before per-area sums.
     Their manifest entries are the caller's to delete."""

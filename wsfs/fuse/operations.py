@@ -42,7 +42,7 @@ from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
 from ..core.hashing import Hasher, StreamHash
 from ..core.lifecycle import RECEIPT_FILE, JobService, manifest_bytes
-from ..core.model import JOB_ID_RE, is_hidden_name
+from ..core.model import JOB_ID_RE, JobRecord, is_hidden_name
 from ..core.tree import Tree
 from .binding import (
     CAP_DONT_MASK,
@@ -508,7 +508,7 @@ class WsfsOperations(Operations):
             pass  # the caller is gone: its primary group alone
         return uid, frozenset(groups)
 
-    def _may_read(self, caller: tuple[int, frozenset[int]] | None, record: dict) -> bool:
+    def _may_read(self, caller: tuple[int, frozenset[int]] | None, record: JobRecord) -> bool:
         """May ``caller`` read the job's root directory (by its mode, owner and group)?  A job
         without a tree any more is its owner's alone."""
         if caller is None:
@@ -559,7 +559,7 @@ class WsfsOperations(Operations):
                 lines.append(json.dumps(line, sort_keys=True).encode() + b"\n")
         return b"".join(lines)
 
-    def _retention_dates(self, record: dict) -> tuple[float | None, float | None]:
+    def _retention_dates(self, record: JobRecord) -> tuple[float | None, float | None]:
         """When an ended job will be hidden and purged (None: not, or not any more)."""
         expires = record.get("expires_at")
         if expires is None or record["state"] == "running" or not record.get("where"):
@@ -1472,7 +1472,10 @@ class WsfsOperations(Operations):
         record = self.service.require(node.job_id)
         if not record.get("shares"):
             raise FuseOSError(errno.ENODATA)
-        root_entries = acl.decode(self.tree.getxattr(record["where"], node.job_id, acl.ACCESS))
+        where = self.service.location(record)
+        if where is None:
+            raise FuseOSError(errno.ENODATA)
+        root_entries = acl.decode(self.tree.getxattr(where[0], where[1], acl.ACCESS))
         mode = self._vfile_attrs(node, 0)["st_mode"]
         entries = acl.from_mode(mode)
         for tag, perm, ident in root_entries:
