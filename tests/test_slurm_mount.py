@@ -12,6 +12,7 @@ skips, or fails under WSFS_REQUIRE_FUSE=1 (CI).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import REPO, MountedWsfs, require_fuse
 
@@ -141,6 +143,13 @@ class Cluster:
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
+        # A job's slurmstepd outlives a killed slurmd (the lost-epilog test): this cluster's, by
+        # their working dir (its spool), go too, or they stay behind after the run.
+        for proc in psutil.process_iter(["name", "cwd"]):
+            if (proc.info["name"] or "").startswith("slurmstepd") and \
+                    (proc.info["cwd"] or "").startswith(str(self.dir)):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
         self.mount.stop()
 
     def sinfo(self) -> str:
