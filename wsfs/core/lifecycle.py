@@ -60,6 +60,7 @@ from .errors import (
     WsfsError,
 )
 from .limits import UsageMeter
+from .manifest import ManifestWriter, manifest_bytes
 from .model import (
     ENDED_STATES,
     JOB_ID_RE,
@@ -72,7 +73,7 @@ from .model import (
 )
 from .store import RWLock, Store
 from .tree import Tree
-from .usage import add_area_usage, take_area_usage, usage_of
+from .usage import take_area_usage, usage_of
 
 log = logging.getLogger("wsfs.lifecycle")
 
@@ -111,140 +112,6 @@ def file_sha256(fd: int) -> bytes:
         digest.update(chunk)
         offset += len(chunk)
     return digest.digest()
-
-
-def manifest_line(path: str, entry: list) -> dict:
-    size, mtime_ns, _ino, sha = entry
-    return {"path": path, "area": path.split("/", 1)[0], "size": size, "mtime_ns": mtime_ns,
-            "sha256": sha.hex() if sha else None}
-
-
-def manifest_bytes(entries) -> bytes:
-    """The exact bytes of ``.manifest``: one sorted JSON line per file."""
-    return b"".join(json.dumps(manifest_line(p, e), sort_keys=True).encode() + b"\n" for p, e in entries)
-
-
-class ManifestWriter:
-    """Batches manifest changes into one store transaction per batch.
-
-    FUSE threads queue changes (``put``, ``delete``, ``rename``); the
-    ``wsfs-manifest`` thread, or anyone who needs the manifest current
-    (``flush``), applies the queue in order in one transaction, adjusting
-    each job's ``usage``.  A crash loses at most the queue; recovery
-    rebuilds the manifests of jobs that were running (``rebuild``).
-    """
-
-    def __init__(self, service: JobService):
-        self._service = service
-        self._ops: list[tuple] = []
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-
-    def put(self, job: str, path: str, st: os.stat_result, sha: bytes | None = None) -> None:
-        self._queue(("put", job, path, [st.st_size, st.st_mtime_ns, st.st_ino, sha]))
-
-    def delete(self, job: str, path: str) -> None:
-        self._queue(("delete", job, path))
-
-    def drop(self, job: str, area: str) -> None:
-        """Delete an area's entries whose usage the record no longer counts."""
-        self._queue(("drop", job, area))
-
-    def rename(self, job: str, src: str, dst: str) -> None:
-        self._queue(("rename", job, src, dst))
-
-    def retime(self, job: str, path: str, st: os.stat_result) -> None:
-        """A new mtime (utimens) on an unchanged file: the entry and its sha256 stay valid."""
-        self._queue(("retime", job, path, st.st_size, st.st_mtime_ns, st.st_ino))
-
-    def _queue(self, op: tuple) -> None:
-        with self._lock:
-            self._ops.append(op)
-            if len(self._ops) == 1:
-                self._wake.set()
-
-    def flush(self) -> None:
-        with self._flush_lock:
-            with self._lock:
-                ops, self._ops = self._ops, []
-                self._wake.clear()
-            if ops:
-                try:
-                    self._service.commit(lambda w: self._apply(w, ops))
-                except BaseException:
-                    with self._lock:  # nothing of the batch was stored: it goes first next time
-                        self._ops[:0] = ops
-                    raise
-
-    @staticmethod
-    def _apply(w, ops) -> list[dict]:
-        # job -> area -> [bytes, files]: usage is kept per area too, so that dropping a
-        # scratch area at completion is one subtraction, not a walk of its entries.
-        deltas: dict[str, dict[str, list[int]]] = collections.defaultdict(
-            lambda: collections.defaultdict(lambda: [0, 0]))
-
-        def account(job, path, old, new):
-            d = deltas[job][path.split("/", 1)[0]]
-            if old is not None:
-                d[0] -= old[0]
-                d[1] -= 1
-            if new is not None:
-                d[0] += new[0]
-                d[1] += 1
-
-        for op in ops:
-            kind, job = op[0], op[1]
-            if kind == "put":
-                account(job, op[2], w.put_manifest(job, op[2], op[3]), op[3])
-            elif kind == "delete":
-                for path, old in w.delete_manifest_prefix(job, op[2]):
-                    account(job, path, old, None)
-            elif kind == "drop":  # entries whose usage the caller already took off the record
-                w.delete_manifest_prefix(job, op[2])
-            elif kind == "retime":
-                entry = w.manifest_entry(job, op[2])
-                if entry is not None and entry[0] == op[3] and entry[2] == op[5]:
-                    entry[1] = op[4]
-                    w.put_manifest(job, op[2], entry)
-            else:  # rename: what is at dst goes, what is under src moves
-                src, dst = op[2], op[3]
-                for path, old in w.delete_manifest_prefix(job, dst):
-                    account(job, path, old, None)
-                for path, entry in w.delete_manifest_prefix(job, src):
-                    account(job, path, entry, None)  # a move, not a new file: it leaves src ...
-                    new_path = dst + path[len(src):]
-                    account(job, new_path, w.put_manifest(job, new_path, entry), entry)  # ... and lands at dst
-        records = []
-        for job, areas in deltas.items():
-            record = w.job(job)
-            if record is None or not any(b or f for b, f in areas.values()):
-                continue
-            add_area_usage(record, areas)
-            w.put_job(record)
-            records.append(record)
-        return records
-
-    def run(self, stop: threading.Event, interval: float = 0.05) -> None:
-        failing = False
-        while not stop.is_set():
-            self._wake.wait(1.0)
-            if stop.wait(interval):  # let a burst of changes gather into one commit
-                break
-            try:
-                self.flush()
-            except StoreError as exc:
-                # A full disk is no reason to stop the mount: the changes stay queued and are
-                # stored once a commit works again (the callers that flush get the errno).
-                if not failing:
-                    log.warning("manifest changes wait: %s; retrying every second", exc)
-                failing = True
-                stop.wait(1.0)
-                continue
-            if failing:
-                log.warning("manifest changes stored again")
-                failing = False
-        self.flush()
 
 
 def open_data_dir(data_dir: str, config: Config | None = None, *, clock=time.time) -> JobService:

@@ -8,7 +8,7 @@ Environment: ``DATA/store/`` (``data.mdb``, ``lock.mdb``), one per process,
 opened with ``max_dbs`` for the named sub-databases below.  Every commit is
 synchronous (``sync=True``): a write transaction that returned is on disk.
 Writes that happen per file (manifest entries) are therefore batched by the
-caller (``lifecycle.ManifestWriter``) into one transaction per batch.
+caller (``manifest.ManifestWriter``) into one transaction per batch.
 
 Sub-databases (keys are bytes; values msgpack unless said otherwise):
 

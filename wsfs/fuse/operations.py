@@ -41,7 +41,8 @@ from collections.abc import Callable
 from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
 from ..core.hashing import Hasher, StreamHash
-from ..core.lifecycle import RECEIPT_FILE, JobService, manifest_bytes
+from ..core.lifecycle import RECEIPT_FILE, JobService
+from ..core.manifest import manifest_bytes
 from ..core.model import JOB_ID_RE, JobRecord, is_hidden_name
 from ..core.tree import Tree
 from .binding import (
