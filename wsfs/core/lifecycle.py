@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime
 import errno
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -45,7 +43,7 @@ from collections.abc import Callable
 
 import psutil
 
-from . import control, metrics, publish, sharing
+from . import control, metrics, publish, receipts, sharing
 from .config import Config, Template, default_config
 from .errors import (
     BadCommandError,
@@ -56,11 +54,10 @@ from .errors import (
     QuotaError,
     SealedError,
     StoreError,
-    UnsafePathError,
     WsfsError,
 )
 from .limits import UsageMeter
-from .manifest import ManifestWriter, manifest_bytes
+from .manifest import ManifestWriter
 from .model import (
     ENDED_STATES,
     JOB_ID_RE,
@@ -71,15 +68,14 @@ from .model import (
     is_hidden_name,
     validate_job_id,
 )
+from .receipts import RECEIPT_FILE, iso
 from .store import RWLock, Store
 from .tree import Tree
-from .usage import take_area_usage, usage_of
+from .usage import add_area_usage, take_area_usage, usage_of
 
 log = logging.getLogger("wsfs.lifecycle")
 
 RECORD_VERSION = 1
-RECEIPT_FILE = "receipt.json"
-RECEIPT_VERSION = 1
 ENDING_STEPS = ("intent", "scratch", "sealed", "receipt", "done")
 CRASH_STEPS = ("intent", "quarantine", "sealed", "receipt", "done")
 ARCHIVE_STEPS = ("intent", "tree", "done")
@@ -90,28 +86,12 @@ def steps_for(target: JobState) -> tuple[str, ...]:
         return ARCHIVE_STEPS
     return CRASH_STEPS if target == JobState.CRASHED else ENDING_STEPS
 CACHE_SIZE = 8192
-HASH_CHUNK = 1 << 20
 
 
 def _due(record: JobRecord, now: float) -> bool:
     """Has the record's deadline passed, at the expiry index's millisecond grain?"""
     deadline = record.get("expires_at")
     return deadline is not None and int(deadline * 1000) <= int(now * 1000)
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def file_sha256(fd: int) -> bytes:
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, HASH_CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.digest()
 
 
 def open_data_dir(data_dir: str, config: Config | None = None, *, clock=time.time) -> JobService:
@@ -703,6 +683,8 @@ class JobService:
         return self._set_step(record["id"], "sealed", seal)
 
     def _step_receipt(self, record: JobRecord, target: JobState) -> JobRecord:
+        """Write ``receipt.json`` (wsfs.core.receipts) from the areas that stay, every kept file
+        hashed as it is now, and store what it found in the manifest (docs/spec.md §6)."""
         job_id = record["id"]
         where = self.location(record)
         assert where is not None  # a job being ended has its tree
@@ -714,9 +696,9 @@ class JobService:
         hashed, restated, gone = {}, {}, []
         for path, entry in entries.items():
             if path.split("/", 1)[0] in keep:
-                verified = self._verified_entry(root, f"{rel}/{path}", entry)
+                verified = receipts.verified_entry(self.tree, root, f"{rel}/{path}", entry, self.pending_digest)
             else:  # kept, not hashed (docs/spec.md §6); but a file still open when the job ended was last
-                verified = self._current_entry(root, f"{rel}/{path}", entry)  # recorded at its creation
+                verified = receipts.current_entry(self.tree, root, f"{rel}/{path}", entry)  # recorded at creation
             if verified is None:  # listed, but removed behind the daemon's back: no output, no entry
                 gone.append(path)
             elif path.split("/", 1)[0] in keep:
@@ -727,38 +709,16 @@ class JobService:
             del entries[path]
         entries.update(hashed)
         entries.update(restated)
-        ordered = sorted(entries.items())
-        outputs = [{"path": p, "size": e[0], "sha256": e[3].hex()} for p, e in ordered if p in hashed]
-        ended = record["pending"]["at"]
-        receipt = {
-            "receipt_version": RECEIPT_VERSION,
-            "job": job_id, "template": record["template"], "state": target.value,
-            "reason": record["pending"]["reason"],
-            "owner": {"uid": record["uid"], "gid": record["gid"],
-                      "pid": (record.get("owner") or {}).get("pid")},
-            "created": iso(record["created"]), "ended": iso(ended),
-            "duration_s": round(ended - record["created"], 3),
-            "stage": record.get("stage"),
-            "stages": [{"name": s["name"], "at": iso(s["at"]), **({"dropped": s["dropped"]} if "dropped" in s else {})}
-                       for s in record["stages"]],
-            "outputs": outputs,
-            "totals": {"files": len(entries), "bytes": sum(e[0] for e in entries.values()),
-                       "output_files": len(outputs), "output_bytes": sum(o["size"] for o in outputs)},
-            "manifest_sha256": hashlib.sha256(manifest_bytes(ordered)).hexdigest(),
-        }
-        if record.get("labels"):
-            receipt["labels"] = record["labels"]
-        data = (json.dumps(receipt, indent=2) + "\n").encode()
-        self._write_file_atomically(root, f"{rel}/{RECEIPT_FILE}", data)
+        data = receipts.receipt_bytes(record, target, sorted(entries.items()), hashed)
+        receipts.write_atomically(self.tree, root, f"{rel}/{RECEIPT_FILE}", data)
 
         def store_hashes(record, w):
-            by_area = record.setdefault("area_usage", {})
+            deltas: dict[str, list[int]] = {}
 
-            def count(path, dbytes, dfiles):  # usage is the manifest's sum, in all and by area (store.py)
-                record["usage"]["bytes"] = max(record["usage"]["bytes"] + dbytes, 0)
-                record["usage"]["files"] = max(record["usage"]["files"] + dfiles, 0)
-                mine = by_area.setdefault(path.split("/", 1)[0], [0, 0])
-                mine[0], mine[1] = max(mine[0] + dbytes, 0), max(mine[1] + dfiles, 0)
+            def count(path, dbytes, dfiles):  # usage is the manifest's sum, in all and by area (usage.py)
+                mine = deltas.setdefault(path.split("/", 1)[0], [0, 0])
+                mine[0] += dbytes
+                mine[1] += dfiles
             for path in gone:
                 old = w.delete_manifest(job_id, path)
                 if old is not None:
@@ -766,6 +726,7 @@ class JobService:
             for path, entry in {**hashed, **restated}.items():
                 old = w.put_manifest(job_id, path, entry)  # a file still open at the end grew since its entry
                 count(path, entry[0] - (old[0] if old else 0), 0 if old else 1)
+            add_area_usage(record, deltas)
             record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
         return self._set_step(job_id, "receipt", store_hashes)
 
@@ -789,58 +750,6 @@ class JobService:
                         self.manifest.drop(record["id"], area)
                         found += 1
         return found
-
-    def _current_entry(self, root: str, rel: str, entry: list) -> list | None:
-        """The entry of the file as it is now, unhashed if it changed; None when the file is gone."""
-        try:
-            st = self.tree.lstat(root, rel)
-        except FileNotFoundError:
-            return None
-        current = [st.st_size, st.st_mtime_ns, st.st_ino]
-        return entry if list(entry[:3]) == current else current + [None]
-
-    def _verified_entry(self, root: str, rel: str, entry: list) -> list | None:
-        """The entry with a sha256 that matches the file as it is now; None when the file is gone.
-
-        Gone also when the name is no regular file any more, or no longer reachable without
-        following a link (changed behind the daemon's back, docs/spec.md §2): that is no output, and
-        must not make every attempt to end the job fail (EISDIR, ELOOP) for ever.
-        """
-        try:
-            fd = self.tree.open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return None
-            raise
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            current = [st.st_size, st.st_mtime_ns, st.st_ino]
-            if entry[3] is not None and entry[:3] == current:
-                return entry
-            return current + [self.pending_digest(st.st_ino, st.st_size) or file_sha256(fd)]
-        finally:
-            os.close(fd)
-
-    def _write_file_atomically(self, root: str, rel: str, data: bytes) -> None:
-        tmp = rel + ".tmp"
-        fd = self.tree.open(root, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.tree.rename(root, tmp, root, rel)
-        dfd = self.tree.open_dir(root, rel.split("/")[:-1])
-        try:
-            rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
-            os.fsync(rfd)
-            os.close(rfd)
-        finally:
-            os.close(dfd)
 
     def read_receipt(self, record: JobRecord) -> bytes | None:
         """The bytes of the job's ``receipt.json``, while its tree is there."""
