@@ -169,7 +169,7 @@ def test_with_posix_acls_the_daemon_applies_the_umask_unless_a_default_acl_decid
     from wsfs.core import acl
 
     f = fs()
-    f.ops.posix_acl = True
+    f.ops.service.acls_enforced = True  # as init does when the kernel takes FUSE_CAP_POSIX_ACL
     f.caller.umask = 0o077
     f.ops.mkdir("/workspaces/j", 0o777)
     fi = f.fi(os.O_WRONLY | os.O_CREAT)

@@ -288,11 +288,12 @@ class Sweeper:
                 free, need = service.free_space()
         if free < need and service.config.pressure:
             short = need - free
-            busy = self._busy_jobs()
+            busy: set[str] | None = None  # the scan of every process's files, once, if anything may go
             batch = []
             for record, why in self._pressure_candidates(now):
                 if short <= 0:
                     break
+                busy = self._busy_jobs() if busy is None else busy
                 if record["id"] in busy:
                     actions.append(Action(record["id"], "skip", f"{PRESSURE_REASON}, but a process has files open"))
                     continue

@@ -246,12 +246,16 @@ class WsfsOperations(Operations):
         service.tree_closing = self._tree_closing
         service.area_dropping = self._area_dropping
         service.acl_changed = self._acl_changed
-        self.posix_acl = False  # negotiated at init: ACLs enforced by the kernel, umask applied here
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
 
     # -- libfuse setup ------------------------------------------------------
+
+    @property
+    def posix_acl(self) -> bool:
+        """Negotiated at init (``service.acls_enforced``): the kernel enforces ACLs, the umask is ours."""
+        return self.service.acls_enforced
 
     def init_with_config(self, conn, config):
         remember_session()
@@ -281,7 +285,7 @@ class WsfsOperations(Operations):
             both = CAP_POSIX_ACL | CAP_DONT_MASK
             if conn.capable & both == both and os.environ.get("WSFS_POSIX_ACL", "1") != "0":
                 conn.want |= both
-                self.posix_acl = self.service.acls_enforced = True
+                self.service.acls_enforced = True
 
     def destroy(self, path):
         end_session()  # libfuse frees the session next: no thread may invalidate through it after this
@@ -1000,7 +1004,8 @@ class WsfsOperations(Operations):
                     writers.discard(handle)
                     if not writers:
                         del self._writers[handle.ino]
-            if isinstance(handle, FileHandle) and self._dropped_open.get(handle.node.rel) is handle:
+            if self._dropped_open and isinstance(handle, FileHandle) \
+                    and self._dropped_open.get(handle.node.rel) is handle:
                 del self._dropped_open[handle.node.rel]
         if not isinstance(handle, FileHandle):
             return 0
@@ -1449,8 +1454,8 @@ class WsfsOperations(Operations):
         return {key: getattr(st, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                                                   "f_files", "f_ffree", "f_favail", "f_namemax")}
 
-    def _xattr_node(self, path) -> Node:
-        node = self._resolve(path)
+    def _xattr_node(self, path, node: Node | None = None) -> Node:
+        node = node or self._resolve(path)
         if node.kind in ("vdir", "vfile"):
             raise FuseOSError(errno.ENODATA)
         if node.kind == "absent":
@@ -1459,11 +1464,11 @@ class WsfsOperations(Operations):
 
     @op
     def getxattr(self, path, name, position=0):
-        if name == acl.ACCESS and self.posix_acl:
-            node = self._resolve(path)
-            if node.kind == "vfile" and node.job is not None and node.name != KEPT_RECEIPT:
-                return self._control_file_acl(node)
-        node = self._xattr_node(path)
+        node = self._resolve(path)  # once: with POSIX ACLs the kernel asks this of every inode it checks
+        if name == acl.ACCESS and self.posix_acl and node.kind == "vfile" and node.job is not None \
+                and node.name != KEPT_RECEIPT:
+            return self._control_file_acl(node)
+        node = self._xattr_node(path, node)
         return self.tree.getxattr(node.root, node.rel, name)
 
     def _control_file_acl(self, node: Node) -> bytes:
