@@ -1181,22 +1181,22 @@ def populate(data_dir: Path, *, jobs: int, due: int, due_mode: str | None, t_swe
                     size = 4096 + (i * 7919 + k * 104729) % (8 * MiB)
                     sha = (i * 1_000_003 + k).to_bytes(8, "big") * 4 if sealed else None
                     files.append((f"output/part-{k:05d}.bin", [size, int(created * 1e9), 1_000_000 + i * 64 + k, sha]))
-                record["usage"] = {"bytes": sum(f[1][0] for f in files), "files": len(files)}
+                record.usage = {"bytes": sum(f[1][0] for f in files), "files": len(files)}
                 if sealed:
                     ended = created + 3600
                     record.update(state="failed", state_since=ended, ended=ended, sealed=True, reason="bench")
-                    record["history"].append({"state": "failed", "at": ended, "reason": "bench"})
+                    record.history.append({"state": "failed", "at": ended, "reason": "bench"})
                     if i in due_set:
-                        record["expires_at"] = t_sweep - 1 - (i % 3600)
+                        record.expires_at = t_sweep - 1 - (i % 3600)
                         if due_mode == "purge":
-                            record["hidden"] = True
+                            record.hidden = True
                     else:
-                        record["expires_at"] = t_sweep + 60 + (i * 6048.0) % (7 * 86400)
+                        record.expires_at = t_sweep + 60 + (i * 6048.0) % (7 * 86400)
                 records.append(record)
                 manifest.extend((job, p, e) for p, e in files)
                 if trees == "all" or (trees == "due" and i in due_set):
                     tree.mkdir("jobs", job, 0o755)
-                    for area in record["areas"]:
+                    for area in record.areas:
                         tree.mkdir("jobs", f"{job}/{area}", 0o755)
 
             def fn(w, records=records, manifest=manifest):

@@ -57,7 +57,7 @@ def populate(data: Path, jobs: int, due: int, batch: int = 5000) -> None:
                 record = service.new_record(f"job-{i:07d}", template, 0, 0, ended - 3600, None, None)
                 record.update(state="failed", state_since=ended, ended=ended, sealed=True)
                 is_due = due and i % step == 0 and i // step < due
-                record["expires_at"] = NOW - 1 if is_due else NOW + 3600 + i
+                record.expires_at = NOW - 1 if is_due else NOW + 3600 + i
                 records.append(record)
 
             def fn(w, records=records):

@@ -54,8 +54,8 @@ def test_clone_copies_areas_without_following_symlinks(core):
     core.write_control(b"clone src new git_repo=/r git_branch=wsfs/new", 0, 0)
     new = job_path(core, "new")
     record = core.require("new")
-    assert record["state"] == "running" and record["origin"] == "src"
-    assert record["git"] == {"repo": "/r", "branch": "wsfs/new"}
+    assert record.state == "running" and record.origin == "src"
+    assert record.git == {"repo": "/r", "branch": "wsfs/new"}
     assert (new / "output" / "sub" / "data.bin").read_bytes() == b"x" * 5000
     assert os.readlink(new / "output" / "escape") == "/etc/passwd"  # a symlink, copied as one
     assert stat.S_IMODE(os.stat(new / "output" / "run.sh").st_mode) == 0o755
@@ -64,7 +64,7 @@ def test_clone_copies_areas_without_following_symlinks(core):
     assert (new / "temp" / "t").read_text() == "t\n"
     entries = dict(core.manifest_entries("new"))
     assert set(entries) == {"output/sub/data.bin", "output/run.sh", "temp/t"}
-    assert record["usage"] == {"bytes": 5000 + 10 + 2, "files": 3}
+    assert record.usage == {"bytes": 5000 + 10 + 2, "files": 3}
     assert (root / "output" / "sub" / "data.bin").exists()  # the source is untouched
 
 
@@ -77,7 +77,7 @@ def test_clone_carries_sha256_that_still_matches(core):
     entries = dict(core.manifest_entries("new"))
     assert entries["output/sub/data.bin"][3] == src_entries["output/sub/data.bin"][3]
     assert "temp/t" not in entries  # the completed job's scratch area is gone
-    assert core.require("new")["state"] == "running"
+    assert core.require("new").state == "running"
 
 
 def core_state(word):
@@ -89,12 +89,12 @@ def test_clone_permission_follows_the_modes(core):
     root = make_source(core)
     os.chmod(root, 0o755)
     core.write_control(b"clone src readable", 1000, 1000)
-    assert core.require("readable")["uid"] == 1000
+    assert core.require("readable").uid == 1000
     os.chmod(root / "output" / "run.sh", 0o700)
     with pytest.raises(AccessDeniedError):
         core.write_control(b"clone src one-file-hidden", 1000, 1000)
-    assert core.require("one-file-hidden")["state"] == "archived"  # undone: no workspace stays
-    assert not job_path(core, "one-file-hidden").exists() or core.require("one-file-hidden")["where"] is None
+    assert core.require("one-file-hidden").state == "archived"  # undone: no workspace stays
+    assert not job_path(core, "one-file-hidden").exists() or core.require("one-file-hidden").where is None
     os.chmod(root, 0o700)
     with pytest.raises(AccessDeniedError) as exc:
         core.write_control(b"clone src stolen", 1000, 1000)
@@ -118,8 +118,8 @@ def test_clone_over_the_limits_fails_whole(core):
     with pytest.raises(QuotaError):
         core.write_control(b"clone src over", 0, 0)
     record = core.require("over")
-    assert record["state"] == "archived" and record["where"] is None
-    assert "clone failed" in record["history"][1]["reason"]
+    assert record.state == "archived" and record.where is None
+    assert "clone failed" in record.history[1]["reason"]
     core.create_job("big", 0, 0, quota=100)
     (job_path(core, "big") / "output" / "f").write_bytes(b"y" * 200)
     core.rebuild_manifest("big")
@@ -227,7 +227,7 @@ def test_template_max_jobs_caps_its_live_workspaces(tmp_path):
             core.create_job("c", 0, 0, template="dev")  # completed still has its tree: still live
         core.transition("a", JobState.ARCHIVED)
         core.create_job("c", 0, 0, template="dev")
-        assert core.require("c")["template"] == "dev"
+        assert core.require("c").template == "dev"
     finally:
         core.manifest.flush()
         core.store.close()
@@ -241,10 +241,10 @@ def test_a_clone_keeps_usage_by_area_so_a_later_drop_gives_back_exactly_what_its
     make_source(core)
     core.write_control(b"clone src new", 0, 0)
     record = core.require("new")
-    assert record["area_usage"] == {"output": [5010, 2], "temp": [2, 1]}
+    assert record.area_usage == {"output": [5010, 2], "temp": [2, 1]}
     path = job_path(core, "new") / "temp" / "more"
     path.write_bytes(b"y" * 100)
     core.manifest.put("new", "temp/more", os.lstat(path))
     core.manifest.flush()
     core.drop_areas("new", ["temp"])
-    assert core.require("new")["usage"] == {"bytes": 5010, "files": 2}
+    assert core.require("new").usage == {"bytes": 5010, "files": 2}

@@ -25,7 +25,7 @@ from wsfs.core import errors
 from wsfs.core.config import parse_config
 from wsfs.core.lifecycle import ARCHIVE_STEPS, CRASH_STEPS, ENDING_STEPS, RECEIPT_FILE, RECORD_VERSION
 from wsfs.core.manifest import manifest_bytes
-from wsfs.core.model import JobState
+from wsfs.core.model import JobRecord, JobState
 
 NO_SUCH_PID = 1 << 22  # the grammar's ceiling; pid_max is at most this, so no process ever has it
 ENDED = {"completed", "failed", "cancelled", "crashed"}
@@ -65,7 +65,7 @@ def read_file(core, root: str, rel: str) -> bytes:
     return core.tree.read(root, rel)
 
 
-def stored(core, job: str) -> dict:
+def stored(core, job: str) -> JobRecord:
     with core.store.read() as r:
         return r.job(job)
 
@@ -91,12 +91,12 @@ def assert_receipt_valid(core, job: str) -> dict:
     record = stored(core, job)
     receipt, data = receipt_of(core, job)
     assert set(receipt) == RECEIPT_FIELDS
-    assert receipt["job"] == job and receipt["state"] == record["state"]
-    assert receipt["template"] == record["template"] and receipt["reason"] == record["reason"]
-    assert receipt["owner"]["uid"] == record["uid"] and receipt["owner"]["gid"] == record["gid"]
-    assert receipt["duration_s"] == pytest.approx(record["ended"] - record["created"], abs=1e-3)
+    assert receipt["job"] == job and receipt["state"] == record.state
+    assert receipt["template"] == record.template and receipt["reason"] == record.reason
+    assert receipt["owner"]["uid"] == record.uid and receipt["owner"]["gid"] == record.gid
+    assert receipt["duration_s"] == pytest.approx(record.ended - record.created, abs=1e-3)
     root, rel = core.location(record)
-    keep = {a for a, kind in record["areas"].items() if kind == "keep"}
+    keep = {a for a, kind in record.areas.items() if kind == "keep"}
     entries = core.manifest_entries(job)
     expected_outputs = sorted(p for p, _e in entries if p.split("/", 1)[0] in keep)
     assert [o["path"] for o in receipt["outputs"]] == expected_outputs
@@ -109,7 +109,7 @@ def assert_receipt_valid(core, job: str) -> dict:
         "output_files": len(receipt["outputs"]), "output_bytes": sum(o["size"] for o in receipt["outputs"]),
     }
     assert receipt["manifest_sha256"] == hashlib.sha256(manifest_bytes(entries)).hexdigest()
-    assert record["receipt_sha256"] == hashlib.sha256(data).hexdigest()
+    assert record.receipt_sha256 == hashlib.sha256(data).hexdigest()
     return receipt
 
 
@@ -132,16 +132,16 @@ def populate(core, job: str) -> dict[str, bytes]:
 def test_create_job_record_and_tree(core, clock):
     record = core.create_job("job1", 1234, 5678)
     assert record == stored(core, "job1")
-    assert record["v"] == RECORD_VERSION
-    assert record["id"] == "job1" and record["state"] == "running"
-    assert record["created"] == clock.now and record["state_since"] == clock.now
-    assert record["uid"] == 1234 and record["gid"] == 5678
-    assert record["template"] == "default"
-    assert record["areas"] == {"input": "input", "output": "keep", "temp": "scratch"}
-    assert record["history"] == [{"state": "running", "at": clock.now}]
-    assert record["usage"] == {"bytes": 0, "files": 0}
-    assert record["sealed"] is False and record["pending"] is None and record["where"] == "jobs"
-    assert record["ended"] is None and record["expires_at"] is None and record["owner"] is None
+    assert record.v == RECORD_VERSION
+    assert record.id == "job1" and record.state == "running"
+    assert record.created == clock.now and record.state_since == clock.now
+    assert record.uid == 1234 and record.gid == 5678
+    assert record.template == "default"
+    assert record.areas == {"input": "input", "output": "keep", "temp": "scratch"}
+    assert record.history == [{"state": "running", "at": clock.now}]
+    assert record.usage == {"bytes": 0, "files": 0}
+    assert record.sealed is False and record.pending is None and record.where == "jobs"
+    assert record.ended is None and record.expires_at is None and record.owner is None
     assert sorted(core.tree.listdir("jobs", "job1")) == ["input", "output", "temp"]
     for rel in ("job1", "job1/input", "job1/output", "job1/temp"):
         st = core.tree.lstat("jobs", rel)
@@ -161,7 +161,7 @@ def test_create_job_is_durable(tmp_path, clock):
     core.tree.close()
     again = make_core(tmp_path / "data", clock)
     try:
-        assert again.require("job1")["uid"] == 1
+        assert again.require("job1").uid == 1
         assert sorted(again.tree.listdir("jobs", "job1")) == ["input", "output", "temp"]
     finally:
         again.store.close()
@@ -170,8 +170,8 @@ def test_create_job_is_durable(tmp_path, clock):
 
 def test_create_job_options(core):
     record = core.create_job("job1", 1, 1, mode=0o700, quota=1 << 20, max_files=3, owner_pid=os.getpid())
-    assert record["quota"] == 1 << 20 and record["max_files"] == 3
-    assert record["owner"]["pid"] == os.getpid() and record["owner"]["create_time"] > 0
+    assert record.quota == 1 << 20 and record.max_files == 3
+    assert record.owner["pid"] == os.getpid() and record.owner["create_time"] > 0
     assert stat.S_IMODE(core.tree.lstat("jobs", "job1").st_mode) == 0o700
     with core.store.read() as r:
         assert [j for j, _o in r.owners()] == ["job1"]
@@ -183,7 +183,7 @@ def test_create_with_a_template(tmp_path, clock):
     core = make_core(tmp_path / "data", clock, config)
     try:
         record = core.create_job("m1", 1, 1, template="media")
-        assert record["template"] == "media" and record["quota"] == 1 << 30
+        assert record.template == "media" and record.quota == 1 << 30
         assert sorted(core.tree.listdir("jobs", "m1")) == ["audio", "output", "video"]
         write_file(core, "m1", "audio/a.wav", b"a" * 10)
         write_file(core, "m1", "output/o", b"o")
@@ -213,7 +213,7 @@ def test_create_reused_id(core):
     assert not core.tree.exists("jobs", "job1")
     with pytest.raises(errors.JobExistsError):
         core.create_job("job1", 1, 1)
-    assert stored(core, "job1")["state"] == "archived"
+    assert stored(core, "job1").state == "archived"
 
 
 def test_create_unknown_template(core):
@@ -232,7 +232,7 @@ def test_create_with_a_gone_owner(core):
 def test_create_through_control(core):
     core.write_control(b"create job1 quota=1K max_files=2", uid=7, gid=8)
     record = stored(core, "job1")
-    assert (record["uid"], record["gid"], record["quota"], record["max_files"]) == (7, 8, 1024, 2)
+    assert (record.uid, record.gid, record.quota, record.max_files) == (7, 8, 1024, 2)
     with pytest.raises(errors.JobExistsError):
         core.write_control(b"create job1")
     [rejected] = events(core, "rejected")
@@ -286,11 +286,11 @@ def test_stage_and_owner(core, clock):
     core.write_state("job1", b"stage converting")
     core.write_state("job1", f"owner {os.getpid()}".encode())
     record = stored(core, "job1")
-    assert record["stage"] == "converting"
-    assert record["stages"] == [{"name": "preparing", "at": clock.now - 5}, {"name": "converting", "at": clock.now}]
-    assert record["owner"]["pid"] == os.getpid()
+    assert record.stage == "converting"
+    assert record.stages == [{"name": "preparing", "at": clock.now - 5}, {"name": "converting", "at": clock.now}]
+    assert record.owner["pid"] == os.getpid()
     with core.store.read() as r:
-        assert r.owners() == [("job1", record["owner"])]
+        assert r.owners() == [("job1", record.owner)]
     assert [e["stage"] for e in events(core, "stage")] == ["preparing", "converting"]
     clock.advance(5)
     core.write_state("job1", b"failed converter crashed")
@@ -316,11 +316,11 @@ def test_ending(core, clock, word, reason, expiry):
     core.write_state("job1", word)
     target = word.split()[0].decode()
     record = stored(core, "job1")
-    assert record["state"] == target and record["reason"] == reason
-    assert record["sealed"] is True and record["pending"] is None
-    assert record["ended"] == clock.now and record["state_since"] == clock.now
-    assert record["expires_at"] == (None if expiry is None else clock.now + expiry)
-    assert record["history"][-1] == {"state": target, "at": clock.now, "reason": reason}
+    assert record.state == target and record.reason == reason
+    assert record.sealed is True and record.pending is None
+    assert record.ended == clock.now and record.state_since == clock.now
+    assert record.expires_at == (None if expiry is None else clock.now + expiry)
+    assert record.history[-1] == {"state": target, "at": clock.now, "reason": reason}
     with core.store.read() as r:
         assert r.pending_ids() == []
         assert list(r.due(10 ** 12)) == ([] if expiry is None else [(clock.now + expiry, "job1")])
@@ -338,7 +338,7 @@ def test_ending(core, clock, word, reason, expiry):
         assert kept == files   # everything kept; temp is not hashed
         assert all(not o["path"].startswith("temp/") for o in receipt["outputs"])
     assert {p for p, _e in core.manifest_entries("job1")} == set(kept)
-    assert record["usage"] == {"bytes": sum(map(len, kept.values())), "files": len(kept)}
+    assert record.usage == {"bytes": sum(map(len, kept.values())), "files": len(kept)}
     assert stat.S_IMODE(core.tree.lstat("jobs", f"job1/{RECEIPT_FILE}").st_mode) == 0o444
     with pytest.raises(errors.SealedError) as info:
         with core.mutation("job1"):
@@ -366,8 +366,8 @@ def test_receipt_when_a_listed_file_is_gone(core):
     core.tree.unlink("jobs", "job1/output/gone")
     core.write_state("job1", b"completed")
     record = stored(core, "job1")
-    assert record["state"] == "completed" and record["pending"] is None
-    assert record["usage"] == {"bytes": 4, "files": 1}
+    assert record.state == "completed" and record.pending is None
+    assert record.usage == {"bytes": 4, "files": 1}
     receipt = assert_receipt_valid(core, "job1")
     assert [o["path"] for o in receipt["outputs"]] == ["output/a"]
 
@@ -379,8 +379,8 @@ def test_archived(core, clock):
     clock.advance(10)
     core.write_state("job1", b"archived\n")
     record = stored(core, "job1")
-    assert record["state"] == "archived" and record["where"] is None and record["expires_at"] is None
-    assert record["history"][-1]["state"] == "archived"
+    assert record.state == "archived" and record.where is None and record.expires_at is None
+    assert record.history[-1]["state"] == "archived"
     assert not core.tree.exists("jobs", "job1")
     assert [n for n in core.tree.listdir("trash", "") if n.startswith("job1.archived.")]
     assert core.manifest_entries("job1") == []
@@ -399,7 +399,7 @@ def test_archive_a_crashed_job(core):
     assert_receipt_valid(core, "job1")
     core.write_state("job1", b"archived")
     assert not core.tree.exists("quarantine", "job1")
-    assert stored(core, "job1")["state"] == "archived"
+    assert stored(core, "job1").state == "archived"
 
 
 @pytest.mark.parametrize("setup, command, code", [
@@ -436,7 +436,7 @@ def test_rejected_writes_change_nothing_and_are_recorded(core, setup, command, c
     command = command.replace(b"SELF", str(os.getpid()).encode())
     before = stored(core, "job1")
     manifest_before = core.manifest_entries("job1")
-    files_before = tree_files(core, "job1") if before["where"] else None
+    files_before = tree_files(core, "job1") if before.where else None
     with pytest.raises(errors.WsfsError) as info:
         core.write_state("job1", command)
     assert info.value.errno == code
@@ -472,7 +472,7 @@ def test_a_job_already_ending_refuses_another_transition(core):
     core.create_job("job1", 1, 1)
 
     def begin(record, w):
-        record["pending"] = {"target": "completed", "reason": None, "at": 0.0, "step": "intent", "from": "running"}
+        record.pending = {"target": "completed", "reason": None, "at": 0.0, "step": "intent", "from": "running"}
     core.update("job1", begin)
     with pytest.raises(errors.SealedError) as info:
         core.write_state("job1", b"failed")
@@ -485,7 +485,7 @@ def test_a_job_already_ending_refuses_another_transition(core):
 def test_mutation_while_running(core):
     core.create_job("job1", 1, 1)
     with core.mutation("job1") as record:
-        assert record["id"] == "job1"
+        assert record.id == "job1"
     with pytest.raises(errors.NoSuchJobError):
         with core.mutation("absent"):
             pass
@@ -501,7 +501,7 @@ class FakeStat:
 
 def usage(core, job):
     core.manifest.flush()
-    return tuple(stored(core, job)["usage"].values())
+    return tuple(stored(core, job).usage.values())
 
 
 def paths(core, job):
@@ -527,7 +527,7 @@ def test_manifest_put_delete_usage(core):
     m.delete("j", "output/d")                   # a directory removed with what it held
     assert usage(core, "j") == (24, 2)
     assert paths(core, "j") == {"output/b": 20, "output/dd": 4}
-    assert stored(core, "j")["usage"] == {"bytes": 24, "files": 2}
+    assert stored(core, "j").usage == {"bytes": 24, "files": 2}
 
 
 def test_manifest_renames(core):
@@ -596,8 +596,8 @@ def test_rebuild_manifest_equals_the_tree(core):
         assert entries[path][:3] == [file_st.st_size, file_st.st_mtime_ns, file_st.st_ino]
     assert entries["output/hashed"][3] == hashlib.sha256(b"keep my hash").digest()   # still valid: kept
     assert entries["output/changed"][3] is None                                      # stale: dropped
-    assert record["usage"] == {"bytes": sum(st.st_size for st in walked.values()), "files": 4}
-    assert stored(core, "j")["usage"] == record["usage"]
+    assert record.usage == {"bytes": sum(st.st_size for st in walked.values()), "files": 4}
+    assert stored(core, "j").usage == record.usage
 
 
 # -- resume and recovery ---------------------------------------------------------------------------
@@ -610,9 +610,9 @@ def test_resume_a_failed_job(core, clock):
     clock.advance(60)
     record = core.resume("job1")
     assert record == stored(core, "job1")
-    assert record["state"] == "running" and record["sealed"] is False and record["reason"] is None
-    assert record["ended"] is None and record["expires_at"] is None and record["receipt_sha256"] is None
-    assert record["history"][-1] == {"state": "running", "at": clock.now, "reason": "resumed"}
+    assert record.state == "running" and record.sealed is False and record.reason is None
+    assert record.ended is None and record.expires_at is None and record.receipt_sha256 is None
+    assert record.history[-1] == {"state": "running", "at": clock.now, "reason": "resumed"}
     assert not core.tree.exists("jobs", f"job1/{RECEIPT_FILE}")
     assert tree_files(core, "job1") == files          # files already produced stay
     with core.store.read() as r:
@@ -629,7 +629,7 @@ def test_resume_a_crashed_job_brings_its_tree_back(core):
     core.resume("job1")
     assert core.tree.exists("jobs", "job1") and not core.tree.exists("quarantine", "job1")
     assert tree_files(core, "job1") == files
-    assert stored(core, "job1")["where"] == "jobs"
+    assert stored(core, "job1").where == "jobs"
     with core.mutation("job1"):
         pass
 
@@ -650,9 +650,9 @@ def test_resume_through_control_checks_the_owner(core):
     core.write_state("job1", b"failed")
     with pytest.raises(errors.NotAllowedError):
         core.write_control(b"resume job1", uid=2000)
-    assert stored(core, "job1")["state"] == "failed"
+    assert stored(core, "job1").state == "failed"
     core.write_control(b"resume job1", uid=1000)
-    assert stored(core, "job1")["state"] == "running"
+    assert stored(core, "job1").state == "running"
 
 
 def reopen(core, data_dir, clock, config=None):
@@ -678,14 +678,14 @@ def test_recover_after_a_daemon_crash(tmp_path, clock, on_crash):
         record = stored(core, "run")
         assert set(dict(core.manifest_entries("run"))) == set(files)   # rebuilt from the tree
         if on_crash == "quarantine":
-            assert record["state"] == "crashed" and record["reason"] == "the wsfs daemon crashed"
+            assert record.state == "crashed" and record.reason == "the wsfs daemon crashed"
             assert core.tree.exists("quarantine", "run") and not core.tree.exists("jobs", "run")
             assert_receipt_valid(core, "run")
         else:
-            assert record["state"] == "running" and core.tree.exists("jobs", "run")
+            assert record.state == "running" and core.tree.exists("jobs", "run")
         assert tree_files(core, "run") == files
-        assert record["usage"] == {"bytes": sum(map(len, files.values())), "files": len(files)}
-        assert stored(core, "done")["state"] == "completed"
+        assert record.usage == {"bytes": sum(map(len, files.values())), "files": len(files)}
+        assert stored(core, "done").state == "completed"
     finally:
         core.store.close()
         core.tree.close()
@@ -746,7 +746,7 @@ def scenario(data_dir, clock, monkeypatch, target: str, crash=None, step=None):
 
 
 def comparable(core) -> dict:
-    record = dict(stored(core, "job1"))
+    record = stored(core, "job1").to_stored()
     for key in ("receipt_sha256",):   # covers mtimes through the manifest digest: checked separately
         record.pop(key)
     out = {"record": record, "pending": None, "transitions": None, "files": None, "receipt": None, "manifest": None}
@@ -810,7 +810,7 @@ def test_an_interrupted_ending_is_finished_by_recovery(tmp_path, monkeypatch, ta
 def test_recovery_with_nothing_to_do(core):
     core.create_job("job1", 1, 1)
     assert core.recover(unclean=False) == []
-    assert stored(core, "job1")["state"] == "running"
+    assert stored(core, "job1").state == "running"
 
 
 # -- the state machine ----------------------------------------------------------------------------
@@ -977,17 +977,17 @@ class LifecycleMachine(RuleBasedStateMachine):
         for job, model in self.model.items():
             state = model["state"]
             record = stored(core, job)
-            assert record["state"] == state and record["pending"] is None
+            assert record.state == state and record.pending is None
             ended = state in ENDED
             # sealed iff ended (an archived job stays sealed: it ended before it was archived)
-            assert record["sealed"] == (state != "running")
+            assert record.sealed == (state != "running")
             if state == "archived":
-                assert record["where"] is None
+                assert record.where is None
                 assert not core.tree.exists("jobs", job) and not core.tree.exists("quarantine", job)
                 assert core.manifest_entries(job) == []
                 continue
             root = "quarantine" if state == "crashed" else "jobs"
-            assert record["where"] == root
+            assert record.where == root
             # temp/ absent iff completed
             assert core.tree.exists(root, f"{job}/temp") == (state != "completed")
             # receipt present iff ended
@@ -995,7 +995,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert tree_files(core, job) == model["files"]
             entries = core.manifest_entries(job)
             assert {p: e[0] for p, e in entries} == {p: len(d) for p, d in model["files"].items()}
-            assert record["usage"] == {"bytes": sum(map(len, model["files"].values())),
+            assert record.usage == {"bytes": sum(map(len, model["files"].values())),
                                        "files": len(model["files"])}
             if ended:
                 # receipt hashes equal the files' real sha256 (and the model's bytes)

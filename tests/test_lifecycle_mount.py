@@ -506,7 +506,7 @@ def _assert_nothing_pending(m, job: str, state: str) -> None:
             mount = r.meta("mount", {})
     finally:
         store.close()
-    assert (record["state"], record["pending"], record["sealed"]) == (state, None, True)
+    assert (record.state, record.pending, record.sealed) == (state, None, True)
     assert mount["state"] == "clean"
 
 

@@ -114,11 +114,11 @@ def test_limits_come_from_the_template_unless_given(tmp_path, clock):
                                'areas = { audio = "scratch", output = "keep" }\nquota = "5G"\n')
     core = make_core(tmp_path / "data", clock, config)
     try:
-        assert (core.create_job("a", 0, 0)["quota"], core.get("a")["max_files"]) == (2 * MIB, 9)
+        assert (core.create_job("a", 0, 0).quota, core.get("a").max_files) == (2 * MIB, 9)
         media = core.create_job("b", 0, 0, template="media")
-        assert (media["quota"], media["max_files"]) == (5 << 30, 9)
+        assert (media.quota, media.max_files) == (5 << 30, 9)
         given = core.create_job("c", 0, 0, template="media", quota=MIB, max_files=1)
-        assert (given["quota"], given["max_files"]) == (MIB, 1)
+        assert (given.quota, given.max_files) == (MIB, 1)
     finally:
         core.store.close()
         core.tree.close()

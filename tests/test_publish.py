@@ -19,7 +19,7 @@ from wsfs.core.config import ConfigError
 from wsfs.core.control import parse_control_command
 from wsfs.core.doctor import diagnose
 from wsfs.core.errors import BadCommandError, BadJobIdError, NotAllowedError
-from wsfs.core.model import JobState
+from wsfs.core.model import JobRecord, JobState
 from wsfs.core.publish import Publisher, expand_destination
 
 
@@ -139,16 +139,16 @@ def test_completion_queues_and_returns_before_publishing(pub, tmp_path):
     service, publisher, clock = pub(f'publish = [{{ area = "output", to = "{tmp_path}/lib/{{job}}" }}]')
     job = job_with_outputs(service)
     record = service.transition(job, JobState.COMPLETED)
-    assert record["state"] == "completed"
-    assert record["publish"]["status"] == "pending" and record["publish"]["attempts"] == 0
+    assert record.state == "completed"
+    assert record.publish["status"] == "pending" and record.publish["attempts"] == 0
     assert not (tmp_path / "lib").exists()  # nothing happened inside the transition
     with service.store.read() as r:
         assert r.publish_queue() == [(job, clock.now)]
     assert service.publish_wake.is_set()
     assert publisher.process_due() == [job]
     record = service.require(job)
-    assert record["publish"]["status"] == "done"
-    assert record["publish"]["targets"][0] == {"area": "output", "to": f"{tmp_path}/lib/{{job}}", "mode": "copy",
+    assert record.publish["status"] == "done"
+    assert record.publish["targets"][0] == {"area": "output", "to": f"{tmp_path}/lib/{{job}}", "mode": "copy",
                                                "replace": False, "status": "done", "dest": f"{tmp_path}/lib/j1",
                                                "error": None}
     assert tree_of(tmp_path / "lib" / "j1") == {"a.txt": b"alpha\n", "sub/b.bin": b"\0" * 5000}
@@ -168,14 +168,14 @@ publish = [{{ area = "input", to = "{tmp_path}/archive/{{job}}" }},
     receipt = service.tree.lstat("jobs", "j1/receipt.json")
     publisher.process_due()
     record = service.require(job)
-    assert record["publish"]["status"] == "done" and record["publish"]["moved"] == ["output"]
+    assert record.publish["status"] == "done" and record.publish["moved"] == ["output"]
     assert tree_of(tmp_path / "archive" / "j1") == {"src.wav": b"RIFF"}
     assert tree_of(tmp_path / "library" / "pub-j1") == {"a.txt": b"alpha\n", "sub/b.bin": b"\0" * 5000}
     assert not service.tree.exists("jobs", "j1/output")
     assert service.tree.exists("jobs", "j1/input/src.wav")
     assert [p for p, _e in service.manifest_entries(job)] == ["input/src.wav"]
-    assert record["usage"] == {"bytes": 4, "files": 1}
-    assert record["area_usage"] == {"input": [4, 1]}  # the moved area's sums left with it
+    assert record.usage == {"bytes": 4, "files": 1}
+    assert record.area_usage == {"input": [4, 1]}  # the moved area's sums left with it
     after = service.tree.lstat("jobs", "j1/receipt.json")
     assert (after.st_ino, after.st_mtime_ns) == (receipt.st_ino, receipt.st_mtime_ns)  # the receipt is unchanged
     assert [e["areas"] for e in events(service, "moved")] == [["output"]]
@@ -201,13 +201,13 @@ def test_an_existing_destination_is_never_overwritten_silently(pub, tmp_path):
         assert publisher.process_due() == [job]
         assert publisher.process_due() == []  # not due again before its backoff
         record = service.require(job)
-        assert record["publish"]["attempts"] == attempt
-        assert "exists" in record["publish"]["error"] and "replace = true" in record["publish"]["error"]
+        assert record.publish["attempts"] == attempt
+        assert "exists" in record.publish["error"] and "replace = true" in record.publish["error"]
         if attempt < 4:
-            assert record["publish"]["status"] == "pending"
-            assert record["publish"]["next_at"] == clock.now + 10 * 2 ** (attempt - 1)
+            assert record.publish["status"] == "pending"
+            assert record.publish["next_at"] == clock.now + 10 * 2 ** (attempt - 1)
             clock.advance(10 * 2 ** (attempt - 1))
-    assert record["publish"]["status"] == "failed" and record["publish"]["targets"][0]["status"] == "failed"
+    assert record.publish["status"] == "failed" and record.publish["targets"][0]["status"] == "failed"
     assert tree_of(dest) == {"old": b"someone else's"}
     assert sorted(os.listdir(dest.parent)) == ["j1"]
     assert service.tree.exists("jobs", "j1/output/a.txt")
@@ -222,7 +222,7 @@ def test_replace_swaps_the_destination_atomically(pub, tmp_path):
     service, publisher, _clock, job = completed_over(
         pub, dest, "previous version", f'publish = [{{ area = "output", to = "{dest}", replace = true }}]')
     publisher.process_due()
-    assert service.require(job)["publish"]["status"] == "done"
+    assert service.require(job).publish["status"] == "done"
     assert tree_of(dest) == {"a.txt": b"alpha\n", "sub/b.bin": b"\0" * 5000}
     assert os.listdir(dest.parent) == ["j1"]
     assert [e["outcome"] for e in events(service, "published")] == ["replaced"]
@@ -238,7 +238,7 @@ def test_a_destination_that_already_holds_this_result_counts_as_published(pub, t
     (tmp_path / "lib" / "j1" / "sub" / "b.bin").write_bytes(b"\0" * 5000)
     (tmp_path / "lib" / "j1.wsfs-tmp-deadbeef").mkdir()  # what the killed attempt left
     publisher.process_due()
-    assert service.require(job)["publish"]["status"] == "done"
+    assert service.require(job).publish["status"] == "done"
     assert [e["outcome"] for e in events(service, "published")] == ["already there"]
     assert os.listdir(tmp_path / "lib") == ["j1"]
 
@@ -268,7 +268,7 @@ def test_a_reader_never_sees_a_partial_result(pub, tmp_path):
         done.set()
         thread.join(60)
     assert seen and not bad, f"the reader saw a partial result {len(bad)} time(s): {bad[:3]}"
-    assert service.require(job)["publish"]["status"] == "done"
+    assert service.require(job).publish["status"] == "done"
 
 
 # -- hooks ---------------------------------------------------------------------------------
@@ -283,19 +283,19 @@ def test_a_hook_that_fails_twice_then_succeeds(pub, tmp_path):
     job = job_with_outputs(service)
     service.transition(job, JobState.COMPLETED)
     publisher.process_due()
-    assert service.require(job)["publish"]["attempts"] == 1
+    assert service.require(job).publish["attempts"] == 1
     clock.advance(9)
     assert publisher.process_due() == []  # backoff 10s
     clock.advance(1)
     publisher.process_due()
     record = service.require(job)
-    assert record["publish"]["attempts"] == 2 and record["publish"]["status"] == "pending"
-    assert record["publish"]["next_at"] == clock.now + 20  # doubled
+    assert record.publish["attempts"] == 2 and record.publish["status"] == "pending"
+    assert record.publish["next_at"] == clock.now + 20  # doubled
     clock.advance(20)
     publisher.process_due()
     record = service.require(job)
-    assert record["publish"]["status"] == "done" and record["publish"]["hooks"]["on_completed"]["status"] == "done"
-    assert record["publish"]["attempts"] == 3
+    assert record.publish["status"] == "done" and record.publish["hooks"]["on_completed"]["status"] == "done"
+    assert record.publish["attempts"] == 3
     hooks = events(service, "hook", job)
     assert [(e["exit"], e.get("error")) for e in hooks] == [(1, "exit status 1"), (1, "exit status 1"), (0, None)]
     workspace = os.path.join(service.tree.data_dir, "jobs", "j1")
@@ -314,7 +314,7 @@ on_purged = 'echo "purged $WSFS_JOB ${{WSFS_WORKSPACE:-gone}}" >> {log_file}'
         service.create_job(job, 0, 0, template="pub")
     service.transition("f1", JobState.FAILED, "out of memory")
     service.transition("c1", JobState.CRASHED, "owner gone")
-    assert service.require("f1")["publish"]["hooks"] == {"on_failed": {"status": "pending", "exit": None,
+    assert service.require("f1").publish["hooks"] == {"on_failed": {"status": "pending", "exit": None,
                                                                       "error": None}}
     publisher.process_due()
     clock.advance(3601)
@@ -326,7 +326,7 @@ on_purged = 'echo "purged $WSFS_JOB ${{WSFS_WORKSPACE:-gone}}" >> {log_file}'
     assert sorted(lines[:2]) == [f"crashed c1 at {quarantine}", "failed f1: out of memory"]
     assert lines[2:] == ["purged f1 gone"]
     record = service.require("f1")
-    assert record["publish"]["status"] == "done" and set(record["publish"]["hooks"]) == {"on_failed", "on_purged"}
+    assert record.publish["status"] == "done" and set(record.publish["hooks"]) == {"on_failed", "on_purged"}
 
 
 def test_a_hook_timeout_is_a_failure(pub, tmp_path):
@@ -353,11 +353,11 @@ on_completed = "true"
         receipt_bytes = os.read(receipt, 1 << 20)
     finally:
         os.close(receipt)
-    assert service.require(job)["expires_at"] is None  # no deadline: publishing decides
+    assert service.require(job).expires_at is None  # no deadline: publishing decides
     publisher.process_due()
     record = service.require(job)
-    assert record["publish"]["status"] == "done" and record["publish"]["deleted_at"] is not None
-    assert record["where"] is None and record["state"] == "completed"
+    assert record.publish["status"] == "done" and record.publish["deleted_at"] is not None
+    assert record.where is None and record.state == "completed"
     assert not service.tree.exists("jobs", "j1")
     assert service.manifest_entries(job) == []
     with service.store.read() as r:
@@ -375,15 +375,15 @@ def test_after_publish_keeps_the_workspace_when_publishing_failed(pub, tmp_path)
     service.transition(job, JobState.COMPLETED)
     publisher.process_due()
     record = service.require(job)
-    assert record["publish"]["status"] == "failed" and record["publish"]["error"] == "on_completed: exit status 3"
-    assert record["where"] == "jobs" and service.tree.exists("jobs", "j1/output/a.txt")
+    assert record.publish["status"] == "failed" and record.publish["error"] == "on_completed: exit status 3"
+    assert record.where == "jobs" and service.tree.exists("jobs", "j1/output/a.txt")
     # by hand: retry after the cause is fixed
     service.config.templates["pub"].hooks["on_completed"] = "true"
     service.write_control(b"publish j1 retry")
-    assert service.require(job)["publish"]["status"] == "pending"
+    assert service.require(job).publish["status"] == "pending"
     publisher.process_due()
     record = service.require(job)
-    assert record["publish"]["status"] == "done" and record["where"] is None
+    assert record.publish["status"] == "done" and record.where is None
 
 
 def test_publish_by_hand(pub, tmp_path):
@@ -400,7 +400,7 @@ def test_publish_by_hand(pub, tmp_path):
         service.write_control(b"publish j1 retry", uid=1000)
     service.write_control(b"publish j1 retry")  # again: the same result is there already
     publisher.process_due()
-    assert service.require(job)["publish"]["status"] == "done"
+    assert service.require(job).publish["status"] == "done"
     assert [e["outcome"] for e in events(service, "published")] == ["published", "already there"]
     assert [e["errno"] for e in events(service, "rejected")] == ["EPERM", "EPERM", "EPERM"]
 
@@ -416,14 +416,14 @@ def test_a_pending_publish_survives_reopening_the_store(tmp_path):
     service = make_core(tmp_path / "data", clock, config)
     try:
         assert Publisher(service, clock).process_due() == ["j1"]
-        assert service.require("j1")["publish"]["status"] == "done"
+        assert service.require("j1").publish["status"] == "done"
     finally:
         service.store.close()
         service.tree.close()
 
 
 def test_placeholders():
-    record = {"id": "j1", "template": "media", "uid": 0, "created": 0.0, "ended": 86400.0 * 365}
+    record = JobRecord(id="j1", template="media", areas={}, uid=0, gid=0, created=0.0, ended=86400.0 * 365)
     assert expand_destination("/srv/{template}/{date}/{owner}/{job}", record) == "/srv/media/1971-01-01/root/j1"
 
 
@@ -435,11 +435,11 @@ def test_stopping_abandons_a_copy_without_counting_an_attempt(pub, tmp_path):
     assert publisher.process_due() == []
     publisher._fault = None
     record = publisher.attempt(job)  # as if the stop came in the middle of the copy
-    assert record["publish"]["status"] == "pending" and record["publish"]["attempts"] == 0
+    assert record.publish["status"] == "pending" and record.publish["attempts"] == 0
     assert not (tmp_path / "lib" / "j1").exists() and os.listdir(tmp_path / "lib") == []  # no temporary left
     publisher.stopping.clear()
     publisher.process_due()
-    assert service.require(job)["publish"]["status"] == "done"
+    assert service.require(job).publish["status"] == "done"
 
 
 def test_an_unexpected_error_postpones_instead_of_spinning(pub, tmp_path, monkeypatch):
@@ -450,7 +450,7 @@ def test_an_unexpected_error_postpones_instead_of_spinning(pub, tmp_path, monkey
     assert publisher.process_due() == [job]
     assert publisher.process_due() == []
     record = service.require(job)
-    assert record["publish"]["next_at"] == clock.now + 10 and "division by zero" in record["publish"]["error"]
+    assert record.publish["next_at"] == clock.now + 10 and "division by zero" in record.publish["error"]
 
 
 def test_an_older_store_without_the_publish_tables_opens_read_only(tmp_path):

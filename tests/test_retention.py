@@ -52,7 +52,7 @@ def actions(report) -> list[tuple[str, str]]:
 def snapshot(core) -> dict:
     """Everything a sweep could change: records, the expiry index, every path in the data dir."""
     with core.store.read() as r:
-        records = sorted(r.jobs(), key=lambda rec: rec["id"])
+        records = sorted(r.jobs(), key=lambda rec: rec.id)
         due = list(r.due(1e12))
         owners = r.owners()
     paths = sorted(str(p.relative_to(data_dir(core))) for p in data_dir(core).rglob("*")
@@ -72,19 +72,19 @@ def sweeper(core, monkeypatch):
 
 def test_failed_job_is_hidden_exactly_after_7_days(core, clock, sweeper):
     ended = ended_job(core, "f1", JobState.FAILED)
-    assert ended["expires_at"] == ended["ended"] + 7 * DAY
+    assert ended.expires_at == ended.ended + 7 * DAY
 
     clock.advance(7 * DAY - 1)
     assert actions(sweeper.sweep(clock())) == []
-    assert core.get("f1")["hidden"] is False
+    assert core.get("f1").hidden is False
 
     clock.advance(1)
     report = sweeper.sweep(clock())
     assert actions(report) == [("f1", "hide")]
     assert report.actions[0].done
     record = core.get("f1")
-    assert record["hidden"] is True and record["where"] == "jobs"
-    assert record["expires_at"] == clock() + DAY  # the default grace
+    assert record.hidden is True and record.where == "jobs"
+    assert record.expires_at == clock() + DAY  # the default grace
     assert (data_dir(core) / "jobs" / "f1" / "output" / "result.txt").read_bytes() == b"result\n"
     (hidden,) = events(core, "hidden", "f1")
     assert hidden["purge_at"] == clock() + DAY
@@ -100,7 +100,7 @@ def test_cancelled_after_24_hours(core, clock, sweeper):
 
 def test_crashed_after_7_days(core, clock, sweeper):
     ended_job(core, "x1", JobState.CRASHED)
-    assert core.get("x1")["where"] == "quarantine"
+    assert core.get("x1").where == "quarantine"
     clock.advance(7 * DAY - 1)
     assert actions(sweeper.sweep(clock())) == []
     clock.advance(1)
@@ -112,10 +112,10 @@ def test_crashed_after_7_days(core, clock, sweeper):
 
 def test_completed_never_expires(core, clock, sweeper):
     ended_job(core, "ok", JobState.COMPLETED)
-    assert core.get("ok")["expires_at"] is None
+    assert core.get("ok").expires_at is None
     clock.advance(3650 * DAY)
     assert actions(sweeper.sweep(clock())) == []
-    assert core.get("ok")["hidden"] is False
+    assert core.get("ok").hidden is False
     with core.store.read() as r:
         assert list(r.due(clock() + 1e9)) == []
 
@@ -144,9 +144,9 @@ def test_purge_after_the_grace_keeps_the_record_and_moves_the_tree_to_trash(core
     assert report.actions[0].done
 
     record = core.get("p1")
-    assert record is not None and record["state"] == "failed"
-    assert record["purged_at"] == clock()
-    assert record["where"] is None and record["expires_at"] is None
+    assert record is not None and record.state == "failed"
+    assert record.purged_at == clock()
+    assert record.where is None and record.expires_at is None
     assert not (data_dir(core) / "jobs" / "p1").exists()
     trash = [p.name for p in (data_dir(core) / "trash").iterdir()]
     assert [n for n in trash if n.startswith("p1.purged.")], trash
@@ -173,7 +173,7 @@ def test_grace_0_purges_at_expiry(tmp_path, clock, monkeypatch):
         assert actions(report) == [("g0", "hide"), ("g0", "purge")]
         assert all(a.done for a in report.actions)
         assert "grace" in report.actions[1].why
-        assert core.get("g0")["purged_at"] == clock()
+        assert core.get("g0").purged_at == clock()
         assert not (tmp_path / "data" / "jobs" / "g0").exists()
     finally:
         core.store.close()
@@ -208,17 +208,17 @@ def test_per_template_retention_overrides_the_default(tmp_path, clock, monkeypat
         report = sweeper.sweep(clock())
         assert actions(report) == [("media", "hide")]
         assert "policy failed=3d" in report.actions[0].why and "grace 1h" in report.actions[0].why
-        assert core.get("media")["expires_at"] == clock() + HOUR
+        assert core.get("media").expires_at == clock() + HOUR
 
         clock.advance(HOUR)
         assert actions(sweeper.sweep(clock())) == [("media", "purge")]
 
         clock.advance(4 * DAY - HOUR)  # 7 days after the end: the default policy
         assert actions(sweeper.sweep(clock())) == [("plain", "hide")]
-        assert core.get("plain")["expires_at"] == clock() + 12 * HOUR  # the top-level grace
+        assert core.get("plain").expires_at == clock() + 12 * HOUR  # the top-level grace
         clock.advance(365 * DAY)
         assert ("media-c", "hide") not in actions(sweeper.sweep(clock()))
-        assert core.get("media-c")["hidden"] is False
+        assert core.get("media-c").hidden is False
     finally:
         core.store.close()
         core.tree.close()
@@ -236,7 +236,7 @@ def test_dry_run_changes_nothing_and_reports_the_same_actions_with_why(core, clo
     core.restore("d-failed")        # two stay hidden, due for purge a day later
     core.restore("d-cancelled")
     clock.advance(DAY)              # d-cancelled due again (24 h), d-hidden due for purge, d-failed not
-    assert core.get("d-hidden")["hidden"]
+    assert core.get("d-hidden").hidden
 
     before = snapshot(core)
     events_before = events(core)
@@ -259,7 +259,7 @@ def test_dry_run_changes_nothing_and_reports_the_same_actions_with_why(core, clo
     real = sweeper.sweep(clock())
     assert [(a.job, a.action, a.why) for a in real.actions] == [(a.job, a.action, a.why) for a in dry.actions]
     assert all(a.done for a in real.actions)
-    assert core.get("d-cancelled")["hidden"] and core.get("d-hidden")["purged_at"] == clock()
+    assert core.get("d-cancelled").hidden and core.get("d-hidden").purged_at == clock()
 
 
 # -- restore -------------------------------------------------------------------------------
@@ -269,12 +269,12 @@ def test_restore_gives_a_fresh_retention_period(core, clock, sweeper):
     ended_job(core, "r1", JobState.FAILED)
     clock.advance(7 * DAY)
     sweeper.sweep(clock())
-    assert core.get("r1")["hidden"]
+    assert core.get("r1").hidden
 
     clock.advance(DAY - 5)  # 5 s before the purge
     restored = core.restore("r1")
-    assert restored["hidden"] is False and restored["where"] == "jobs"
-    assert restored["expires_at"] == clock() + 7 * DAY
+    assert restored.hidden is False and restored.where == "jobs"
+    assert restored.expires_at == clock() + 7 * DAY
     assert (data_dir(core) / "jobs" / "r1" / "output" / "result.txt").exists()
     assert events(core, "restored", "r1")
 
@@ -296,7 +296,7 @@ def test_restore_refuses_a_visible_or_purged_job(core, clock, sweeper):
     sweeper.sweep(clock())
     clock.advance(DAY)
     sweeper.sweep(clock())
-    assert core.get("v1")["purged_at"]
+    assert core.get("v1").purged_at
     with pytest.raises(NotAllowedError):
         core.restore("v1")
 
@@ -310,14 +310,14 @@ def test_busy_tree_is_skipped_and_purged_on_a_later_sweep(core, clock):
     ended_job(core, "b1", JobState.FAILED)
     clock.advance(7 * DAY)
     sweeper.sweep(clock())  # hide: a busy tree may be hidden, never purged
-    assert core.get("b1")["hidden"]
+    assert core.get("b1").hidden
     clock.advance(DAY)
 
     report = sweeper.sweep(clock())
     assert actions(report) == [("b1", "skip")]
     assert "open" in report.actions[0].why
     assert (data_dir(core) / "jobs" / "b1").is_dir()
-    assert core.get("b1")["purged_at"] is None
+    assert core.get("b1").purged_at is None
     assert events(core, "skipped", "b1")
 
     busy.clear()
@@ -357,7 +357,7 @@ def test_sweep_reads_only_the_due_jobs(core, clock, sweeper, monkeypatch):
     with core.store.write() as w:
         for i in range(2000):
             record = core.new_record(f"bulk{i:05d}", template, 0, 0, clock(), None, None)
-            record.update(state="failed", sealed=True, ended=clock(), expires_at=far)
+            record.state, record.sealed, record.ended, record.expires_at = JobState.FAILED, True, clock(), far
             w.put_job(record)
     for job in ("due1", "due2", "due3"):
         ended_job(core, job, JobState.FAILED)
@@ -452,9 +452,9 @@ def test_job_of_a_live_owner_stays_running_and_crashes_when_it_is_gone(core, clo
     child = subprocess.Popen(["sleep", "60"])
     try:
         new_job(core, "own", {"output/part1": b"track 1\n"}, owner_pid=child.pid)
-        assert core.get("own")["owner"]["pid"] == child.pid
+        assert core.get("own").owner["pid"] == child.pid
         assert actions(sweeper.sweep(clock())) == []
-        assert core.get("own")["state"] == "running"
+        assert core.get("own").state == "running"
     finally:
         child.kill()
         child.wait()  # reaped: the pid is free
@@ -463,8 +463,8 @@ def test_job_of_a_live_owner_stays_running_and_crashes_when_it_is_gone(core, clo
     assert actions(report) == [("own", "crash")]
     assert str(child.pid) in report.actions[0].why and report.actions[0].done
     record = core.get("own")
-    assert record["state"] == "crashed" and record["where"] == "quarantine" and record["sealed"]
-    assert record["expires_at"] == record["ended"] + 7 * DAY
+    assert record.state == "crashed" and record.where == "quarantine" and record.sealed
+    assert record.expires_at == record.ended + 7 * DAY
     quarantined = data_dir(core) / "quarantine" / "own"
     assert (quarantined / "output" / "part1").read_bytes() == b"track 1\n"
     assert not (data_dir(core) / "jobs" / "own").exists()
@@ -493,11 +493,11 @@ def test_reused_pid_counts_as_gone(core, clock, sweeper):
     assert actions(sweeper.sweep(clock())) == []
 
     def fake_older_owner(record, w):
-        record["owner"]["create_time"] -= 3600  # ... but not the one that registered
+        record.owner["create_time"] -= 3600  # ... but not the one that registered
     core.update("reuse", fake_older_owner)
     report = sweeper.sweep(clock())
     assert actions(report) == [("reuse", "crash")]
-    assert core.get("reuse")["state"] == "crashed"
+    assert core.get("reuse").state == "crashed"
 
 
 def test_resumed_job_is_not_crashed_again_for_its_dead_owner(core, clock, sweeper):
@@ -507,10 +507,10 @@ def test_resumed_job_is_not_crashed_again_for_its_dead_owner(core, clock, sweepe
     assert actions(sweeper.sweep(clock())) == [("again", "crash")]
 
     core.resume("again")
-    assert core.get("again")["state"] == "running"
+    assert core.get("again").state == "running"
     report = sweeper.sweep(clock())
     assert actions(report) == [], "the resumed job was crashed again for the owner that died before"
-    assert core.get("again")["state"] == "running"
+    assert core.get("again").state == "running"
 
 
 # -- a job changed between the plan and its application ----------------------------------------
@@ -529,8 +529,8 @@ def test_job_resumed_while_the_sweep_plans_is_not_hidden(core, clock, monkeypatc
     monkeypatch.setattr(Sweeper, "plan", plan_then_resume)
     sweeper.sweep(clock())
     record = core.get("race")
-    assert record["state"] == "running"
-    assert record["hidden"] is False and record["expires_at"] is None, "a running job was hidden"
+    assert record.state == "running"
+    assert record.hidden is False and record.expires_at is None, "a running job was hidden"
 
 
 def test_job_restored_while_the_sweep_plans_is_not_purged(core, clock, monkeypatch):
@@ -548,7 +548,7 @@ def test_job_restored_while_the_sweep_plans_is_not_purged(core, clock, monkeypat
     monkeypatch.setattr(Sweeper, "plan", plan_then_restore)
     sweeper.sweep(clock())
     record = core.get("race2")
-    assert record["purged_at"] is None and record["where"] == "jobs", "a restored job was purged"
+    assert record.purged_at is None and record.where == "jobs", "a restored job was purged"
     assert (data_dir(core) / "jobs" / "race2" / "output" / "result.txt").exists()
 
 
@@ -563,7 +563,7 @@ def test_recover_after_a_crash_quarantines_running_jobs(core, clock):
     new_job(core, "ending", {"output/e": b"e"})
 
     def interrupted(record, w):
-        record["pending"] = {"target": "failed", "reason": "boom", "at": clock(), "step": "intent",
+        record.pending = {"target": "failed", "reason": "boom", "at": clock(), "step": "intent",
                              "from": "running"}
     core.update("ending", interrupted)
     # An unflushed manifest batch is lost in a crash: recovery rebuilds it from the tree.
@@ -571,23 +571,23 @@ def test_recover_after_a_crash_quarantines_running_jobs(core, clock):
 
     finished = core.recover(unclean=True)
     assert finished == ["ending"]
-    assert core.get("ending")["state"] == "failed" and core.get("ending")["where"] == "jobs"
-    assert core.get("done")["state"] == "completed"
+    assert core.get("ending").state == "failed" and core.get("ending").where == "jobs"
+    assert core.get("done").state == "completed"
     for job in ("run1", "run2"):
         record = core.get(job)
-        assert record["state"] == "crashed" and record["where"] == "quarantine" and record["sealed"]
+        assert record.state == "crashed" and record.where == "quarantine" and record.sealed
         assert not (data_dir(core) / "jobs" / job).exists()
         receipt = json.loads((data_dir(core) / "quarantine" / job / RECEIPT_FILE).read_text())
         assert receipt["state"] == "crashed"
     assert (data_dir(core) / "quarantine" / "run1" / "temp" / "t").read_bytes() == b"t"
     assert [path for path, _entry in core.manifest_entries("run1")] == ["output/a", "output/late", "temp/t"]
-    assert core.get("run1")["usage"] == {"bytes": 7, "files": 3}
+    assert core.get("run1").usage == {"bytes": 7, "files": 3}
 
 
 def test_recover_clean_leaves_running_jobs_alone(core):
     new_job(core, "calm")
     assert core.recover(unclean=False) == []
-    assert core.get("calm")["state"] == "running"
+    assert core.get("calm").state == "running"
 
 
 def test_recover_with_on_crash_resume_keeps_jobs_running(tmp_path, clock):
@@ -597,8 +597,8 @@ def test_recover_with_on_crash_resume_keeps_jobs_running(tmp_path, clock):
         (tmp_path / "data" / "jobs" / "keep" / "output" / "b").write_bytes(b"bb")
         core.recover(unclean=True)
         record = core.get("keep")
-        assert record["state"] == "running" and record["where"] == "jobs" and not record["sealed"]
-        assert record["usage"] == {"bytes": 3, "files": 2}
+        assert record.state == "running" and record.where == "jobs" and not record.sealed
+        assert record.usage == {"bytes": 3, "files": 2}
         assert not (tmp_path / "data" / "quarantine" / "keep").exists()
     finally:
         core.store.close()
@@ -608,19 +608,19 @@ def test_recover_with_on_crash_resume_keeps_jobs_running(tmp_path, clock):
 def test_resume_of_crashed_brings_the_tree_back_and_unseals(core, clock):
     new_job(core, "rs", {"output/track1": b"1"})
     core.recover(unclean=True)
-    assert core.get("rs")["state"] == "crashed"
+    assert core.get("rs").state == "crashed"
     clock.advance(HOUR)
 
     record = core.resume("rs")
-    assert record["state"] == "running" and record["where"] == "jobs"
-    assert not record["sealed"] and record["expires_at"] is None and record["ended"] is None
+    assert record.state == "running" and record.where == "jobs"
+    assert not record.sealed and record.expires_at is None and record.ended is None
     tree = data_dir(core) / "jobs" / "rs"
     assert (tree / "output" / "track1").read_bytes() == b"1"
     assert not (tree / RECEIPT_FILE).exists()
     assert not (data_dir(core) / "quarantine" / "rs").exists()
     with core.mutation("rs"):  # writable again
         pass
-    assert [h["state"] for h in record["history"]] == ["running", "crashed", "running"]
+    assert [h["state"] for h in record.history] == ["running", "crashed", "running"]
     # ... and it can end normally, with its earlier files in the receipt.
     core.transition("rs", JobState.COMPLETED)
     receipt = json.loads((tree / RECEIPT_FILE).read_text())
@@ -630,7 +630,7 @@ def test_resume_of_crashed_brings_the_tree_back_and_unseals(core, clock):
 def test_resume_of_failed_keeps_files(core, clock, sweeper):
     ended_job(core, "rf", JobState.FAILED, {"output/a": b"a"})
     record = core.resume("rf")
-    assert record["state"] == "running" and not record["sealed"]
+    assert record.state == "running" and not record.sealed
     assert (data_dir(core) / "jobs" / "rf" / "output" / "a").read_bytes() == b"a"
     clock.advance(30 * DAY)
     assert actions(sweeper.sweep(clock())) == []  # running: no retention
@@ -645,7 +645,7 @@ def test_resume_of_a_hidden_job_needs_restore_first(core, clock, sweeper):
     with pytest.raises(NotAllowedError):
         core.resume("hr")
     core.restore("hr")
-    assert core.resume("hr")["state"] == "running"
+    assert core.resume("hr").state == "running"
 
 
 # -- the trash: files that could not be removed ----------------------------------------------------
@@ -743,7 +743,7 @@ def test_job_of_a_template_removed_from_the_config_follows_the_default_policy(tm
         assert core.template(core.get("old-media")).scratch_areas() == ["audio", "video"]  # the record's own areas
         clock.advance(3 * DAY)  # its deadline was fixed when it ended (media: 3 d)
         assert actions(Sweeper(core).sweep(clock())) == [("old-media", "hide")]
-        assert core.get("old-media")["expires_at"] == clock() + 2 * HOUR, "not the configured grace"
+        assert core.get("old-media").expires_at == clock() + 2 * HOUR, "not the configured grace"
     finally:
         core.store.close()
         core.tree.close()
@@ -775,13 +775,13 @@ def test_crash_transition_interrupted_at_any_step_is_finished_by_recovery(tmp_pa
         assert core.recover(unclean=True) == ["half"]
         for job in ("half", "other"):
             record = core.get(job)
-            assert (record["state"], record["where"], record["pending"]) == ("crashed", "quarantine", None)
+            assert (record.state, record.where, record.pending) == ("crashed", "quarantine", None)
             receipt = json.loads((data / "quarantine" / job / RECEIPT_FILE).read_text())
             assert receipt["state"] == "crashed"
             assert not (data / "jobs" / job).exists()
         assert (data / "quarantine" / "half" / "output" / "a").read_bytes() == b"aaa"
         assert (data / "quarantine" / "half" / "temp" / "t").read_bytes() == b"t"
-        assert [h["state"] for h in core.get("half")["history"]] == ["running", "crashed"]
+        assert [h["state"] for h in core.get("half").history] == ["running", "crashed"]
     finally:
         core.store.close()
         core.tree.close()

@@ -9,6 +9,7 @@ import pytest
 
 from wsfs.core import store as store_module
 from wsfs.core.errors import StoreError
+from wsfs.core.model import JobRecord, JobState
 from wsfs.core.store import SCHEMA_VERSION, Store, expiry_key, manifest_key
 
 
@@ -32,11 +33,9 @@ def store(path):
     s.close()
 
 
-def rec(job_id: str, state="running", **fields) -> dict:
-    record = {"id": job_id, "state": state, "usage": {"bytes": 0, "files": 0}, "where": "jobs",
-              "expires_at": None, "pending": None, "owner": None}
-    record.update(fields)
-    return record
+def rec(job_id: str, state="running", **fields) -> JobRecord:
+    base: dict = {"template": "default", "areas": {}, "created": 0.0, "uid": 0, "gid": 0}
+    return JobRecord(id=job_id, state=JobState(state), **(base | fields))
 
 
 def put(store, record):
@@ -89,7 +88,7 @@ def test_a_directory_that_is_no_store_is_refused(tmp_path):
 
 
 def test_put_and_get_job(store):
-    record = rec("j1", reason="x", history=[{"state": "running", "at": 1.5}], blob=b"\x00\xff")
+    record = rec("j1", reason="x", history=[{"state": "running", "at": 1.5}], extra={"blob": b"\x00\xff"})
     put(store, record)
     with store.read() as r:
         assert r.job("j1") == record
@@ -102,7 +101,7 @@ def test_put_job_replaces(store):
     put(store, rec("j1"))
     put(store, rec("j1", state="failed"))
     with store.read() as r:
-        assert r.job("j1")["state"] == "failed"
+        assert r.job("j1").state == "failed"
         assert list(r.job_ids()) == ["j1"]
 
 
@@ -333,7 +332,8 @@ def test_a_schema_1_store_is_migrated_to_long_keys_on_open(path):
         txn.put(b"j\0output/short", msgpack.packb([1, 1, 3, None]), db=manifest)
         for job, uid, where in (("j", 7, "jobs"), ("k", 7, "quarantine"), ("gone", 7, None)):
             txn.put(job.encode(), msgpack.packb({"id": job, "uid": uid, "where": where, "state": "running",
-                                                 "usage": {"bytes": 6, "files": 2}}), db=jobs)
+                                                 "usage": {"bytes": 6, "files": 2}, "template": "default",
+                                                 "areas": {}, "created": 0.0, "gid": 0}), db=jobs)
     env.close()
     old = Store(path, readonly=True)  # a read-only open reads schema 1 as it is
     with old.read() as r:
@@ -438,7 +438,7 @@ def test_transact_grows_a_full_map_and_keeps_everything(tmp_path):
         for batch in range(8):
             entries = list(r.manifest(f"job{batch}"))
             assert len(entries) == 40 and all(e[3] == blob and e[1] == batch for _p, e in entries)
-            assert r.job(f"job{batch}")["usage"]["bytes"] == batch
+            assert r.job(f"job{batch}").usage["bytes"] == batch
         assert len(r.events()) == 8
         assert r.totals()["live"] == 8 and r.totals()["bytes"] == sum(range(8))
     small.close()
@@ -477,7 +477,7 @@ def test_read_only_store_reads_and_refuses_writes(store, path):
     ro = Store(path, readonly=True)
     try:
         with ro.read() as r:
-            assert r.job("j1")["id"] == "j1"
+            assert r.job("j1").id == "j1"
             assert list(r.manifest("j1")) == [("output/a", [1, 2, 3, None])]
             assert [e["kind"] for e in r.events()] == ["created"]
             assert list(r.due(100)) == [(10.0, "j1")]

@@ -505,7 +505,7 @@ def test_recovery_trashes_the_tree_of_a_creation_cut_before_its_record(core):
     assert not core.tree.exists("jobs", "cut")
     assert [f.kind for f in doctor_mod.diagnose(core) if f.job == "kept"] == ["orphan-tree"]
     core.create_job("cut", 0, 0)  # the id is free: it was never acknowledged
-    assert core.get("cut")["state"] == "running"
+    assert core.get("cut").state == "running"
 
 
 def _crashed_job_with_output(core, job_id: str) -> dict:
@@ -519,13 +519,13 @@ def _crashed_job_with_output(core, job_id: str) -> dict:
     return core.transition(job_id, JobState.CRASHED, "the wsfs daemon crashed")
 
 
-def _receipt_matches_record(core, record: dict) -> bool:
-    fd = core.tree.open(record["where"], f"{record['id']}/receipt.json", os.O_RDONLY)
+def _receipt_matches_record(core, record) -> bool:
+    fd = core.tree.open(record.where, f"{record.id}/receipt.json", os.O_RDONLY)
     try:
         data = os.read(fd, 1 << 20)
     finally:
         os.close(fd)
-    return sha256(data) == record["receipt_sha256"] and json.loads(data)["state"] == record["state"]
+    return sha256(data) == record.receipt_sha256 and json.loads(data)["state"] == record.state
 
 
 class Killed(BaseException):
@@ -549,7 +549,7 @@ def test_recovery_moves_back_the_tree_of_a_resume_cut_before_its_commit(core, mo
     assert core.tree.exists("quarantine", "r/output/result") and not core.tree.exists("jobs", "r")
     assert _receipt_matches_record(core, core.get("r"))
     assert [f for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
-    assert core.get("r")["receipt_sha256"] == record["receipt_sha256"]
+    assert core.get("r").receipt_sha256 == record.receipt_sha256
 
 
 def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, monkeypatch):
@@ -563,7 +563,7 @@ def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, m
     monkeypatch.undo()
     core.recover(unclean=True)
     record = core.get("r")
-    assert record["state"] == "crashed" and _receipt_matches_record(core, record)
+    assert record.state == "crashed" and _receipt_matches_record(core, record)
     assert [f for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
 
 

@@ -686,7 +686,7 @@ def test_ending_a_job_whose_listed_files_changed_kind_behind_its_back(core, tmp_
     os.symlink(str(canary), out / "sub")
     before = snapshot(str(canary))
     record = core.transition("J", JobState.COMPLETED)
-    assert (record["state"], record["pending"]) == ("completed", None)
+    assert (record.state, record.pending) == ("completed", None)
     receipt = json.loads((out.parent / "receipt.json").read_text())
     assert [o["path"] for o in receipt["outputs"]] == ["output/keep"]
     assert snapshot(str(canary)) == before

@@ -252,7 +252,7 @@ def test_the_store_grows_from_a_tiny_map_to_every_job(tmp_path):
                     with store.read() as r:
                         record = r.job(job)
                         totals = r.totals()
-                    assert record is not None and record["id"] == job, job
+                    assert record is not None and record.id == job, job
                     assert totals["states"].get("running", 0) >= 1
                 # Not a busy loop: a thread spinning in Python would hand the writer the GIL back
                 # only every switch interval, after each LMDB call that released it.
@@ -269,11 +269,11 @@ def test_the_store_grows_from_a_tiny_map_to_every_job(tmp_path):
             records = [service.new_record(f"job-{i:06d}", template, 1000 + i % 7, 1000, clock(), None, None)
                        for i in range(start, min(start + 500, plain))]
             for record in records:  # some bulk in the records, as real ones carry
-                record["stages"] = [{"name": f"stage-{k}", "at": clock()} for k in range(rng.randrange(4))]
+                record.stages = [{"name": f"stage-{k}", "at": clock()} for k in range(rng.randrange(4))]
             store.transact(lambda w, records=records: [w.put_job(r) for r in records] and [])
-            made.extend(r["id"] for r in records)
+            made.extend(r.id for r in records)
         for i in range(by_create):
-            made.append(service.create_job(f"made-{i:05d}", 1000, 1000)["id"])
+            made.append(service.create_job(f"made-{i:05d}", 1000, 1000).id)
     finally:
         stop.set()
         for t in readers:
@@ -294,7 +294,7 @@ def test_the_store_grows_from_a_tiny_map_to_every_job(tmp_path):
             sample = [r.job(j) for j in rng.sample(made, 200)]
         assert ids == set(made) and len(ids) == MAP_JOBS
         assert totals["states"] == {"running": MAP_JOBS} and totals["live"] == MAP_JOBS
-        assert all(rec is not None and rec["state"] == "running" for rec in sample)
+        assert all(rec is not None and rec.state == "running" for rec in sample)
         # ... and it still takes writes (and grows) after the reopen.
         store.transact(lambda w: [w.put_job(service.new_record("after-reopen", template, 0, 0, 1.0, None, None))]
                        and [])
@@ -473,7 +473,7 @@ def test_a_commit_the_disk_refuses_is_enospc_and_the_manifest_keeps_its_changes(
         stop.set()
         thread.join(10)
     assert [(p, e[0]) for p, e in core.manifest_entries("J")] == [("output/f", 5)]
-    assert core.get("J")["usage"] == {"bytes": 5, "files": 1} and core.get("J")["stage"] is None
+    assert core.get("J").usage == {"bytes": 5, "files": 1} and core.get("J").stage is None
     assert not isinstance(info.value, lmdb.Error)
 
 
@@ -495,13 +495,13 @@ def test_a_transition_refused_part_way_is_finished_by_the_same_command(core, mon
     with pytest.raises(StoreError):
         core.transition("J", JobState.COMPLETED)
     record = core.get("J")
-    assert record["state"] == "running" and record["pending"]["target"] == "completed"
+    assert record.state == "running" and record.pending["target"] == "completed"
     with pytest.raises(SealedError) as info:
         core.transition("J", JobState.FAILED)
     assert info.value.errno == errno.EPERM
     monkeypatch.undo()
     record = core.transition("J", JobState.COMPLETED)
-    assert (record["state"], record["pending"]) == ("completed", None)
+    assert (record.state, record.pending) == ("completed", None)
     assert core.tree.exists("jobs", "J/receipt.json") and not core.tree.exists("jobs", "J/temp")
 
 
@@ -570,6 +570,6 @@ def test_a_job_the_full_disk_refuses_leaves_no_tree(tmp_path, monkeypatch):
     assert info.value.errno == errno.ENOSPC
     assert core.get("J") is None and not core.tree.exists("jobs", "J")
     monkeypatch.setattr(core.store, "env", env)
-    assert core.create_job("J", 0, 0)["state"] == "running" and core.tree.exists("jobs", "J/output")
+    assert core.create_job("J", 0, 0).state == "running" and core.tree.exists("jobs", "J/output")
     core.store.close()
     core.tree.close()

@@ -489,7 +489,7 @@ def _records(mount) -> list[dict]:
     store = Store(store_path, readonly=True)
     try:
         with store.read() as r:
-            return [dict(record) for record in r.jobs()]
+            return [record.to_stored() for record in r.jobs()]
     finally:
         store.close()
 

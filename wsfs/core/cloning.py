@@ -192,32 +192,32 @@ def clone_job(service, src_id: str, new_id: str, uid: int, gid: int, *, extra: d
     with service.lock(src_id).shared():
         src = service.require(src_id)
         where = service.location(src)
-        if where is None or src.get("hidden") or src.get("pending"):
-            raise NotAllowedError(f"job {src_id} has no workspace to clone ({src['state']}"
-                                  f"{', hidden' if src.get('hidden') else ''})")
+        if where is None or src.hidden or src.pending:
+            raise NotAllowedError(f"job {src_id} has no workspace to clone ({src.state}"
+                                  f"{', hidden' if src.hidden else ''})")
         root, rel = where
         st_root = service.tree.lstat(root, rel)
-        is_owner = uid == 0 or uid == src["uid"]
+        is_owner = uid == 0 or uid == src.uid
         if not is_owner and not may_read(st_root, uid, gid):
-            raise AccessDeniedError(f"job {src_id} belongs to uid {src['uid']} and its modes do not let uid "
+            raise AccessDeniedError(f"job {src_id} belongs to uid {src.uid} and its modes do not let uid "
                                     f"{uid} read it")
         service.manifest.flush()
         with service.store.read() as r:
             src_entries = dict(r.manifest(src_id))
-        quota, max_files = src.get("quota") or 0, src.get("max_files") or 0
-        usage = src["usage"]
+        quota, max_files = src.quota or 0, src.max_files or 0
+        usage = src.usage
         if (quota and usage["bytes"] > quota) or (max_files and usage["files"] > max_files):
             raise QuotaError(f"job {src_id} holds more than its quota or max_files: a clone could not")
         fields = {"origin": src_id, **(extra or {})}
         failure = None
         with service.lock(new_id).exclusive():
             record = service.create_job(new_id, uid, gid, mode=stat.S_IMODE(st_root.st_mode),
-                                        template=src["template"], quota=src.get("quota"),
-                                        max_files=src.get("max_files"), extra=fields)
-            copier = _Copier(uid, gid, src["uid"], as_root=os.geteuid() == 0, check_reads=not is_owner,
+                                        template=src.template, quota=src.quota,
+                                        max_files=src.max_files, extra=fields)
+            copier = _Copier(uid, gid, src.uid, as_root=os.geteuid() == 0, check_reads=not is_owner,
                              quota=quota, max_files=max_files, src_entries=src_entries)
             try:
-                for area in sorted(set(src["areas"]) & set(record["areas"])):
+                for area in sorted(set(src.areas) & set(record.areas)):
                     try:
                         sfd = service.tree.open_dir(root, [rel, area])
                     except FileNotFoundError:
@@ -246,7 +246,7 @@ def _commit_manifest(service, new_id: str, src_id: str, copier: _Copier, seconds
         record = w.job(new_id)
         for path, entry in copier.entries.items():
             w.put_manifest(new_id, path, entry)
-        record["usage"], record["area_usage"] = usage_of(copier.entries.items())
+        record.usage, record.area_usage = usage_of(copier.entries.items())
         w.put_job(record)
         w.add_event("cloned", new_id, source=src_id, files=len(copier.entries), bytes=copier.bytes,
                     seconds=round(seconds, 3), methods=copier.methods)

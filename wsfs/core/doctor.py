@@ -152,9 +152,9 @@ def _summary(service: JobService, root: str, rel: str) -> str:
 
 def _tree_state(service: JobService, record: JobRecord) -> tuple[bool, str | None]:
     """(tree where the record says?, the other root holding a tree of that id, or None)."""
-    where = record.get("where")
-    here = where is not None and _is_dir(service, where, record["id"])
-    others = [r for r in TREE_ROOTS if r != where and _is_dir(service, r, record["id"])]
+    where = record.where
+    here = where is not None and _is_dir(service, where, record.id)
+    others = [r for r in TREE_ROOTS if r != where and _is_dir(service, r, record.id)]
     return here, (others[0] if others else None)
 
 
@@ -169,14 +169,14 @@ def manifest_differences(service: JobService, record: JobRecord, hidden: list[st
     """One line on how the job's manifest and usage disagree with its files, or None.
 
     ``hidden``, when given, gets the job's hidden names (found in the same walk)."""
-    job = record["id"]
+    job = record.id
     where = service.location(record)
     if where is None:
         return None
     files = service.tree_files(record, hidden)
     with service.store.read() as r:
         entries = dict(r.manifest(job))
-        usage = (r.job(job) or record)["usage"]
+        usage = (r.job(job) or record).usage
     unlisted = sorted(files.keys() - entries.keys())
     gone = sorted(entries.keys() - files.keys())
     changed = sorted(p for p in files.keys() & entries.keys()
@@ -237,16 +237,16 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
                     continue
             with service.lock(name).shared() if live else _NO_LOCK:
                 record = service.get(name)
-                if record is None or record.get("pending") or record.get("where") == root:
+                if record is None or record.pending or record.where == root:
                     continue
-                where = record.get("where")
+                where = record.where
                 if where is None:
-                    gone = "purged" if record.get("purged_at") else record["state"]
+                    gone = "purged" if record.purged_at else record.state
                     findings.append(Finding("orphan-tree", name, f"{root}/{name}: a tree, but its record "
                                             f"({gone}) has none ({_summary(service, root, name)})", root, name))
                 elif not _is_dir(service, where, name):
                     findings.append(Finding("misplaced-tree", name, f"its tree is in {where_view}, its record "
-                                            f"({record['state']}) says {VIEW_NAMES[where]}/", root, name))
+                                            f"({record.state}) says {VIEW_NAMES[where]}/", root, name))
                 else:  # a second tree of the same id: the one the record names wins
                     findings.append(Finding("orphan-tree", name, f"{root}/{name}: a second tree of the job "
                                             f"({_summary(service, root, name)})", root, name))
@@ -257,19 +257,19 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
             record = service.get(job)
             if record is None:
                 continue
-            if record.get("pending"):
+            if record.pending:
                 if not live:
-                    p = record["pending"]
+                    p = record.pending
                     findings.append(Finding("pending", job, f"its transition to {p['target']} stopped after step "
                                             f"{p['step']} (the next mount finishes it)"))
                 continue
-            if record.get("where") is None:
+            if record.where is None:
                 continue
             here, elsewhere = _tree_state(service, record)
             if not here:
                 if elsewhere is None:
-                    findings.append(Finding("missing-tree", job, f"its record ({record['state']}) says "
-                                            f"{VIEW_NAMES[record.get('where') or '']}/{job}, and there is no tree"))
+                    findings.append(Finding("missing-tree", job, f"its record ({record.state}) says "
+                                            f"{VIEW_NAMES[record.where or '']}/{job}, and there is no tree"))
                 continue
             if live and job in busy:
                 continue
@@ -348,8 +348,8 @@ def _repair_misplaced(service: JobService, f: Finding, now: float, live: bool, b
     job, (root, _name) = f.job_id, f.at
     with service.lock(job).exclusive():
         record = service.require(job)
-        where = record.get("where")
-        if record.get("pending") or where is None or _is_dir(service, where, job) \
+        where = record.where
+        if record.pending or where is None or _is_dir(service, where, job) \
                 or not _is_dir(service, root, job):
             return f"{job}: no longer misplaced, left alone"
         service.tree.rename(root, job, where, job)
@@ -361,12 +361,12 @@ def _repair_missing(service: JobService, f: Finding, now: float, live: bool, bus
     job = f.job_id
     with service.lock(job).exclusive():
         record = service.require(job)
-        if record.get("pending") or record.get("where") is None:
+        if record.pending or record.where is None:
             return f"{job}: changed meanwhile, left alone"
         here, elsewhere = _tree_state(service, record)
         if here or elsewhere:
             return f"{job}: its tree is back, left alone"
-        was_running = record["state"] == JobState.RUNNING.value
+        was_running = record.state == JobState.RUNNING.value
         service.tree_lost(job, now, "its tree disappeared (found by wsfs doctor)", by="doctor")
     return f"{job}: tree missing: " + ("ended crashed and marked purged" if was_running else "marked purged")
 
@@ -410,7 +410,7 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
         if not _is_dir(service, root, name):
             return f"{root}/{name}: gone meanwhile"
         record = service.get(name) if JOB_ID_RE.fullmatch(name) else None
-        if record is not None and record.get("where") == root:
+        if record is not None and record.where == root:
             return f"{root}/{name}: its job {name} names it now, left alone"
         job = name if record is None and JOB_ID_RE.fullmatch(name) and not (
             root == "jobs" and service.tree.exists("quarantine", name)) else _free_id(service, name)
@@ -425,7 +425,7 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
         created = min(st.st_mtime, now)
         new = service.new_record(job, template, st.st_uid, st.st_gid, created, None, None)
         # Sealed from the start: nobody writes into it between this commit and the crash below.
-        new["areas"], new["where"], new["sealed"] = {a: k.value for a, k in areas.items()}, "quarantine", True
+        new.areas, new.where, new.sealed = {a: k.value for a, k in areas.items()}, "quarantine", True
 
         def fn(w):
             if w.job(job) is not None:
@@ -446,7 +446,7 @@ def _idle_job(service: JobService, job: str, live: bool, busy):
     no tree left, or a file open through the mount)."""
     with service.lock(job).exclusive():
         record = service.require(job)
-        yield None if record.get("pending") or record.get("where") is None or (live and job in busy) else record
+        yield None if record.pending or record.where is None or (live and job in busy) else record
 
 
 def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
@@ -457,7 +457,7 @@ def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, bu
         if manifest_differences(service, record) is None:
             return f"{job}: manifest already agrees"
         service.rebuild_manifest(job)
-        usage = service.require(job)["usage"]
+        usage = service.require(job).usage
     return f"{job}: rebuilt the manifest from the files ({usage['files']} files, {usage['bytes']} bytes)"
 
 

@@ -37,7 +37,6 @@ import signal
 import stat
 import threading
 import time
-import typing
 import weakref
 from collections.abc import Callable
 
@@ -90,7 +89,7 @@ CACHE_SIZE = 8192
 
 def _due(record: JobRecord, now: float) -> bool:
     """Has the record's deadline passed, at the expiry index's millisecond grain?"""
-    deadline = record.get("expires_at")
+    deadline = record.expires_at
     return deadline is not None and int(deadline * 1000) <= int(now * 1000)
 
 
@@ -169,8 +168,8 @@ class JobService:
     def _remember(self, records) -> None:
         with self._cache_lock:
             for record in records:
-                self._cache[record["id"]] = record
-                self._cache.move_to_end(record["id"])
+                self._cache[record.id] = record
+                self._cache.move_to_end(record.id)
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         if records:
@@ -218,11 +217,11 @@ class JobService:
 
     def template(self, record: JobRecord) -> Template:
         try:
-            return self.config.template(record["template"])
+            return self.config.template(record.template)
         except KeyError:
             # A template removed from the config: the record's own areas still hold.
             default = self.config.template("default")
-            return Template(record["template"], {a: AreaKind(k) for a, k in record["areas"].items()},
+            return Template(record.template, {a: AreaKind(k) for a, k in record.areas.items()},
                             dict(default.retention), default.grace, 0, 0)
 
     def lock(self, job_id: str) -> RWLock:
@@ -234,13 +233,13 @@ class JobService:
 
     @staticmethod
     def is_sealed(record: JobRecord) -> bool:
-        return bool(record.get("sealed") or record.get("pending"))
+        return bool(record.sealed or record.pending)
 
     @staticmethod
     def location(record: JobRecord) -> tuple[str, str] | None:
         """Where the job's tree is in the data dir: (root, rel), or None when it has none."""
-        where = record.get("where")
-        return (where, record["id"]) if where else None
+        where = record.where
+        return (where, record.id) if where else None
 
     @contextlib.contextmanager
     def mutation(self, job_id: str):
@@ -248,26 +247,21 @@ class JobService:
         lock = self.lock(job_id)
         with lock.shared():
             record = self.require(job_id)
-            if self.is_sealed(record) or record.get("where") != "jobs":
-                raise SealedError(f"job {job_id} is {record['state']}: its workspace is read-only")
+            if self.is_sealed(record) or record.where != "jobs":
+                raise SealedError(f"job {job_id} is {record.state}: its workspace is read-only")
             yield record
 
     # -- creation -------------------------------------------------------------
 
     def new_record(self, job_id: str, template: Template, uid: int, gid: int, now: float,
                    quota: int | None, max_files: int | None) -> JobRecord:
-        return {
-            "v": RECORD_VERSION, "id": job_id, "state": JobState.RUNNING.value,
-            "template": template.name, "areas": {a: k.value for a, k in template.areas.items()},
-            "created": now, "state_since": now, "ended": None, "uid": uid, "gid": gid,
-            "owner": None, "reason": None, "stage": None, "stages": [],
-            "history": [{"state": "running", "at": now}],
-            "usage": {"bytes": 0, "files": 0}, "area_usage": {},
-            "quota": template.quota if quota is None else quota,
-            "max_files": template.max_files if max_files is None else max_files,
-            "sealed": False, "pending": None, "where": "jobs", "hidden": False,
-            "expires_at": None, "purged_at": None, "receipt_sha256": None,
-        }
+        return JobRecord(
+            id=job_id, template=template.name, areas={a: k.value for a, k in template.areas.items()},
+            created=now, uid=uid, gid=gid, state=JobState.RUNNING, state_since=now,
+            history=[{"state": "running", "at": now}],
+            quota=template.quota if quota is None else quota,
+            max_files=template.max_files if max_files is None else max_files,
+        )
 
     def create_job(self, job_id: str, uid: int, gid: int, *, mode: int = 0o755, template: str = "default",
                    quota: int | None = None, max_files: int | None = None, owner_pid: int | None = None,
@@ -305,21 +299,22 @@ class JobService:
                         self.tree.chown("jobs", rel, uid, gid)
                 now = self.clock()
                 record = self.new_record(job_id, tmpl, uid, gid, now, quota, max_files)
-                record["owner"] = owner
+                record.owner = owner
                 lease = tmpl.max_running if max_running is None else max_running
-                record["labels"] = dict(labels or {})
-                record["max_running"], record["extensions"] = lease, 0
-                record["expires_at"] = None if lease is None else now + lease  # a running job's: its lease
+                record.labels = dict(labels or {})
+                record.max_running, record.extensions = lease, 0
+                record.expires_at = None if lease is None else now + lease  # a running job's: its lease
                 if tmpl.setup:
-                    record["setup"] = tmpl.setup  # for `wsfs create`, which runs it as the user
-                record.update(typing.cast(JobRecord, extra or {}))  # git, origin: see store.py
+                    record.setup = tmpl.setup  # for `wsfs create`, which runs it as the user
+                for name, value in (extra or {}).items():  # git, origin: see store.py
+                    setattr(record, name, value)
 
                 def fn(w):
                     if w.job(job_id) is not None:
                         raise JobExistsError(f"job id {job_id} was used before")
                     w.put_job(record)
                     w.add_event("created", job_id, template=tmpl.name, uid=uid, **(
-                        {"labels": record["labels"]} if record["labels"] else {}))
+                        {"labels": record.labels} if record.labels else {}))
                     return [record]
                 self.commit(fn)
             except BaseException:
@@ -338,7 +333,7 @@ class JobService:
         if not tmpl.max_jobs:
             return
         with self.store.read() as r:
-            live = sum(1 for j in r.jobs() if j["template"] == tmpl.name and j.get("where"))
+            live = sum(1 for j in r.jobs() if j.template == tmpl.name and j.where)
         if live >= tmpl.max_jobs:
             raise QuotaError(f"template {tmpl.name}: max_jobs ({tmpl.max_jobs}) live workspaces reached")
 
@@ -364,7 +359,7 @@ class JobService:
     def metered(self, record: JobRecord) -> bool:
         """Does a change to this job go through the usage meter (a quota or max_files of its own,
         or its owner's quota_per_user)?  Most jobs have none: no cost then."""
-        return bool(record.get("quota") or record.get("max_files") or self.config.limits_for(record["uid"])[1])
+        return bool(record.quota or record.max_files or self.config.limits_for(record.uid)[1])
 
     def _check_user_jobs(self, job_id: str, uid: int) -> None:
         """``max_jobs_per_user`` (or the user's or group's own): EDQUOT, recorded as a rejected event."""
@@ -427,8 +422,8 @@ class JobService:
     def set_labels(self, job_id: str, labels: dict[str, str]) -> JobRecord:
         """Set (or replace) labels of a running job (``label KEY=VALUE`` on ``.state``)."""
         with self.mutation(job_id):
-            def change(record, w):
-                record["labels"] = {**(record.get("labels") or {}), **labels}
+            def change(record: JobRecord, w) -> None:
+                record.labels = {**(record.labels or {}), **labels}
             return self.update(job_id, change, ("labelled", {"labels": labels}))
 
     def extend(self, job_id: str, seconds: float) -> JobRecord:
@@ -438,20 +433,20 @@ class JobService:
         nothing to extend."""
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
-            if record.get("pending") or record.get("hidden") or record["state"] == JobState.ARCHIVED.value:
-                raise NotAllowedError(f"job {job_id} is {record['state']}"
-                                      f"{' and hidden: restore it first' if record.get('hidden') else ''}: "
+            if record.pending or record.hidden or record.state == JobState.ARCHIVED.value:
+                raise NotAllowedError(f"job {job_id} is {record.state}"
+                                      f"{' and hidden: restore it first' if record.hidden else ''}: "
                                       "nothing to extend")
-            if record.get("expires_at") is None:
+            if record.expires_at is None:
                 raise NotAllowedError(f"job {job_id} has no deadline to extend (no lease, or kept forever)")
             cap = self.template(record).max_extensions
-            if record.get("extensions", 0) >= cap:
+            if (record.extensions or 0) >= cap:
                 raise NotAllowedError(f"job {job_id} was extended {cap} times already, the most its template allows")
             now = self.clock()
 
-            def change(record, w):
-                record["expires_at"] = max(record.get("expires_at") or now, now) + seconds
-                record["extensions"] = record.get("extensions", 0) + 1
+            def change(record: JobRecord, w) -> None:
+                record.expires_at = max(record.expires_at or now, now) + seconds
+                record.extensions = (record.extensions or 0) + 1
             return self.update(job_id, change, ("extended", {"by_s": seconds}))
 
     def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None,
@@ -481,8 +476,8 @@ class JobService:
                 clone_job(self, command.source or "", command.job_id, uid, gid, extra=git_fields(command))
             elif command.verb in ("resume", "restore"):
                 record = self.require(command.job_id)
-                if uid != 0 and uid != record["uid"]:
-                    raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
+                if uid != 0 and uid != record.uid:
+                    raise NotAllowedError(f"job {command.job} belongs to uid {record.uid}")
                 if command.verb == "resume":
                     self.resume(command.job_id)
                 else:
@@ -495,8 +490,8 @@ class JobService:
                 return sweep(dry_run=command.dry_run)
             elif command.verb == "publish":
                 record = self.require(command.job_id)
-                if uid != 0 and uid != record["uid"]:
-                    raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
+                if uid != 0 and uid != record.uid:
+                    raise NotAllowedError(f"job {command.job} belongs to uid {record.uid}")
                 publish.request(self, command.job_id, command.retry, self.clock())
             elif command.verb == "reload":
                 if reload is None:
@@ -506,8 +501,8 @@ class JobService:
                 return reload()
             elif command.verb == "note":  # a reason's whole text, kept in the events (wsfs.client.fold_reason)
                 record = self.require(command.job_id)
-                if uid != 0 and uid != record["uid"]:
-                    raise NotAllowedError(f"job {command.job} belongs to uid {record['uid']}")
+                if uid != 0 and uid != record.uid:
+                    raise NotAllowedError(f"job {command.job} belongs to uid {record.uid}")
                 self.add_event("note", command.job, text=command.reason, uid=uid)
             elif command.verb == "doctor":
                 if doctor is None:
@@ -529,12 +524,12 @@ class JobService:
         with self.lock(job_id).shared():
             now = self.clock()
 
-            def change(record, w):
-                if record["state"] != JobState.RUNNING.value or self.is_sealed(record):
-                    raise SealedError(f"job {job_id} is {record['state']}: stages are for running jobs",
+            def change(record: JobRecord, w) -> None:
+                if record.state != JobState.RUNNING.value or self.is_sealed(record):
+                    raise SealedError(f"job {job_id} is {record.state}: stages are for running jobs",
                                       errno=errno.EPERM)
-                record["stage"] = stage
-                record["stages"].append({"name": stage, "at": now})
+                record.stage = stage
+                record.stages.append({"name": stage, "at": now})
             return self.update(job_id, change, ("stage", {"stage": stage}))
 
     def drop_areas(self, job_id: str, areas: list[str], stage: str | None = None) -> JobRecord:
@@ -546,12 +541,12 @@ class JobService:
         anything written there anew is counted afresh.  Keep and input areas: EPERM."""
         with self.lock(job_id).exclusive():  # no write is half-way in the job while it happens
             record = self.require(job_id)
-            if record["state"] != JobState.RUNNING.value or self.is_sealed(record) or record.get("where") != "jobs":
-                raise SealedError(f"job {job_id} is {record['state']}: only a running job's scratch is dropped",
+            if record.state != JobState.RUNNING.value or self.is_sealed(record) or record.where != "jobs":
+                raise SealedError(f"job {job_id} is {record.state}: only a running job's scratch is dropped",
                                   errno=errno.EPERM)
             kinds = self.template(record).areas
             for area in areas:
-                if area not in record["areas"]:
+                if area not in record.areas:
                     raise BadCommandError(f"job {job_id} has no area {area!r}")
                 if kinds.get(area) != AreaKind.SCRATCH:
                     raise NotAllowedError(f"{area}/ is a{'n' if kinds.get(area) == AreaKind.INPUT else ''} "
@@ -565,13 +560,13 @@ class JobService:
             self._fault_point("drop-swapped")  # a crash here: the tree is emptied, the record not yet
             freed = {}
 
-            def change(record, w):
+            def change(record: JobRecord, w) -> None:
                 freed.update(take_area_usage(record, w, areas))
                 for area in areas:  # the area is still there, empty
-                    record["area_usage"][area] = [0, 0]
+                    record.area_usage[area] = [0, 0]
                 if stage is not None:
-                    record["stage"] = stage
-                record["stages"].append({"name": stage or "drop", "at": now, "dropped": list(areas)})
+                    record.stage = stage
+                record.stages.append({"name": stage or "drop", "at": now, "dropped": list(areas)})
                 if stage is not None:
                     w.add_event("stage", job_id, stage=stage)
                 w.add_event("dropped", job_id, stage=stage, areas=freed)
@@ -585,11 +580,11 @@ class JobService:
     def set_owner(self, job_id: str, pid: int) -> JobRecord:
         owner = self._owner_of(pid)
         with self.lock(job_id).shared():
-            def change(record, w):
-                if record["state"] != JobState.RUNNING.value or self.is_sealed(record):
-                    raise SealedError(f"job {job_id} is {record['state']}: owners are for running jobs",
+            def change(record: JobRecord, w) -> None:
+                if record.state != JobState.RUNNING.value or self.is_sealed(record):
+                    raise SealedError(f"job {job_id} is {record.state}: owners are for running jobs",
                                       errno=errno.EPERM)
-                record["owner"] = owner
+                record.owner = owner
             return self.update(job_id, change, ("owner", {"pid": pid}))
 
     # -- transitions ------------------------------------------------------------
@@ -598,36 +593,36 @@ class JobService:
         """Move a job to ``target`` (docs/spec.md §4, §6); returns the final record."""
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
-            if record.get("pending"):
-                if record["pending"]["target"] != target.value:
+            if record.pending:
+                if record.pending["target"] != target.value:
                     raise SealedError(f"job {job_id} is already ending", errno=errno.EPERM)
                 # The same command again, after one that failed part way (a step's commit or the
                 # receipt refused by a full disk; a transition in flight holds this lock, so this
                 # is never one): finish what it started, as the next mount would (recover).
                 log.warning("finishing the interrupted %s of job %s (after step %s)",
-                            target.value, job_id, record["pending"]["step"])
+                            target.value, job_id, record.pending["step"])
                 return self._finish(record)
-            current = JobState(record["state"])
+            current = record.state
             check_transition(current, target)
             if target == JobState.RUNNING:
                 raise NotAllowedError("use resume to run a job again")
-            if record.get("hidden"):
+            if record.hidden:
                 raise NotAllowedError(f"job {job_id} is hidden: restore it first")
             self.manifest.flush()
             now = self.clock()
             pending = {"target": target.value, "reason": reason, "at": now, "step": "intent", "from": current.value}
 
-            def begin(record, w):
-                if record.get("pending") or record["state"] != current.value:
+            def begin(record: JobRecord, w) -> None:
+                if record.pending or record.state != current.value:
                     raise SealedError(f"job {job_id} changed meanwhile", errno=errno.EPERM)
-                record["pending"] = pending
+                record.pending = pending
             record = self.update(job_id, begin)
             self._fault_point("intent")
             return self._finish(record)
 
     def _finish(self, record: JobRecord) -> JobRecord:
         """Run the remaining steps of a recorded transition (idempotent)."""
-        pending = record["pending"]
+        pending = record.pending
         target = JobState(pending["target"])
         steps = steps_for(target)
         for step in steps[steps.index(pending["step"]) + 1:]:
@@ -636,22 +631,22 @@ class JobService:
         return record
 
     def _set_step(self, job_id: str, step: str, extra=None) -> JobRecord:
-        def change(record, w):
-            record["pending"]["step"] = step
+        def change(record: JobRecord, w) -> None:
+            record.pending["step"] = step
             if extra:
                 extra(record, w)
         return self.update(job_id, change)
 
     def _step_scratch(self, record: JobRecord, target: JobState) -> JobRecord:
-        job_id = record["id"]
+        job_id = record.id
         areas = self.template(record).scratch_areas() if target == JobState.COMPLETED else []
-        areas = [a for a in areas if a in record["areas"]]
+        areas = [a for a in areas if a in record.areas]
         for area in areas:
             if self.tree.move_to_trash("jobs", f"{job_id}/{area}", f"{job_id}.{area}"):
                 self.trash_wake.set()
 
 
-        def drop_usage(record, w):
+        def drop_usage(record: JobRecord, w) -> None:
             # The areas' entries go in the background batch (100,000 of them cost ~0.25 s):
             # the .state write returns in milliseconds, the receipt reads only the areas that
             # stay, and recover() drops any entries a crash left behind.  Their usage leaves
@@ -664,28 +659,28 @@ class JobService:
 
     def _step_quarantine(self, record: JobRecord, target: JobState) -> JobRecord:
         """A crashed job's tree moves to quarantine/ (docs/spec.md §7); idempotent."""
-        job_id = record["id"]
+        job_id = record.id
         self.tree_closing(job_id)
-        if record.get("where") == "jobs" and self.tree.exists("jobs", job_id):
+        if record.where == "jobs" and self.tree.exists("jobs", job_id):
             self.tree.rename("jobs", job_id, "quarantine", job_id)
-        log.warning("job %s crashed (%s): its tree is in quarantine/", job_id, record["pending"]["reason"])
+        log.warning("job %s crashed (%s): its tree is in quarantine/", job_id, record.pending["reason"])
 
-        def moved(record, w):
-            if record.get("where"):
-                record["where"] = "quarantine"
+        def moved(record: JobRecord, w) -> None:
+            if record.where:
+                record.where = "quarantine"
         return self._set_step(job_id, "quarantine", moved)
 
     def _step_sealed(self, record: JobRecord, target: JobState) -> JobRecord:
-        self.tree_closing(record["id"])
+        self.tree_closing(record.id)
 
-        def seal(record, w):
-            record["sealed"] = True
-        return self._set_step(record["id"], "sealed", seal)
+        def seal(record: JobRecord, w) -> None:
+            record.sealed = True
+        return self._set_step(record.id, "sealed", seal)
 
     def _step_receipt(self, record: JobRecord, target: JobState) -> JobRecord:
         """Write ``receipt.json`` (wsfs.core.receipts) from the areas that stay, every kept file
         hashed as it is now, and store what it found in the manifest (docs/spec.md §6)."""
-        job_id = record["id"]
+        job_id = record.id
         where = self.location(record)
         assert where is not None  # a job being ended has its tree
         root, rel = where
@@ -712,7 +707,7 @@ class JobService:
         data = receipts.receipt_bytes(record, target, sorted(entries.items()), hashed)
         receipts.write_atomically(self.tree, root, f"{rel}/{RECEIPT_FILE}", data)
 
-        def store_hashes(record, w):
+        def store_hashes(record: JobRecord, w) -> None:
             deltas: dict[str, list[int]] = {}
 
             def count(path, dbytes, dfiles):  # usage is the manifest's sum, in all and by area (usage.py)
@@ -727,13 +722,13 @@ class JobService:
                 old = w.put_manifest(job_id, path, entry)  # a file still open at the end grew since its entry
                 count(path, entry[0] - (old[0] if old else 0), 0 if old else 1)
             add_area_usage(record, deltas)
-            record["receipt_sha256"] = hashlib.sha256(data).hexdigest()
+            record.receipt_sha256 = hashlib.sha256(data).hexdigest()
         return self._set_step(job_id, "receipt", store_hashes)
 
     def _surviving_areas(self, record: JobRecord, target: JobState) -> list[str]:
         """The areas a job keeps in its ended state: all but the scratch ones at completion."""
         dropped = set(self.template(record).scratch_areas()) if target == JobState.COMPLETED else set()
-        return [a for a in record["areas"] if a not in dropped]
+        return [a for a in record.areas if a not in dropped]
 
     def drop_scratch_entries(self) -> int:
         """Queue the removal of manifest entries of completed jobs' scratch areas; return how many.
@@ -743,11 +738,11 @@ class JobService:
         found = 0
         with self.store.read() as r:
             for record in r.jobs():
-                if record["state"] != JobState.COMPLETED.value or record.get("pending"):
+                if record.state != JobState.COMPLETED.value or record.pending:
                     continue
                 for area in self.template(record).scratch_areas():
-                    if next(r.manifest(record["id"], area), None) is not None:
-                        self.manifest.drop(record["id"], area)
+                    if next(r.manifest(record.id, area), None) is not None:
+                        self.manifest.drop(record.id, area)
                         found += 1
         return found
 
@@ -762,50 +757,50 @@ class JobService:
             return None
 
     def _step_tree(self, record: JobRecord, target: JobState) -> JobRecord:
-        job_id = record["id"]
+        job_id = record.id
         self.tree_closing(job_id)
         where = self.location(record)
         receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
         if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.archived"):
             self.trash_wake.set()
 
-        def drop(record, w):
+        def drop(record: JobRecord, w) -> None:
             if receipt is not None:
                 w.put_receipt(job_id, receipt)
             w.delete_manifest_prefix(job_id)
-            record["where"] = None
+            record.where = None
         return self._set_step(job_id, "tree", drop)
 
     def _step_done(self, record: JobRecord, target: JobState) -> JobRecord:
-        pending = record["pending"]
-        self.usage.forget(record["id"])
+        pending = record.pending
+        self.usage.forget(record.id)
 
-        def finish(record, w):
+        def finish(record: JobRecord, w) -> None:
             now = pending["at"]
-            record["state"] = target.value
-            record["state_since"] = now
-            record["reason"] = pending["reason"]
-            record["history"].append({"state": target.value, "at": now, "reason": pending["reason"]})
+            record.state = target
+            record.state_since = now
+            record.reason = pending["reason"]
+            record.history.append({"state": target.value, "at": now, "reason": pending["reason"]})
             if target in ENDED_STATES:
-                record["ended"] = now
-                record["sealed"] = True
-                record["extensions"] = 0  # the lease's extensions were the running job's
+                record.ended = now
+                record.sealed = True
+                record.extensions = 0  # the lease's extensions were the running job's
                 after = self.template(record).expiry_after(target)
-                record["expires_at"] = None if after is None else now + after
+                record.expires_at = None if after is None else now + after
             else:  # archived
-                record["expires_at"] = None
-            record["pending"] = None
+                record.expires_at = None
+            record.pending = None
             if target in (JobState.COMPLETED, JobState.FAILED, JobState.CRASHED):
                 # Publishing and hooks run later, in the publisher: queued in this same commit.
                 publish.queue(record, self.template(record), target.value, now)
-        record = self.update(record["id"], finish, ("transition", {
+        record = self.update(record.id, finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
         metrics.TRANSITIONS.labels(from_state=pending.get("from") or "", to_state=target.value).inc()
-        log.info("job %s: %s -> %s%s", record["id"], pending.get("from"), target.value,
+        log.info("job %s: %s -> %s%s", record.id, pending.get("from"), target.value,
                  f" ({pending['reason']})" if pending["reason"] else "")  # one journal line per transition
-        if publish.status_of(record.get("publish")) == "pending":
+        if publish.status_of(record.publish) == "pending":
             self.publish_wake.set()
-        self.view_changed(record["id"])
+        self.view_changed(record.id)
         return record
 
     def _fault_point(self, step: str) -> None:
@@ -819,27 +814,29 @@ class JobService:
     def resume(self, job_id: str) -> JobRecord:
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
-            check_transition(JobState(record["state"]), JobState.RUNNING)
-            if record.get("hidden"):
+            check_transition(record.state, JobState.RUNNING)
+            if record.hidden:
                 raise NotAllowedError(f"job {job_id} is hidden: restore it first")
             # A crash after this rename and before the commit below leaves the tree in jobs/ and the
             # record crashed: recovery moves the tree back (_return_misplaced_trees), receipt and all.
-            if record.get("where") == "quarantine":
+            if record.where == "quarantine":
                 self.tree.rename("quarantine", job_id, "jobs", job_id)
             now = self.clock()
             self.usage.forget(job_id)
             from .retention import owner_alive  # retention imports this module
-            owner = record.get("owner")
+            owner = record.owner
             owner = owner if owner and owner_alive(owner) else None  # a gone owner would crash it again
 
-            def change(record, w):
-                record["state"] = JobState.RUNNING.value
-                record["state_since"] = now
-                record["history"].append({"state": "running", "at": now, "reason": "resumed"})
-                lease = record.get("max_running")
-                record.update(sealed=False, where="jobs", ended=None, reason=None, receipt_sha256=None,
-                              owner=owner, expires_at=None if lease is None else now + lease, extensions=0)
-            was = record["state"]
+            def change(record: JobRecord, w) -> None:
+                record.state = JobState.RUNNING
+                record.state_since = now
+                record.history.append({"state": "running", "at": now, "reason": "resumed"})
+                lease = record.max_running
+                record.sealed, record.where, record.owner = False, "jobs", owner
+                record.ended = record.reason = record.receipt_sha256 = None
+                record.expires_at = None if lease is None else now + lease
+                record.extensions = 0
+            was = record.state
             record = self.update(job_id, change, ("transition", {"from": was, "to": "running",
                                                                    "reason": "resumed"}))
             metrics.TRANSITIONS.labels(from_state=was, to_state="running").inc()
@@ -858,15 +855,15 @@ class JobService:
     def restore(self, job_id: str) -> JobRecord:
         with self.lock(job_id).exclusive():
             record = self.require(job_id)
-            if not record.get("hidden") or not record.get("where"):
-                raise NotAllowedError(f"job {job_id} is not hidden" if record.get("where")
+            if not record.hidden or not record.where:
+                raise NotAllowedError(f"job {job_id} is not hidden" if record.where
                                       else f"job {job_id} has no tree left to restore")
             now = self.clock()
-            after = self.template(record).expiry_after(JobState(record["state"]))
+            after = self.template(record).expiry_after(record.state)
 
-            def change(record, w):
-                record["hidden"] = False
-                record["expires_at"] = None if after is None else now + after  # a fresh retention period
+            def change(record: JobRecord, w) -> None:
+                record.hidden = False
+                record.expires_at = None if after is None else now + after  # a fresh retention period
             record = self.update(job_id, change, ("restored", {}))
         self.view_changed(job_id)
         return record
@@ -890,12 +887,12 @@ class JobService:
 
     def hide_many(self, job_ids: list[str], now: float) -> dict[str, JobRecord | WsfsError]:
         """Hide each due job; one store commit for all.  Returns job -> record or the refusal."""
-        def change(record, w):
-            if record.get("hidden") or not _due(record, now):
-                raise NotAllowedError(f"job {record['id']} is no longer due to be hidden")  # resumed meanwhile
+        def change(record: JobRecord, w) -> tuple[str, dict]:
+            if record.hidden or not _due(record, now):
+                raise NotAllowedError(f"job {record.id} is no longer due to be hidden")  # resumed meanwhile
             grace = self.template(record).grace
-            record["hidden"] = True
-            record["expires_at"] = now + grace
+            record.hidden = True
+            record.expires_at = now + grace
             return "hidden", {"purge_at": now + grace}
         return self._retire(job_ids, change)
 
@@ -909,42 +906,42 @@ class JobService:
         """
         receipts: dict[str, bytes] = {}
 
-        def check(record):
+        def check(record: JobRecord):
             if early is not None:
                 refused = self.early_purge_refusal(record, now)
                 if refused:
-                    raise NotAllowedError(f"job {record['id']} {refused}")
-            elif not record.get("hidden") or not _due(record, now):
-                raise NotAllowedError(f"job {record['id']} is no longer due to be purged")  # restored meanwhile
+                    raise NotAllowedError(f"job {record.id} {refused}")
+            elif not record.hidden or not _due(record, now):
+                raise NotAllowedError(f"job {record.id} is no longer due to be purged")  # restored meanwhile
             where = self.location(record)
             receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
             if receipt is not None:
-                receipts[record["id"]] = receipt
-            if where and self.tree.move_to_trash(where[0], where[1], f"{record['id']}.purged"):
+                receipts[record.id] = receipt
+            if where and self.tree.move_to_trash(where[0], where[1], f"{record.id}.purged"):
                 self.trash_wake.set()
 
-        def change(record, w):
-            if record["id"] in receipts:
-                w.put_receipt(record["id"], receipts[record["id"]])
-            w.delete_manifest_prefix(record["id"])
-            record.update(where=None, purged_at=now, expires_at=None, hidden=True)
+        def change(record: JobRecord, w) -> tuple[str, dict]:
+            if record.id in receipts:
+                w.put_receipt(record.id, receipts[record.id])
+            w.delete_manifest_prefix(record.id)
+            record.where, record.purged_at, record.expires_at, record.hidden = None, now, None, True
             if early is not None:
-                record["purge_reason"] = early
+                record.purge_reason = early
             if publish.queue(record, self.template(record), "purged", now):
                 self.publish_wake.set()
-            return "purged", {"state": record["state"], **({"reason": early} if early is not None else {})}
+            return "purged", {"state": record.state, **({"reason": early} if early is not None else {})}
         return self._retire(job_ids, change, check)
 
     def early_purge_refusal(self, record: JobRecord, now: float) -> str | None:
         """Why a job may not be purged before its time (under disk pressure), or None if it may:
         only an ended job with a tree, not ending or publishing, ended ``pressure_min_age`` ago."""
-        if record["state"] not in {s.value for s in ENDED_STATES} or record.get("pending"):
-            return f"is {record['state']}: only ended jobs are purged early"
-        if not record.get("where"):
+        if record.state not in {s.value for s in ENDED_STATES} or record.pending:
+            return f"is {record.state}: only ended jobs are purged early"
+        if not record.where:
             return "has no tree left"
-        if publish.status_of(record.get("publish")) in ("pending", "retry", "requested", "failed"):
+        if publish.status_of(record.publish) in ("pending", "retry", "requested", "failed"):
             return "still has results to publish"
-        if now - record["state_since"] < self.config.pressure_min_age:
+        if now - record.state_since < self.config.pressure_min_age:
             return "ended less than pressure_min_age ago"
         return None
 
@@ -994,18 +991,18 @@ class JobService:
         as a purge does, and a running job ends ``crashed`` by the state table (docs/spec.md §4),
         its record alone (no tree to quarantine or seal).  The caller holds the job's lock."""
         record = self.require(job_id)
-        was_running = record["state"] == JobState.RUNNING.value
+        was_running = record.state == JobState.RUNNING.value
         if was_running:
             check_transition(JobState.RUNNING, JobState.CRASHED)
 
-        def change(rec, w):
+        def change(rec: JobRecord, w) -> None:
             w.delete_manifest_prefix(job_id)
-            rec.update(where=None, purged_at=now, expires_at=None)
+            rec.where, rec.purged_at, rec.expires_at = None, now, None
             if was_running:
-                rec.update(state=JobState.CRASHED.value, state_since=now, ended=now, sealed=True, owner=None,
-                           reason=reason)
-                rec["history"].append({"state": JobState.CRASHED.value, "at": now, "reason": reason})
-        record = self.update(job_id, change, ("purged", {"state": record["state"], "by": by, "reason": reason}))
+                rec.state, rec.state_since, rec.ended, rec.reason = JobState.CRASHED, now, now, reason
+                rec.sealed, rec.owner = True, None
+                rec.history.append({"state": JobState.CRASHED.value, "at": now, "reason": reason})
+        record = self.update(job_id, change, ("purged", {"state": record.state, "by": by, "reason": reason}))
         if was_running:
             metrics.TRANSITIONS.labels(from_state=JobState.RUNNING.value, to_state=JobState.CRASHED.value).inc()
         self.usage.forget(job_id)
@@ -1025,16 +1022,16 @@ class JobService:
         finished = []
         for record in pending:
             log.warning("finishing the interrupted %s of job %s (after step %s)",
-                        record["pending"]["target"], record["id"], record["pending"]["step"])
-            with self.lock(record["id"]).exclusive():
+                        record.pending["target"], record.id, record.pending["step"])
+            with self.lock(record.id).exclusive():
                 self._finish(record)
-            finished.append(record["id"])
+            finished.append(record.id)
         if unclean:
             self.drop_scratch_entries()
             self._return_misplaced_trees()
             self._trash_unfinished_creations()
             with self.store.read() as r:
-                running = [j["id"] for j in r.jobs() if j["state"] == JobState.RUNNING.value and j.get("where")]
+                running = [j.id for j in r.jobs() if j.state == JobState.RUNNING.value and j.where]
             for job_id in running:
                 self._trash_stale_receipt(job_id)
                 self.rebuild_manifest(job_id)
@@ -1053,11 +1050,11 @@ class JobService:
                 if kind != stat.S_IFDIR or not JOB_ID_RE.fullmatch(name):
                     continue
                 record = self.get(name)
-                if record is None or record.get("pending") or record.get("where") != other \
+                if record is None or record.pending or record.where != other \
                         or self.tree.exists(other, name):
                     continue
                 log.warning("job %s: its tree was in %s/, its record (%s) says %s/: moved back", name, root,
-                            record["state"], other)
+                            record.state, other)
                 self.tree.rename(root, name, other, name)
 
     def _trash_unfinished_creations(self) -> None:
@@ -1110,7 +1107,7 @@ class JobService:
             except FileNotFoundError:
                 pass
         if removed:
-            log.info("job %s: removed %d hidden name(s) of files unlinked while open", record["id"], removed)
+            log.info("job %s: removed %d hidden name(s) of files unlinked while open", record.id, removed)
         return removed
 
     def rebuild_manifest(self, job_id: str) -> JobRecord:
@@ -1136,7 +1133,7 @@ class JobService:
                 w.put_manifest(job_id, path, entry)
                 entries.append((path, entry))
             rec = w.job(job_id)
-            rec["usage"], rec["area_usage"] = usage_of(entries)
+            rec.usage, rec.area_usage = usage_of(entries)
             w.put_job(rec)
             return [rec]
         self.manifest.flush()
@@ -1176,10 +1173,11 @@ def job_document(record: JobRecord) -> dict:
     """``version``, the ``JOB_DOCUMENT_FIELDS`` (absent optional ones as null), each time also as
     ``*_iso``, ``location`` (``workspaces`` or ``quarantine``) and ``ending`` (the state a
     transition in flight goes to, else null)."""
-    document = {"version": JOB_DOCUMENT_VERSION, **{key: record.get(key) for key in JOB_DOCUMENT_FIELDS}}
+    document = {"version": JOB_DOCUMENT_VERSION, **{key: getattr(record, key) for key in JOB_DOCUMENT_FIELDS}}
+    document["state"] = record.state.value
     for key in _DOCUMENT_TIMES:
-        document[key + "_iso"] = iso(typing.cast(float | None, record.get(key)))
-    document["location"] = {"jobs": "workspaces", "quarantine": "quarantine"}.get(record.get("where") or "")
-    document["ending"] = (record.get("pending") or {}).get("target")
-    document["sealed"] = bool(record.get("sealed") or record.get("pending"))
+        document[key + "_iso"] = iso(getattr(record, key))
+    document["location"] = {"jobs": "workspaces", "quarantine": "quarantine"}.get(record.where or "")
+    document["ending"] = (record.pending or {}).get("target")
+    document["sealed"] = bool(record.sealed or record.pending)
     return document

@@ -33,7 +33,7 @@ class UsageMeter:
         if usage is None:
             self._service.manifest.flush()
             record = self._service.require(job)
-            usage = self._usage[job] = [record["usage"]["bytes"], record["usage"]["files"]]
+            usage = self._usage[job] = [record.usage["bytes"], record.usage["files"]]
         return usage
 
     def charge(self, job: str, dbytes: int = 0, dfiles: int = 0) -> None:
@@ -42,20 +42,20 @@ class UsageMeter:
         if not dbytes and not dfiles:
             return
         record = self._service.require(job)
-        _max_jobs, user_quota = self._service.config.limits_for(record["uid"])
+        _max_jobs, user_quota = self._service.config.limits_for(record.uid)
         with self._lock:
             usage = self._load(job)
-            quota, max_files = record.get("quota") or 0, record.get("max_files") or 0
+            quota, max_files = record.quota or 0, record.max_files or 0
             if dbytes > 0 and quota and usage[0] + dbytes > quota:
                 raise QuotaError(f"job {job} would use {usage[0] + dbytes} bytes; its quota is {quota}")
             if dfiles > 0 and max_files and usage[1] + dfiles > max_files:
                 raise QuotaError(f"job {job} would hold {usage[1] + dfiles} files; max_files is {max_files}")
             if user_quota:
-                mine = self._user_bytes(record["uid"])
+                mine = self._user_bytes(record.uid)
                 if dbytes > 0 and mine + dbytes > user_quota:
-                    raise QuotaError(f"uid {record['uid']} would use {mine + dbytes} bytes over its jobs; "
+                    raise QuotaError(f"uid {record.uid} would use {mine + dbytes} bytes over its jobs; "
                                      f"its quota is {user_quota} (quota_per_user)")
-                self._users[record["uid"]] = max(mine + dbytes, 0)
+                self._users[record.uid] = max(mine + dbytes, 0)
             usage[0] = max(usage[0] + dbytes, 0)
             usage[1] = max(usage[1] + dfiles, 0)
 
@@ -69,8 +69,8 @@ class UsageMeter:
                 total = r.totals().get("users", {}).get(str(uid), [0, 0, 0])[1]
             for job, usage in self._usage.items():
                 record = self._service.get(job)
-                if record is not None and record.get("uid") == uid and record.get("where"):
-                    total += usage[0] - record["usage"]["bytes"]
+                if record is not None and record.uid == uid and record.where:
+                    total += usage[0] - record.usage["bytes"]
             self._users[uid] = total
         return self._users[uid]
 

@@ -7,6 +7,8 @@ the CLI, the sweeper, recovery) asks ``check_transition``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import enum
 import re
 import typing
@@ -83,45 +85,85 @@ class AreaKind(str, enum.Enum):
 DEFAULT_TEMPLATE = {"input": AreaKind.INPUT, "output": AreaKind.KEEP, "temp": AreaKind.SCRATCH}
 
 
-class JobRecord(typing.TypedDict, total=False):
-    """A job's record as the store keeps it (``store.py``'s docstring; made by
-    ``JobService.new_record``).  The first group is in every record; the rest only in the
-    records that need them (readers use ``.get``)."""
+#: The record's own version (``JobRecord.v``); the store's schema version is ``store.SCHEMA_VERSION``.
+RECORD_VERSION = 1
 
-    v: int
+
+@dataclasses.dataclass(slots=True)
+class JobRecord:
+    """A job's record (``store.py``'s docstring is the stored format).
+
+    The fields down to ``receipt_sha256`` are stored in every record; the optional ones after
+    it are stored only when set (None means absent, so a record stored without them, by this
+    or an older wsfs, reads the same).  A field this wsfs does not know, written by a newer
+    one, is kept in ``extra`` and stored again as it was.  The store gives each reader a fresh
+    copy; a record held in ``JobService``'s cache is never changed in place."""
+
     id: str
-    state: str                      # a JobState value
     template: str
     areas: dict[str, str]           # area -> an AreaKind value
     created: float
-    state_since: float
-    ended: float | None
     uid: int
     gid: int
-    owner: typing.Any               # None or {"pid", "create_time"} of the owning process
-    reason: str | None
-    stage: str | None
-    stages: list[dict]              # {"name", "at", "dropped"?}
-    history: list[dict]             # {"state", "at", "reason"?}
-    usage: dict[str, int]           # {"bytes", "files"}: the manifest's sum
-    area_usage: dict[str, list[int]]
-    quota: int
-    max_files: int
-    sealed: bool
-    pending: typing.Any             # None or a transition in flight: {"target", "reason", "at", "step", "from"}
-    where: str | None               # "jobs", "quarantine" or None once the tree is gone
-    hidden: bool
-    expires_at: float | None
-    purged_at: float | None
-    receipt_sha256: str | None
-    # optional
-    git: dict[str, str]
-    origin: str
-    setup: str | None
-    labels: dict[str, str]
-    max_running: float | None
-    extensions: int
-    notified: dict[str, float]
-    publish: typing.Any             # None or publishing's state (wsfs.core.publish)
-    shares: dict[str, str]          # "u:UID" | "g:GID" -> "r" | "rw"
-    purge_reason: str
+    state: JobState = JobState.RUNNING
+    state_since: float = 0.0
+    ended: float | None = None
+    owner: typing.Any = None        # None or {"pid", "create_time"} of the owning process
+    reason: str | None = None
+    stage: str | None = None
+    stages: list[dict] = dataclasses.field(default_factory=list)   # {"name", "at", "dropped"?}
+    history: list[dict] = dataclasses.field(default_factory=list)  # {"state", "at", "reason"?}
+    usage: dict[str, int] = dataclasses.field(default_factory=lambda: {"bytes": 0, "files": 0})
+    area_usage: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # area -> [bytes, files]
+    quota: int = 0
+    max_files: int = 0
+    sealed: bool = False
+    pending: typing.Any = None      # None or a transition in flight: {"target", "reason", "at", "step", "from"}
+    where: str | None = "jobs"      # "jobs", "quarantine", or None once the tree is gone
+    hidden: bool = False
+    expires_at: float | None = None
+    purged_at: float | None = None
+    receipt_sha256: str | None = None
+    v: int = RECORD_VERSION
+    # optional: stored only when not None
+    git: dict[str, str] | None = None
+    origin: str | None = None
+    setup: str | None = None
+    labels: dict[str, str] | None = None
+    max_running: float | None = None
+    extensions: int | None = None
+    notified: dict[str, float] | None = None
+    publish: typing.Any = None      # None or publishing's state (wsfs.core.publish)
+    shares: dict[str, str] | None = None  # "u:UID" | "g:GID" -> "r" | "rw"
+    purge_reason: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_stored(cls, data: dict) -> JobRecord:
+        known = {key: value for key, value in data.items() if key in _FIELDS}
+        record = cls(**known)
+        record.state = JobState(record.state)
+        if len(known) < len(data):
+            record.extra = {key: value for key, value in data.items() if key not in _FIELDS}
+        return record
+
+    def to_stored(self) -> dict:
+        stored = {name: getattr(self, name) for name in _ALWAYS_STORED}
+        stored["state"] = self.state.value
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                stored[name] = value
+        stored.update(self.extra)
+        return stored
+
+    def copy(self) -> JobRecord:
+        """A deep copy (nested lists and dicts too), to change without touching this one."""
+        return JobRecord.from_stored(copy.deepcopy(self.to_stored()))
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord)) - {"extra"}
+_OPTIONAL = ("git", "origin", "setup", "labels", "max_running", "extensions", "notified", "publish",
+             "shares", "purge_reason")
+_ALWAYS_STORED = tuple(f.name for f in dataclasses.fields(JobRecord)
+                       if f.name not in _OPTIONAL and f.name != "extra")

@@ -115,9 +115,9 @@ def queue(record: JobRecord, template: Template, event: str, now: float) -> bool
     fresh = new_round(template, event, now)
     if fresh is None:
         return False
-    current = record.get("publish")
+    current = record.publish
     if current is None or event == "completed":
-        record["publish"] = fresh
+        record.publish = fresh
         return True
     current["hooks"].update(fresh["hooks"])
     current.update(status="pending", attempts=0, next_at=now, error=None, event=event)
@@ -130,12 +130,12 @@ def status_of(publish: dict | None) -> str | None:
 
 def expand_destination(to: str, record: JobRecord) -> str:
     """``to`` with {job} {template} {date} {owner}; {date} is the job's end date (UTC), so retries agree."""
-    ended = record.get("ended") or record.get("state_since") or record["created"]
+    ended = record.ended or record.state_since or record.created
     try:
-        owner = pwd.getpwuid(record["uid"]).pw_name
+        owner = pwd.getpwuid(record.uid).pw_name
     except KeyError:
-        owner = str(record["uid"])
-    values = {"job": record["id"], "template": record["template"], "owner": owner,
+        owner = str(record.uid)
+    values = {"job": record.id, "template": record.template, "owner": owner,
               "date": datetime.datetime.fromtimestamp(ended, datetime.UTC).strftime("%Y-%m-%d")}
     dest = os.path.normpath(to.format(**values))
     if not dest.startswith("/") or dest == "/":
@@ -430,9 +430,9 @@ class Publisher:
 
     def _postpone(self, job_id: str, error: str, now: float) -> None:
         """After a bug, not a failed target: try again after the backoff rather than at once, forever."""
-        def change(record, w):
-            if status_of(record.get("publish")) == "pending":
-                record["publish"].update(error=error,
+        def change(record: JobRecord, w) -> None:
+            if status_of(record.publish) == "pending":
+                record.publish.update(error=error,
                                          next_at=now + self.service.template(record).publish_backoff)
         try:
             self.service.update(job_id, change)
@@ -456,7 +456,7 @@ class Publisher:
     def attempt(self, job_id: str) -> JobRecord:
         with self._lock:
             record = self.service.require(job_id)
-            publish = record.get("publish")
+            publish = record.publish
             if not publish or publish["status"] != "pending":
                 return record
             template = self.service.template(record)
@@ -465,13 +465,13 @@ class Publisher:
                 if target["status"] != "pending":
                     continue
                 record = self._publish_target(record, index, target)
-                if record["publish"]["targets"][index]["status"] != "done":
-                    errors.append(record["publish"]["targets"][index]["error"])
+                if record.publish["targets"][index]["status"] != "done":
+                    errors.append(record.publish["targets"][index]["error"])
                 if self.stopping.is_set():
                     return record
-            targets_done = all(t["status"] == "done" for t in record["publish"]["targets"])
+            targets_done = all(t["status"] == "done" for t in record.publish["targets"])
             for name in HOOK_NAMES:
-                hook = record["publish"]["hooks"].get(name)
+                hook = record.publish["hooks"].get(name)
                 if hook is None or hook["status"] != "pending":
                     continue
                 if name == "on_completed" and not targets_done:
@@ -479,8 +479,8 @@ class Publisher:
                 record = self._run_hook(record, name, template)
                 if self.stopping.is_set():
                     return record
-                if record["publish"]["hooks"][name]["status"] != "done":
-                    errors.append(f"{name}: {record['publish']['hooks'][name]['error']}")
+                if record.publish["hooks"][name]["status"] != "done":
+                    errors.append(f"{name}: {record.publish['hooks'][name]['error']}")
             return self._settle(record, template, errors)
 
     def _fault_point(self, step: str) -> None:
@@ -490,18 +490,18 @@ class Publisher:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _publish_target(self, record: JobRecord, index: int, target: dict) -> JobRecord:
-        job_id = record["id"]
+        job_id = record.id
         where = self.service.location(record)
         dest: str | None = None
         try:
             dest = expand_destination(target["to"], record)
             if where is None:
                 raise PublishError("the job has no tree left to publish")
-            if target["area"] not in record["areas"]:
+            if target["area"] not in record.areas:
                 raise PublishError(f"the job has no area {target['area']!r}")
             started = time.monotonic()
             outcome = publish_tree(self.service.tree, where[0], f"{where[1]}/{target['area']}", dest,
-                                   replace=target["replace"], creds=OwnerCredentials(record["uid"], record["gid"]),
+                                   replace=target["replace"], creds=OwnerCredentials(record.uid, record.gid),
                                    stop=self.stopping)
             error, event = None, ("published", {"area": target["area"], "dest": dest, "mode": target["mode"],
                                                 "outcome": outcome,
@@ -514,43 +514,43 @@ class Publisher:
             metrics.PUBLISH_FAILURES.labels(what="target").inc()
         self._fault_point("after-copy")
 
-        def change(record, w):
-            item = record["publish"]["targets"][index]
+        def change(record: JobRecord, w) -> None:
+            item = record.publish["targets"][index]
             item.update(dest=dest, error=error, status="pending" if error else "done")
         return self.service.update(job_id, change, event)
 
     def hook_env(self, record: JobRecord, event: str) -> tuple[dict, str]:
         """The hook's environment and working directory (the workspace, through the mount when there is one)."""
-        env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record["id"], "WSFS_STATE": record["state"],
-               "WSFS_TEMPLATE": record["template"], "WSFS_EVENT": event, "WSFS_REASON": record.get("reason") or ""}
+        env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record.id, "WSFS_STATE": record.state,
+               "WSFS_TEMPLATE": record.template, "WSFS_EVENT": event, "WSFS_REASON": record.reason or ""}
         try:
-            pw = pwd.getpwuid(record["uid"])
+            pw = pwd.getpwuid(record.uid)
             env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
         except KeyError:
             env["HOME"] = "/"
         cwd = "/"
         where = self.service.location(record)
-        if where is not None and not record.get("hidden"):
+        if where is not None and not record.hidden:
             if self.mountpoint:
                 env["WSFS_MOUNT"] = self.mountpoint
                 top = "workspaces" if where[0] == "jobs" else "quarantine"
-                workspace = os.path.join(self.mountpoint, top, record["id"])
+                workspace = os.path.join(self.mountpoint, top, record.id)
             else:  # no mount (tests of the core): the data dir itself
                 workspace = os.path.join(self.service.tree.data_dir, where[0], where[1])
             env["WSFS_WORKSPACE"] = workspace
             env["WSFS_RECEIPT"] = os.path.join(workspace, "receipt.json")
-            for area in record["areas"]:
+            for area in record.areas:
                 env[env_name(area)] = os.path.join(workspace, area)
-            cwd = workspace if self.mountpoint or os.geteuid() != 0 or record["uid"] == 0 else "/"
-        for target in (record.get("publish") or {}).get("targets", []):
+            cwd = workspace if self.mountpoint or os.geteuid() != 0 or record.uid == 0 else "/"
+        for target in (record.publish or {}).get("targets", []):
             if target["status"] == "done":
                 env.setdefault(env_name(target["area"]).replace("WSFS_", "WSFS_PUBLISHED_", 1), target["dest"])
         return env, cwd
 
     def _run_hook(self, record: JobRecord, name: str, template: Template) -> JobRecord:
-        job_id = record["id"]
+        job_id = record.id
         command = template.hooks.get(name)
-        attempt = record["publish"]["attempts"] + 1
+        attempt = record.publish["attempts"] + 1
         error: str | None
         if not command:
             code, output, error, took = None, "", f"the template no longer has {name}", 0.0
@@ -558,7 +558,7 @@ class Publisher:
             env, cwd = self.hook_env(record, name[3:])
             started = time.monotonic()
             try:
-                code, output, error = run_hook(command, env=env, uid=record["uid"], gid=record["gid"], cwd=cwd,
+                code, output, error = run_hook(command, env=env, uid=record.uid, gid=record.gid, cwd=cwd,
                                                timeout=template.hook_timeout, stop=self.stopping)
             except OSError as exc:  # cwd gone, ...
                 code, output, error = None, "", f"could not run the hook: {exc.strerror or exc}"
@@ -569,21 +569,21 @@ class Publisher:
             log.warning("job %s: hook %s failed: %s", job_id, name, error)
             metrics.PUBLISH_FAILURES.labels(what="hook").inc()
 
-        def change(record, w):
-            record["publish"]["hooks"][name].update(status="pending" if error else "done", exit=code, error=error)
+        def change(record: JobRecord, w) -> None:
+            record.publish["hooks"][name].update(status="pending" if error else "done", exit=code, error=error)
         return self.service.update(job_id, change, ("hook", {
             "hook": name, "exit": code, "error": error, "output": output, "duration_s": took, "attempt": attempt,
-            "uid": record["uid"]}))
+            "uid": record.uid}))
 
     def _settle(self, record: JobRecord, template: Template, errors: list[str]) -> JobRecord:
-        job_id = record["id"]
+        job_id = record.id
         now = self.clock()
-        publish = record["publish"]
+        publish = record.publish
         if errors:
             attempts = publish["attempts"] + 1
             if attempts > template.publish_retries:
-                def failed(record, w):
-                    p = record["publish"]
+                def failed(record: JobRecord, w) -> None:
+                    p = record.publish
                     for item in p["targets"] + list(p["hooks"].values()):
                         if item["status"] == "pending":
                             item["status"] = "failed"
@@ -593,30 +593,30 @@ class Publisher:
                     "status": "failed", "attempts": attempts, "error": "; ".join(errors)}))
             delay = min(template.publish_backoff * 2 ** (attempts - 1), MAX_BACKOFF)
 
-            def retry(record, w):
-                record["publish"].update(attempts=attempts, error="; ".join(errors), next_at=now + delay)
+            def retry(record: JobRecord, w) -> None:
+                record.publish.update(attempts=attempts, error="; ".join(errors), next_at=now + delay)
             return self.service.update(job_id, retry, ("publish", {
                 "status": "retry", "attempts": attempts, "error": "; ".join(errors), "retry_in_s": delay}))
         items = publish["targets"] + list(publish["hooks"].values())
         if any(item["status"] == "failed" for item in items):  # an earlier round's failure stands until retried
-            def still_failed(record, w):
-                record["publish"].update(status="failed", next_at=None)
+            def still_failed(record: JobRecord, w) -> None:
+                record.publish.update(status="failed", next_at=None)
             return self.service.update(job_id, still_failed)
         record = self._move_areas(record)
         if (publish["targets"] or "on_completed" in publish["hooks"]) and template.after_publish:
             record = self._delete_tree(record)
 
-        def done(record, w):
-            record["publish"].update(status="done", error=None, next_at=None, done_at=now,
+        def done(record: JobRecord, w) -> None:
+            record.publish.update(status="done", error=None, next_at=None, done_at=now,
                                      attempts=publish["attempts"] + 1)
         return self.service.update(job_id, done, ("publish", {"status": "done",
                                                                 "attempts": publish["attempts"] + 1}))
 
     def _move_areas(self, record: JobRecord) -> JobRecord:
         """``mode = "move"``: the published area leaves the workspace (its entries leave the manifest)."""
-        job_id = record["id"]
-        areas = [t["area"] for t in record["publish"]["targets"] if t["mode"] == "move"
-                 and t["area"] not in record["publish"]["moved"]]
+        job_id = record.id
+        areas = [t["area"] for t in record.publish["targets"] if t["mode"] == "move"
+                 and t["area"] not in record.publish["moved"]]
         if not areas:
             return record
         service = self.service
@@ -627,35 +627,35 @@ class Publisher:
                 if where and service.tree.move_to_trash(where[0], f"{where[1]}/{area}", f"{job_id}.{area}"):
                     service.trash_wake.set()
 
-            def change(record, w):
+            def change(record: JobRecord, w) -> None:
                 take_area_usage(record, w, areas)
                 for area in areas:
                     w.delete_manifest_prefix(job_id, area)
-                    record["publish"]["moved"].append(area)
+                    record.publish["moved"].append(area)
             record = service.update(job_id, change, ("moved", {"areas": areas}))
         service.view_changed(job_id)
         return record
 
     def _delete_tree(self, record: JobRecord) -> JobRecord:
         """``completed = "after-publish"``: the tree goes; the record and its receipt stay."""
-        job_id = record["id"]
+        job_id = record.id
         service = self.service
         with service.lock(job_id).exclusive():
             record = service.require(job_id)
             where = service.location(record)
-            if where is None or record["state"] != "completed":
+            if where is None or record.state != "completed":
                 return record
             receipt = service.read_receipt(record)
             if service.tree.move_to_trash(where[0], where[1], f"{job_id}.published"):
                 service.trash_wake.set()
             now = self.clock()
 
-            def change(record, w):
+            def change(record: JobRecord, w) -> None:
                 if receipt is not None:
                     w.put_receipt(job_id, receipt)
                 w.delete_manifest_prefix(job_id)
-                record.update(where=None, expires_at=None)
-                record["publish"]["deleted_at"] = now
+                record.where = record.expires_at = None
+                record.publish["deleted_at"] = now
             record = service.update(job_id, change, ("deleted", {"why": "after-publish: everything was published"}))
         service.view_changed(job_id)
         return record
@@ -669,13 +669,13 @@ def request(service, job_id: str, retry: bool, now: float) -> JobRecord:
     record = service.require(job_id)
     template = service.template(record)
 
-    def change(record, w):
-        publish = record.get("publish")
+    def change(record: JobRecord, w) -> None:
+        publish = record.publish
         status = status_of(publish)
         if status is None or (retry and status == "done"):
-            if record["state"] != "completed":
-                raise NotAllowedError(f"job {job_id} is {record['state']}: only a completed job publishes")
-            if record.get("where") is None:
+            if record.state != "completed":
+                raise NotAllowedError(f"job {job_id} is {record.state}: only a completed job publishes")
+            if record.where is None:
                 raise NotAllowedError(f"job {job_id} has no tree left to publish")
             if not queue(record, template, "completed", now):
                 raise NotAllowedError(f"template {template.name!r} has no publish targets and no on_completed hook")

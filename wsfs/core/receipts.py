@@ -83,27 +83,27 @@ def verified_entry(tree: Tree, root: str, rel: str, entry: list,
 def receipt_bytes(record: JobRecord, target: JobState, ordered: list, hashed: dict) -> bytes:
     """``receipt.json`` of a job ending in ``target``: ``ordered`` are its manifest entries as they
     stay, sorted by path; ``hashed`` the kept files, whose sha256 make the outputs."""
-    job_id = record["id"]
+    job_id = record.id
     outputs = [{"path": p, "size": e[0], "sha256": e[3].hex()} for p, e in ordered if p in hashed]
-    ended = record["pending"]["at"]
+    ended = record.pending["at"]
     receipt = {
         "receipt_version": RECEIPT_VERSION,
-        "job": job_id, "template": record["template"], "state": target.value,
-        "reason": record["pending"]["reason"],
-        "owner": {"uid": record["uid"], "gid": record["gid"],
-                  "pid": (record.get("owner") or {}).get("pid")},
-        "created": iso(record["created"]), "ended": iso(ended),
-        "duration_s": round(ended - record["created"], 3),
-        "stage": record.get("stage"),
+        "job": job_id, "template": record.template, "state": target.value,
+        "reason": record.pending["reason"],
+        "owner": {"uid": record.uid, "gid": record.gid,
+                  "pid": (record.owner or {}).get("pid")},
+        "created": iso(record.created), "ended": iso(ended),
+        "duration_s": round(ended - record.created, 3),
+        "stage": record.stage,
         "stages": [{"name": s["name"], "at": iso(s["at"]), **({"dropped": s["dropped"]} if "dropped" in s else {})}
-                   for s in record["stages"]],
+                   for s in record.stages],
         "outputs": outputs,
         "totals": {"files": len(ordered), "bytes": sum(e[0] for _p, e in ordered),
                    "output_files": len(outputs), "output_bytes": sum(o["size"] for o in outputs)},
         "manifest_sha256": hashlib.sha256(manifest_bytes(ordered)).hexdigest(),
     }
-    if record.get("labels"):
-        receipt["labels"] = record["labels"]
+    if record.labels:
+        receipt["labels"] = record.labels
     return (json.dumps(receipt, indent=2) + "\n").encode()
 
 

@@ -157,15 +157,15 @@ class Sweeper:
         busy: set[str] | None = None
         for deadline, job_id in due:
             record = service.get(job_id)
-            if record is None or record.get("pending"):
+            if record is None or record.pending:
                 continue
-            state = record["state"]
-            age = format_duration(now - record["state_since"])
+            state = record.state
+            age = format_duration(now - record.state_since)
             template = service.template(record)
             if state == JobState.RUNNING.value:  # a running job's deadline is its lease
                 actions.append(Action(job_id, "crash", "lease expired"))
                 continue
-            if not record.get("hidden"):
+            if not record.hidden:
                 policy = format_duration(template.expiry_after(JobState(state)))
                 grace = format_duration(template.grace)
                 actions.append(Action(job_id, "hide", f"{state} for {age}, policy {state}={policy}, grace {grace}"))
@@ -199,13 +199,13 @@ class Sweeper:
             soon = [(d, j) for d, j in r.due(now + max(leads)) if d > now]
         for deadline, job_id in soon:
             record = service.get(job_id)
-            if record is None or record.get("pending") or record["state"] == JobState.RUNNING.value:
+            if record is None or record.pending or record.state == JobState.RUNNING.value:
                 continue
             template = service.template(record)
-            step = "purge" if record.get("hidden") else "hide"
+            step = "purge" if record.hidden else "hide"
             if not template.on_expiring or deadline - now > template.expiring_notice:
                 continue
-            if (record.get("notified") or {}).get(step) == record.get("expires_at"):
+            if (record.notified or {}).get(step) == record.expires_at:
                 continue  # told already, for this deadline (the record's own: the index keeps milliseconds)
             out.append(Action(job_id, "notice", f"{step} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(deadline))}"
                                                 f" UTC (notice {format_duration(template.expiring_notice)})"))
@@ -216,28 +216,28 @@ class Sweeper:
         service = self.service
         assert action.job is not None  # a notice is about a job
         record = service.require(action.job)
-        deadline = record["expires_at"]
+        deadline = record.expires_at
         if deadline is None:
             return  # extended or restored since the plan: no deadline to tell of
-        step = "purge" if record.get("hidden") else "hide"
+        step = "purge" if record.hidden else "hide"
         template = service.template(record)
-        env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record["id"], "WSFS_ACTION": step,
+        env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8", "WSFS_JOB": record.id, "WSFS_ACTION": step,
                "WSFS_EXPIRES": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
-               "WSFS_EXPIRES_EPOCH": str(int(deadline)), "WSFS_STATE": record["state"],
-               "WSFS_TEMPLATE": record["template"], "HOME": "/"}
+               "WSFS_EXPIRES_EPOCH": str(int(deadline)), "WSFS_STATE": record.state,
+               "WSFS_TEMPLATE": record.template, "HOME": "/"}
         try:
-            pw = pwd.getpwuid(record["uid"])
+            pw = pwd.getpwuid(record.uid)
             env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, WSFS_OWNER=pw.pw_name)
         except KeyError:
-            env["WSFS_OWNER"] = str(record["uid"])
+            env["WSFS_OWNER"] = str(record.uid)
         assert template.on_expiring is not None  # _notices plans notices only for templates with a hook
-        code, output, error = run_hook(template.on_expiring, env=env, uid=record["uid"], gid=record["gid"], cwd="/",
+        code, output, error = run_hook(template.on_expiring, env=env, uid=record.uid, gid=record.gid, cwd="/",
                                        timeout=template.hook_timeout, stop=self.stopping)
         if error:
             action.error = error
 
-        def change(record, w):
-            record.setdefault("notified", {})[step] = deadline
+        def change(record: JobRecord, w) -> None:
+            record.notified = {**(record.notified or {}), step: deadline}
         service.update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
                                                         "error": error, "output": output[-2000:]}))
 
@@ -250,7 +250,7 @@ class Sweeper:
         oldest first in each (hidden: by when they were hidden; a state: by when it ended)."""
         service = self.service
         with service.store.read() as r:
-            records = [rec for rec in r.jobs() if rec.get("where") and rec["usage"]["bytes"] > 0
+            records = [rec for rec in r.jobs() if rec.where and rec.usage["bytes"] > 0
                        and service.early_purge_refusal(rec, now) is None]
         out, seen = [], set()
         for cls in service.config.pressure:
@@ -258,15 +258,15 @@ class Sweeper:
             for rec in records:
                 if cls == "hidden":
                     grace = service.template(rec).grace
-                    hidden_at = (rec.get("expires_at") or now) - grace
-                    if rec.get("hidden") and now - hidden_at >= grace / 2:
+                    hidden_at = (rec.expires_at or now) - grace
+                    if rec.hidden and now - hidden_at >= grace / 2:
                         pool.append((hidden_at, rec, f"hidden for {format_duration(now - hidden_at)}, "
                                                      f"past half its grace ({format_duration(grace)})"))
-                elif rec["state"] == cls:
-                    pool.append((rec["state_since"], rec, f"{cls} for {format_duration(now - rec['state_since'])}"))
-            for _since, rec, why in sorted(pool, key=lambda p: (p[0], p[1]["id"])):
-                if rec["id"] not in seen:
-                    seen.add(rec["id"])
+                elif rec.state == cls:
+                    pool.append((rec.state_since, rec, f"{cls} for {format_duration(now - rec.state_since)}"))
+            for _since, rec, why in sorted(pool, key=lambda p: (p[0], p[1].id)):
+                if rec.id not in seen:
+                    seen.add(rec.id)
                     out.append((rec, why))
         return out
 
@@ -294,13 +294,13 @@ class Sweeper:
                 if short <= 0:
                     break
                 busy = self._busy_jobs() if busy is None else busy
-                if record["id"] in busy:
-                    actions.append(Action(record["id"], "skip", f"{PRESSURE_REASON}, but a process has files open"))
+                if record.id in busy:
+                    actions.append(Action(record.id, "skip", f"{PRESSURE_REASON}, but a process has files open"))
                     continue
-                batch.append(Action(record["id"], "purge",
+                batch.append(Action(record.id, "purge",
                                     f"{PRESSURE_REASON}: {format_size(free)} free, min_free {format_size(need)}; "
-                                    f"{why}; {format_size(record['usage']['bytes'])}"))
-                short -= record["usage"]["bytes"]
+                                    f"{why}; {format_size(record.usage['bytes'])}"))
+                short -= record.usage["bytes"]
             actions += batch
             if batch and not dry_run:
                 self._apply_batch(batch, lambda jobs, at: service.purge_many(jobs, at, early=PRESSURE_REASON), now)

@@ -23,10 +23,10 @@ file appears half-shared to a write; the walk is O(files) and runs in the contro
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
-import typing
 
 from . import acl
 from .errors import BadCommandError, NotAllowedError, SealedError, WsfsError
@@ -76,8 +76,8 @@ def apply(service, record: JobRecord, tag: int, ident: int, write: bool | None) 
     """Grant (``write`` True/False) or revoke (None) one principal on the job's whole tree.
     Returns the paths below the job's root that were changed (``""`` for the root)."""
     root, rel = service.location(record)
-    owner = record["uid"]
-    others_left = bool(record.get("shares"))  # after this change
+    owner = record.uid
+    others_left = bool(record.shares)  # after this change
     changed = []
     for path, st, at in service.tree.walk_entries(root, rel):
         is_dir = stat.S_ISDIR(st.st_mode)
@@ -117,26 +117,26 @@ def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -
         raise BadCommandError(f"access is r or rw, got {access!r}")
     with service.lock(job_id).exclusive():
         record = service.require(job_id)
-        if caller_uid not in (0, record["uid"]):
-            raise NotAllowedError(f"job {job_id} belongs to uid {record['uid']}: only its owner or root shares it")
-        if service.location(record) is None or record.get("hidden") or record.get("pending"):
+        if caller_uid not in (0, record.uid):
+            raise NotAllowedError(f"job {job_id} belongs to uid {record.uid}: only its owner or root shares it")
+        if service.location(record) is None or record.hidden or record.pending:
             raise SealedError(f"job {job_id} has no tree to share" if service.location(record) is None
-                              else f"job {job_id} is {'hidden' if record.get('hidden') else 'ending'}",
+                              else f"job {job_id} is {'hidden' if record.hidden else 'ending'}",
                               errno=errno.EPERM)
-        if tag == acl.USER and ident == record["uid"]:
+        if tag == acl.USER and ident == record.uid:
             raise BadCommandError(f"uid {ident} owns job {job_id}")
-        shares = dict(record.get("shares") or {})
+        shares = dict(record.shares or {})
         if access is None and who not in shares:
             raise BadCommandError(f"job {job_id} is not shared with {who}")
         if access is None:
             del shares[who]
         else:
             shares[who] = access
-        probe = typing.cast(JobRecord, {**record, "shares": shares})
+        probe = dataclasses.replace(record, shares=shares)
         changed = apply(service, probe, tag, ident, None if access is None else ACCESS_WORDS[access])
 
-        def change(record, w):
-            record["shares"] = shares
+        def change(record: JobRecord, w) -> None:
+            record.shares = shares
         event = ("unshared", {"with": who}) if access is None else ("shared", {"with": who, "access": access})
         record = service.update(job_id, change, event)
     service.acl_changed(job_id, changed)

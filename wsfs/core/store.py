@@ -26,10 +26,11 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
                       tree exists (``where`` set); ``users`` splits the same by owner
                       (schema 2; the migration from 1 counts it once).
 ``jobs``
-    job id (ASCII) -> the job record, a dict (see ``new_record``).  Records
+    job id (ASCII) -> the job record: a map of ``model.JobRecord``'s fields
+    (``JobRecord.to_stored``; ``from_stored`` reads it back).  Records
     are never deleted: an id is used once, even after archive or purge.
-    Optional fields, absent from records that do not need them (readers use
-    ``.get``; no schema bump, old records stay valid):
+    Optional fields, absent from records that do not need them (None in a
+    ``JobRecord``; no schema bump, old records stay valid):
       ``git``    -> ``{"repo", "branch", "base", "base_commit"}`` (str each, any
                     may be missing): a development workspace whose ``src/`` is a
                     git worktree (README "Parallel development workspaces").  Set at creation from the
@@ -233,7 +234,8 @@ class Reader:
         return None if raw is None else unpack(raw)
 
     def job(self, job_id: str) -> JobRecord | None:
-        return self._get(b"jobs", job_id.encode())
+        stored = self._get(b"jobs", job_id.encode())
+        return None if stored is None else JobRecord.from_stored(stored)
 
     def meta(self, name: str, default=None):
         value = self._get(b"meta", name.encode())
@@ -242,7 +244,7 @@ class Reader:
     def jobs(self) -> Iterator[JobRecord]:
         with self.txn.cursor(db=self._store.dbs[b"jobs"]) as cursor:
             for _key, raw in cursor:
-                yield unpack(raw)
+                yield JobRecord.from_stored(unpack(raw))
 
     def job_ids(self) -> Iterator[str]:
         with self.txn.cursor(db=self._store.dbs[b"jobs"]) as cursor:
@@ -352,34 +354,34 @@ class Writer(Reader):
 
     def put_job(self, record: JobRecord) -> None:
         """Store a record; keep its expiry and pending index keys in step."""
-        old = self.job(record["id"])
-        old_expiry = old.get("expires_at") if old else None
-        new_expiry = record.get("expires_at")
+        old = self.job(record.id)
+        old_expiry = old.expires_at if old else None
+        new_expiry = record.expires_at
         if old_expiry != new_expiry:
             if old_expiry is not None:
-                self.txn.delete(expiry_key(old_expiry, record["id"]), db=self._store.dbs[b"expiry"])
+                self.txn.delete(expiry_key(old_expiry, record.id), db=self._store.dbs[b"expiry"])
             if new_expiry is not None:
-                self.txn.put(expiry_key(new_expiry, record["id"]), b"", db=self._store.dbs[b"expiry"])
-        key = record["id"].encode()
+                self.txn.put(expiry_key(new_expiry, record.id), b"", db=self._store.dbs[b"expiry"])
+        key = record.id.encode()
         pending_db = self._store.dbs[b"pending"]
-        if record.get("pending"):
+        if record.pending:
             self.txn.put(key, b"", db=pending_db)
-        elif old and old.get("pending"):
+        elif old and old.pending:
             self.txn.delete(key, db=pending_db)
         owners_db = self._store.dbs[b"owners"]
-        owner = record.get("owner") if record["state"] == "running" and not record.get("pending") else None
+        owner = record.owner if record.state == "running" and not record.pending else None
         if owner:
             self.txn.put(key, pack(owner), db=owners_db)
-        elif old and old.get("owner"):
+        elif old and old.owner:
             self.txn.delete(key, db=owners_db)
         publish_db = self._store.dbs[b"publish"]
-        publish = record.get("publish")
+        publish = record.publish
         if publish and publish.get("status") == "pending":
             self.txn.put(key, pack(float(publish.get("next_at") or 0)), db=publish_db)
-        elif old and (old.get("publish") or {}).get("status") == "pending":
+        elif old and (old.publish or {}).get("status") == "pending":
             self.txn.delete(key, db=publish_db)
         self._count(old, record)
-        self._put(b"jobs", key, record)
+        self._put(b"jobs", key, record.to_stored())
 
     def put_receipt(self, job_id: str, data: bytes) -> None:
         self.txn.put(job_id.encode(), bytes(data), db=self._store.dbs[b"receipts"])
@@ -391,15 +393,15 @@ class Writer(Reader):
         for record, sign in ((old, -1), (new, 1)):
             if record is None:
                 continue
-            states[record["state"]] = states.get(record["state"], 0) + sign
-            if record.get("where"):
+            states[record.state] = states.get(record.state, 0) + sign
+            if record.where:
                 totals["live"] += sign
-                totals["bytes"] += sign * record["usage"]["bytes"]
-                totals["files"] += sign * record["usage"]["files"]
-                user = users.setdefault(str(record.get("uid")), [0, 0, 0])
+                totals["bytes"] += sign * record.usage["bytes"]
+                totals["files"] += sign * record.usage["files"]
+                user = users.setdefault(str(record.uid), [0, 0, 0])
                 user[0] += sign
-                user[1] += sign * record["usage"]["bytes"]
-                user[2] += sign * record["usage"]["files"]
+                user[1] += sign * record.usage["bytes"]
+                user[2] += sign * record.usage["files"]
         totals["states"] = {k: v for k, v in states.items() if v}
         totals["users"] = {k: v for k, v in users.items() if v[0]}
         self.put_meta("totals", totals)
@@ -531,11 +533,11 @@ class Store:
             totals = w.totals()  # schema 2 keeps live jobs and usage per user too: count them once
             totals["users"] = {}
             for record in w.jobs():
-                if record.get("where"):
-                    user = totals["users"].setdefault(str(record.get("uid")), [0, 0, 0])
+                if record.where:
+                    user = totals["users"].setdefault(str(record.uid), [0, 0, 0])
                     user[0] += 1
-                    user[1] += record["usage"]["bytes"]
-                    user[2] += record["usage"]["files"]
+                    user[1] += record.usage["bytes"]
+                    user[2] += record.usage["files"]
             w.put_meta("totals", totals)
             w.put_meta("schema", SCHEMA_VERSION)
 

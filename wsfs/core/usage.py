@@ -28,8 +28,8 @@ def usage_of(entries) -> tuple[dict, dict[str, list[int]]]:
 
 def add_area_usage(record: JobRecord, deltas: dict[str, list[int]]) -> None:
     """Move a record's usage by ``{area: [bytes, files]}`` deltas (never below zero)."""
-    usage = record["usage"]
-    by_area = record.setdefault("area_usage", {})
+    usage = record.usage
+    by_area = record.area_usage
     for area, (dbytes, dfiles) in deltas.items():
         usage["bytes"] = max(usage["bytes"] + dbytes, 0)
         usage["files"] = max(usage["files"] + dfiles, 0)
@@ -41,14 +41,14 @@ def take_area_usage(record: JobRecord, w, areas: list[str]) -> dict[str, dict]:
     """Take areas' usage off a record, from its per-area sums; returns what each held.  ``w``
     (the store writer) counts an area's entries for a record from before per-area sums.
     Their manifest entries are the caller's to delete."""
-    by_area = record.setdefault("area_usage", {})
+    by_area = record.area_usage
     taken = {}
     for area in areas:
         if area not in by_area:
-            entries = list(w.manifest(record["id"], area))
+            entries = list(w.manifest(record.id, area))
             by_area[area] = [sum(e[0] for _p, e in entries), len(entries)]
         dbytes, dfiles = by_area.pop(area)
         taken[area] = {"bytes": dbytes, "files": dfiles}
-        record["usage"]["bytes"] = max(record["usage"]["bytes"] - dbytes, 0)
-        record["usage"]["files"] = max(record["usage"]["files"] - dfiles, 0)
+        record.usage["bytes"] = max(record.usage["bytes"] - dbytes, 0)
+        record.usage["files"] = max(record.usage["files"] - dfiles, 0)
     return taken

@@ -258,10 +258,10 @@ class Daemon:
             totals = r.totals()
             publish_queue = len(r.publish_queue())
             for record in r.jobs():
-                if not record.get("where"):
+                if not record.where:
                     continue
-                usage = record["usage"]
-                mine = by_template.setdefault((record["state"], record["template"]), [0, 0])
+                usage = record.usage
+                mine = by_template.setdefault((record.state, record.template), [0, 0])
                 mine[0] += usage["bytes"]
                 mine[1] += usage["files"]
         hasher = self.hasher

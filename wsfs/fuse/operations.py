@@ -326,7 +326,7 @@ class WsfsOperations(Operations):
         # (a name that is not UTF-8 arrives with surrogates, which no key can hold).
         record = self.service.get(job) if JOB_ID_RE.fullmatch(job) else None
         root = "jobs" if top == "workspaces" else "quarantine"
-        if record is None or record.get("where") != root or record.get("hidden"):
+        if record is None or record.where != root or record.hidden:
             raise FuseOSError(errno.ENOENT)
         readonly = root == "quarantine"
         if len(parts) == 2:
@@ -336,7 +336,7 @@ class WsfsOperations(Operations):
             return Node(NodeKind.VFILE, name=first, job=job)
         if first == RECEIPT_FILE and len(parts) == 3:
             return Node(NodeKind.REAL, job=job, root=root, rel=f"{job}/{RECEIPT_FILE}", readonly=True)
-        if first not in record["areas"]:
+        if first not in record.areas:
             # Not an area: nothing lives here, and nothing may be made here.
             return Node(NodeKind.ABSENT, job=job, name=first)
         area_path = "/".join(parts[2:])
@@ -383,7 +383,7 @@ class WsfsOperations(Operations):
     def _vfile_attrs(self, node: Node, size: int) -> dict:
         if node.name == KEPT_RECEIPT:
             record = self.service.require(node.job_id)
-            mode, uid, gid = 0o400, record["uid"], record["gid"]
+            mode, uid, gid = 0o400, record.uid, record.gid
         elif node.job is None:
             mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
         else:
@@ -471,7 +471,7 @@ class WsfsOperations(Operations):
                 return bytes(r.receipt(node.job_id) or b"")
         if job is not None:
             if name == STATE_FILE:
-                return (self.service.require(job)["state"] + "\n").encode()
+                return (self.service.require(job).state.value + "\n").encode()
             if name == JOB_FILE:
                 return (json.dumps(self.service.job_document(job), indent=2, sort_keys=True, default=str)
                         + "\n").encode()
@@ -519,16 +519,16 @@ class WsfsOperations(Operations):
         if caller is None:
             return True
         uid, groups = caller
-        shares = record.get("shares")
+        shares = record.shares
         if shares and (f"u:{uid}" in shares or any(f"g:{g}" in shares for g in groups)):
             return True  # shared with the caller (wsfs.sharing): its root reads for them
         where = self.service.location(record)
         if where is None:
-            return record.get("uid") == uid
+            return record.uid == uid
         try:
             st = self.tree.lstat(*where)
         except OSError:
-            return record.get("uid") == uid
+            return record.uid == uid
         if st.st_uid == uid:
             return bool(st.st_mode & 0o400)
         if st.st_gid in groups:
@@ -556,7 +556,7 @@ class WsfsOperations(Operations):
             for record in r.jobs():
                 if caller is not None and not self._may_read(caller, record):
                     continue
-                line = {k: record.get(k) for k in ("id", "state", "stage", "template", "created", "ended",
+                line = {k: getattr(record, k) for k in ("id", "state", "stage", "template", "created", "ended",
                                                    "state_since", "expires_at", "hidden", "where", "purged_at",
                                                    "usage", "uid", "reason", "quota", "max_files", "publish",
                                                    "git", "origin", "labels", "max_running", "extensions")}
@@ -566,10 +566,10 @@ class WsfsOperations(Operations):
 
     def _retention_dates(self, record: JobRecord) -> tuple[float | None, float | None]:
         """When an ended job will be hidden and purged (None: not, or not any more)."""
-        expires = record.get("expires_at")
-        if expires is None or record["state"] == "running" or not record.get("where"):
+        expires = record.expires_at
+        if expires is None or record.state == "running" or not record.where:
             return None, None
-        if record.get("hidden"):
+        if record.hidden:
             return None, expires
         try:
             grace = self.service.template(record).grace
@@ -617,12 +617,12 @@ class WsfsOperations(Operations):
                 inodes = {name: ino for name, ino, _kind in self.tree.scandir(where, "")}
                 with self.service.store.read() as r:
                     for record in r.jobs():
-                        if record.get("where") == where and not record.get("hidden") and record["id"] in inodes:
-                            entries.append((record["id"], inodes[record["id"]], stat.S_IFDIR))
+                        if record.where == where and not record.hidden and record.id in inodes:
+                            entries.append((record.id, inodes[record.id], stat.S_IFDIR))
         elif node.kind == "jobroot":
             record = self.service.require(node.job_id)
             present = {name: (ino, kind) for name, ino, kind in self.tree.scandir(node.root, node.rel)}
-            entries += [(a, *present[a]) for a in record["areas"] if a in present]
+            entries += [(a, *present[a]) for a in record.areas if a in present]
             entries += [(name, self._vfile_ino(node.job, name), stat.S_IFREG) for name in JOB_CONTROL_FILES]
             if RECEIPT_FILE in present:
                 entries.append((RECEIPT_FILE, *present[RECEIPT_FILE]))
@@ -919,7 +919,7 @@ class WsfsOperations(Operations):
             return
         for top in ("workspaces", "quarantine"):
             root = f"/{top}/{job}"
-            for path in [f"{root}/{area}" for area in record["areas"]] + [root, f"{root}/{RECEIPT_FILE}"]:
+            for path in [f"{root}/{area}" for area in record.areas] + [root, f"{root}/{RECEIPT_FILE}"]:
                 invalidate_path(path)
 
     @staticmethod
@@ -931,10 +931,10 @@ class WsfsOperations(Operations):
         never looked up costs a lookup in libfuse's table and nothing more.
         """
         for record in records:
-            top = _VIEW_TOPS.get(record.get("where") or "")
+            top = _VIEW_TOPS.get(record.where or "")
             if top is not None:
                 for name in JOB_CONTROL_FILES:
-                    invalidate_path(f"{top}/{record['id']}/{name}")
+                    invalidate_path(f"{top}/{record.id}/{name}")
 
     @op
     @_marks_setattr
@@ -1065,7 +1065,7 @@ class WsfsOperations(Operations):
         """The ACLs of a job's files changed behind the kernel's back (wsfs.sharing): it caches
         them with the attributes, which FUSE_NOTIFY_INVAL_INODE drops."""
         record = self.service.get(job)
-        top = _VIEW_TOPS.get((record or {}).get("where") or "")
+        top = _VIEW_TOPS.get((record.where if record else None) or "")
         if top is None:
             return
         for path in paths:
@@ -1476,7 +1476,7 @@ class WsfsOperations(Operations):
         root directory may (wsfs.sharing): the root's named entries, read only.  Writing
         ``.state`` stays the owner's."""
         record = self.service.require(node.job_id)
-        if not record.get("shares"):
+        if not record.shares:
             raise FuseOSError(errno.ENODATA)
         where = self.service.location(record)
         if where is None:
