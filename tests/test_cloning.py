@@ -33,7 +33,7 @@ def make_source(core, job="src", **options) -> Path:
     (root / "output" / "escape").symlink_to("/etc/passwd")
     (root / "input" / ".fuse_hidden0001").write_text("unlinked but open\n")
     (root / "temp" / "t").write_text("t\n")
-    core.rebuild_manifest(job)
+    core.recovery.rebuild_manifest(job)
     return root
 
 
@@ -53,7 +53,7 @@ def test_clone_copies_areas_without_following_symlinks(core):
     root = make_source(core)
     core.write_control(b"clone src new git_repo=/r git_branch=wsfs/new", 0, 0)
     new = job_path(core, "new")
-    record = core.require("new")
+    record = core.records.require("new")
     assert record.state == "running" and record.origin == "src"
     assert record.git == {"repo": "/r", "branch": "wsfs/new"}
     assert (new / "output" / "sub" / "data.bin").read_bytes() == b"x" * 5000
@@ -77,7 +77,7 @@ def test_clone_carries_sha256_that_still_matches(core):
     entries = dict(core.manifest_entries("new"))
     assert entries["output/sub/data.bin"][3] == src_entries["output/sub/data.bin"][3]
     assert "temp/t" not in entries  # the completed job's scratch area is gone
-    assert core.require("new").state == "running"
+    assert core.records.require("new").state == "running"
 
 
 def core_state(word):
@@ -89,17 +89,17 @@ def test_clone_permission_follows_the_modes(core):
     root = make_source(core)
     os.chmod(root, 0o755)
     core.write_control(b"clone src readable", 1000, 1000)
-    assert core.require("readable").uid == 1000
+    assert core.records.require("readable").uid == 1000
     os.chmod(root / "output" / "run.sh", 0o700)
     with pytest.raises(AccessDeniedError):
         core.write_control(b"clone src one-file-hidden", 1000, 1000)
-    assert core.require("one-file-hidden").state == "archived"  # undone: no workspace stays
-    assert not job_path(core, "one-file-hidden").exists() or core.require("one-file-hidden").where is None
+    assert core.records.require("one-file-hidden").state == "archived"  # undone: no workspace stays
+    assert not job_path(core, "one-file-hidden").exists() or core.records.require("one-file-hidden").where is None
     os.chmod(root, 0o700)
     with pytest.raises(AccessDeniedError) as exc:
         core.write_control(b"clone src stolen", 1000, 1000)
     assert exc.value.errno == errno.EACCES
-    assert core.get("stolen") is None  # refused before anything was made
+    assert core.records.get("stolen") is None  # refused before anything was made
     with pytest.raises(NoSuchJobError):
         core.write_control(b"clone nothing x", 0, 0)
 
@@ -117,15 +117,15 @@ def test_clone_over_the_limits_fails_whole(core):
     (job_path(core, "src") / "output" / "late").write_text("l\n")
     with pytest.raises(QuotaError):
         core.write_control(b"clone src over", 0, 0)
-    record = core.require("over")
+    record = core.records.require("over")
     assert record.state == "archived" and record.where is None
     assert "clone failed" in record.history[1]["reason"]
     core.create_job("big", 0, 0, quota=100)
     (job_path(core, "big") / "output" / "f").write_bytes(b"y" * 200)
-    core.rebuild_manifest("big")
+    core.recovery.rebuild_manifest("big")
     with pytest.raises(QuotaError):
         core.write_control(b"clone big big2", 0, 0)
-    assert core.get("big2") is None
+    assert core.records.get("big2") is None
 
 
 def test_copy_file_data_copies_every_byte(tmp_path):
@@ -227,7 +227,7 @@ def test_template_max_jobs_caps_its_live_workspaces(tmp_path):
             core.create_job("c", 0, 0, template="dev")  # completed still has its tree: still live
         core.transition("a", JobState.ARCHIVED)
         core.create_job("c", 0, 0, template="dev")
-        assert core.require("c").template == "dev"
+        assert core.records.require("c").template == "dev"
     finally:
         core.manifest.flush()
         core.store.close()
@@ -240,11 +240,11 @@ def test_a_clone_keeps_usage_by_area_so_a_later_drop_gives_back_exactly_what_its
     only what was written since the clone."""
     make_source(core)
     core.write_control(b"clone src new", 0, 0)
-    record = core.require("new")
+    record = core.records.require("new")
     assert record.area_usage == {"output": [5010, 2], "temp": [2, 1]}
     path = job_path(core, "new") / "temp" / "more"
     path.write_bytes(b"y" * 100)
     core.manifest.put("new", "temp/more", os.lstat(path))
     core.manifest.flush()
     core.drop_areas("new", ["temp"])
-    assert core.require("new").usage == {"bytes": 5010, "files": 2}
+    assert core.records.require("new").usage == {"bytes": 5010, "files": 2}

@@ -42,10 +42,10 @@ def make_job(core, job: str, files: dict[str, bytes] | None = None, state: str |
         path = data(core) / "jobs" / job / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    core.rebuild_manifest(job)
+    core.recovery.rebuild_manifest(job)
     if state:
         core.transition(job, JobState(state), "test")
-    return core.require(job)
+    return core.records.require(job)
 
 
 def empty_trash(core) -> None:
@@ -90,7 +90,7 @@ def test_tree_deleted_behind_its_back_is_marked_purged(core, clock):
     actions = doctor.repair(core, findings)
     assert sorted(actions) == ["done1: tree missing: marked purged",
                                "run1: tree missing: ended crashed and marked purged"]
-    run1, done1 = core.require("run1"), core.require("done1")
+    run1, done1 = core.records.require("run1"), core.records.require("done1")
     assert run1.state == "crashed" and run1.where is None and run1.purged_at == clock.now
     assert run1.history[-1]["state"] == "crashed" and run1.owner is None
     assert done1.state == "completed" and done1.where is None and done1.purged_at == clock.now
@@ -128,7 +128,7 @@ def test_orphan_trees_are_adopted_as_crashed_jobs_in_quarantine(core, clock):
     assert "jobs/bad name!: adopted as bad_name_ into quarantine/bad_name_ as a crashed job, with a receipt" in actions
     assert "jobs/old: adopted as old.orphan into quarantine/old.orphan as a crashed job, with a receipt" in actions
 
-    lost = core.require("lost")
+    lost = core.records.require("lost")
     assert lost.state == "crashed" and lost.where == "quarantine" and lost.sealed
     assert lost.template == "default"  # its areas are exactly the default template's
     assert lost.expires_at == clock.now + 7 * 86400  # crashed retention applies
@@ -138,12 +138,12 @@ def test_orphan_trees_are_adopted_as_crashed_jobs_in_quarantine(core, clock):
     assert receipt["outputs"] == [{"path": "output/result.bin", "size": 6,
                                    "sha256": hashlib.sha256(b"result").hexdigest()}]
     assert sorted(manifest_paths(core, "lost")) == ["input/in", "output/result.bin", "temp/scratch"]
-    assert core.require("qlost").where == "quarantine"
-    odd = core.require("bad_name_")
+    assert core.records.require("qlost").where == "quarantine"
+    odd = core.records.require("bad_name_")
     assert odd.areas == {"results": "keep"} and odd.template == doctor.ADOPTED_TEMPLATE
     assert json.loads((data(core) / "quarantine" / "bad_name_" / "receipt.json").read_text())["outputs"][0][
         "path"] == "results/x"
-    assert core.require("old").state == "archived"  # the old record is untouched
+    assert core.records.require("old").state == "archived"  # the old record is untouched
     assert (data(core) / "quarantine" / "old.orphan" / "output" / "again").read_bytes() == b"again"
     assert doctor.diagnose(core) == []
 
@@ -161,7 +161,7 @@ def test_a_manifest_that_disagrees_with_the_files_is_rebuilt(core, clock):
     actions = doctor.repair(core, findings)
     assert actions == ["j: rebuilt the manifest from the files (3 files, 10 bytes)"]
     assert sorted(manifest_paths(core, "j")) == ["output/grow", "output/keep", "output/new"]
-    assert core.require("j").usage == {"bytes": 10, "files": 3}
+    assert core.records.require("j").usage == {"bytes": 10, "files": 3}
     assert doctor.diagnose(core) == []
 
 
@@ -176,11 +176,11 @@ def test_usage_that_disagrees_with_the_manifest(core):
 
     def skew(record, w):
         record.usage = {"bytes": 999, "files": 7}
-    core.update("j", skew)
+    core.records.update("j", skew)
     findings = doctor.diagnose(core)
     assert findings[0].detail == "usage says 999 bytes in 7 files, the manifest 3 bytes in 1 files"
     doctor.repair(core, findings)
-    assert core.require("j").usage == {"bytes": 3, "files": 1}
+    assert core.records.require("j").usage == {"bytes": 3, "files": 1}
     assert doctor.diagnose(core) == []
 
 
@@ -201,7 +201,7 @@ def test_trash_not_yet_emptied_is_deleted(core):
 
 def test_a_tree_in_the_wrong_root_goes_back_where_its_record_says(core):
     make_job(core, "c", {"output/a": b"a"}, "crashed")
-    assert core.require("c").where == "quarantine"
+    assert core.records.require("c").where == "quarantine"
     # A resume that died between its rename and its commit:
     os.rename(data(core) / "quarantine" / "c", data(core) / "jobs" / "c")
     findings = doctor.diagnose(core)
@@ -234,13 +234,13 @@ def test_an_interrupted_transition_is_reported_and_finished_without_a_daemon(cor
     def begin(record, w):
         record.pending = {"target": "completed", "reason": None, "at": clock.now, "step": "intent",
                              "from": "running"}
-    core.update("p", begin)
+    core.records.update("p", begin)
     assert doctor.diagnose(core, live=True) == []  # live: a transition in flight is not damage
     findings = doctor.diagnose(core)
     assert [f.line() for f in findings] == ["pending: p: its transition to completed stopped after step intent "
                                             "(the next mount finishes it)"]
     assert doctor.repair(core, findings) == ["p: finished its interrupted transition"]
-    assert core.require("p").state == "completed"
+    assert core.records.require("p").state == "completed"
     assert (data(core) / "jobs" / "p" / "receipt.json").exists()
     empty_trash(core)
     assert doctor.diagnose(core) == []
@@ -411,6 +411,6 @@ def test_recovery_after_a_crash_removes_hidden_names_of_running_jobs(core):
     make_job(core, "run", {"temp/x": b"x"})
     left = data(core) / "jobs" / "run" / "temp" / ".fuse_hidden0000000300000003"
     left.write_bytes(b"journal")
-    core.recover(unclean=True)
+    core.recovery.recover(unclean=True)
     assert not left.exists()
-    assert core.require("run").usage == {"bytes": 1, "files": 1}
+    assert core.records.require("run").usage == {"bytes": 1, "files": 1}

@@ -1,7 +1,7 @@
 """JobService driven directly (lifecycle.py, docs/spec.md §3-§8): no mount, a fake clock, a tmp data dir.
 
 Files are written the way the FUSE layer writes them: through the ``Tree``
-inside ``service.mutation(job)``, then ``service.manifest.put`` with the
+inside ``service.records.mutation(job)``, then ``service.manifest.put`` with the
 ``os.fstat`` of the open file.
 """
 
@@ -26,6 +26,7 @@ from wsfs.core.config import parse_config
 from wsfs.core.lifecycle import ARCHIVE_STEPS, CRASH_STEPS, ENDING_STEPS, RECEIPT_FILE, RECORD_VERSION
 from wsfs.core.manifest import manifest_bytes
 from wsfs.core.model import JobRecord, JobState
+from wsfs.core.records import location
 
 NO_SUCH_PID = 1 << 22  # the grammar's ceiling; pid_max is at most this, so no process ever has it
 ENDED = {"completed", "failed", "cancelled", "crashed"}
@@ -44,7 +45,7 @@ RECEIPT_FIELDS = {"receipt_version", "job", "template", "state", "reason", "owne
 
 def write_file(core, job: str, path: str, data: bytes, *, stream_sha: bool = False, flush: bool = True) -> None:
     """What fs.create/write/release do: the file through the Tree, then a manifest entry from fstat."""
-    with core.mutation(job):
+    with core.records.mutation(job):
         parts = path.split("/")
         for i in range(2, len(parts)):
             d = f"{job}/{'/'.join(parts[:i])}"
@@ -71,13 +72,13 @@ def stored(core, job: str) -> JobRecord:
 
 
 def receipt_of(core, job: str) -> tuple[dict, bytes]:
-    root, rel = core.location(stored(core, job))
+    root, rel = location(stored(core, job))
     data = read_file(core, root, f"{rel}/{RECEIPT_FILE}")
     return json.loads(data), data
 
 
 def tree_files(core, job: str) -> dict[str, bytes]:
-    root, rel = core.location(stored(core, job))
+    root, rel = location(stored(core, job))
     return {p: read_file(core, root, f"{rel}/{p}") for p, _st in core.tree.walk_files(root, rel)
             if p not in (RECEIPT_FILE, RECEIPT_FILE + ".tmp")}
 
@@ -95,7 +96,7 @@ def assert_receipt_valid(core, job: str) -> dict:
     assert receipt["template"] == record.template and receipt["reason"] == record.reason
     assert receipt["owner"]["uid"] == record.uid and receipt["owner"]["gid"] == record.gid
     assert receipt["duration_s"] == pytest.approx(record.ended - record.created, abs=1e-3)
-    root, rel = core.location(record)
+    root, rel = location(record)
     keep = {a for a, kind in record.areas.items() if kind == "keep"}
     entries = core.manifest_entries(job)
     expected_outputs = sorted(p for p, _e in entries if p.split("/", 1)[0] in keep)
@@ -151,7 +152,7 @@ def test_create_job_record_and_tree(core, clock):
     assert stat.S_IMODE(core.tree.lstat("jobs", "job1").st_mode) == 0o755
     [created] = events(core, "created")
     assert created["job"] == "job1" and created["uid"] == 1234 and created["t"] == clock.now
-    assert core.counts() == {"running": 1}
+    assert core.records.counts() == {"running": 1}
 
 
 def test_create_job_is_durable(tmp_path, clock):
@@ -161,7 +162,7 @@ def test_create_job_is_durable(tmp_path, clock):
     core.tree.close()
     again = make_core(tmp_path / "data", clock)
     try:
-        assert again.require("job1").uid == 1
+        assert again.records.require("job1").uid == 1
         assert sorted(again.tree.listdir("jobs", "job1")) == ["input", "output", "temp"]
     finally:
         again.store.close()
@@ -220,13 +221,13 @@ def test_create_unknown_template(core):
     with pytest.raises(errors.BadCommandError) as info:
         core.create_job("job1", 1, 1, template="nope")
     assert info.value.errno == errno.EINVAL and "nope" in str(info.value)
-    assert core.get("job1") is None and core.tree.listdir("jobs", "") == []
+    assert core.records.get("job1") is None and core.tree.listdir("jobs", "") == []
 
 
 def test_create_with_a_gone_owner(core):
     with pytest.raises(errors.BadCommandError) as info:
         core.create_job("job1", 1, 1, owner_pid=NO_SUCH_PID)
-    assert info.value.errno == errno.EINVAL and core.get("job1") is None
+    assert info.value.errno == errno.EINVAL and core.records.get("job1") is None
 
 
 def test_create_through_control(core):
@@ -245,7 +246,7 @@ def test_max_jobs(tmp_path, clock):
         core.create_job("a", 1, 1)
         with pytest.raises(errors.QuotaError) as info:
             core.create_job("b", 1, 1)
-        assert info.value.errno == errno.EDQUOT and core.get("b") is None
+        assert info.value.errno == errno.EDQUOT and core.records.get("b") is None
         core.write_state("a", b"cancelled")
         with pytest.raises(errors.QuotaError):
             core.create_job("b", 1, 1)       # a cancelled job's tree still counts
@@ -261,7 +262,7 @@ def test_min_free(tmp_path, clock):
     try:
         with pytest.raises(errors.NoSpaceError) as info:
             core.create_job("a", 1, 1)
-        assert info.value.errno == errno.ENOSPC and core.get("a") is None
+        assert info.value.errno == errno.ENOSPC and core.records.get("a") is None
     finally:
         core.store.close()
         core.tree.close()
@@ -341,7 +342,7 @@ def test_ending(core, clock, word, reason, expiry):
     assert record.usage == {"bytes": sum(map(len, kept.values())), "files": len(kept)}
     assert stat.S_IMODE(core.tree.lstat("jobs", f"job1/{RECEIPT_FILE}").st_mode) == 0o444
     with pytest.raises(errors.SealedError) as info:
-        with core.mutation("job1"):
+        with core.records.mutation("job1"):
             pass
     assert info.value.errno == errno.EROFS
 
@@ -387,7 +388,7 @@ def test_archived(core, clock):
     with core.store.read() as r:
         assert list(r.due(10 ** 12)) == [] and r.totals()["live"] == 0
     with pytest.raises(errors.SealedError):
-        with core.mutation("job1"):
+        with core.records.mutation("job1"):
             pass
 
 
@@ -440,7 +441,7 @@ def test_rejected_writes_change_nothing_and_are_recorded(core, setup, command, c
     with pytest.raises(errors.WsfsError) as info:
         core.write_state("job1", command)
     assert info.value.errno == code
-    assert stored(core, "job1") == before and core.get("job1") == before
+    assert stored(core, "job1") == before and core.records.get("job1") == before
     assert core.manifest_entries("job1") == manifest_before
     if files_before is not None:
         assert tree_files(core, "job1") == files_before
@@ -473,21 +474,21 @@ def test_a_job_already_ending_refuses_another_transition(core):
 
     def begin(record, w):
         record.pending = {"target": "completed", "reason": None, "at": 0.0, "step": "intent", "from": "running"}
-    core.update("job1", begin)
+    core.records.update("job1", begin)
     with pytest.raises(errors.SealedError) as info:
         core.write_state("job1", b"failed")
     assert info.value.errno == errno.EPERM
     with pytest.raises(errors.SealedError):
-        with core.mutation("job1"):
+        with core.records.mutation("job1"):
             pass
 
 
 def test_mutation_while_running(core):
     core.create_job("job1", 1, 1)
-    with core.mutation("job1") as record:
+    with core.records.mutation("job1") as record:
         assert record.id == "job1"
     with pytest.raises(errors.NoSuchJobError):
-        with core.mutation("absent"):
+        with core.records.mutation("absent"):
             pass
 
 
@@ -588,7 +589,7 @@ def test_rebuild_manifest_equals_the_tree(core):
     os.close(fd)
     core.manifest.put("j", "output/stale", FakeStat(999, 12345))
     core.tree.symlink("jobs", "j/output/link", "hashed")
-    record = core.rebuild_manifest("j")
+    record = core.recovery.rebuild_manifest("j")
     entries = dict(core.manifest_entries("j"))
     walked = dict(core.tree.walk_files("jobs", "j"))
     assert set(entries) == set(walked) == {"output/hashed", "output/changed", "input/new", "temp/t"}
@@ -630,7 +631,7 @@ def test_resume_a_crashed_job_brings_its_tree_back(core):
     assert core.tree.exists("jobs", "job1") and not core.tree.exists("quarantine", "job1")
     assert tree_files(core, "job1") == files
     assert stored(core, "job1").where == "jobs"
-    with core.mutation("job1"):
+    with core.records.mutation("job1"):
         pass
 
 
@@ -674,7 +675,7 @@ def test_recover_after_a_daemon_crash(tmp_path, clock, on_crash):
     files["output/unflushed"] = b"written just before the crash"
     core = reopen(core, data, clock, parse_config({"on_crash": on_crash}))
     try:
-        assert core.recover(unclean=True) == []
+        assert core.recovery.recover(unclean=True) == []
         record = stored(core, "run")
         assert set(dict(core.manifest_entries("run"))) == set(files)   # rebuilt from the tree
         if on_crash == "quarantine":
@@ -741,7 +742,7 @@ def scenario(data_dir, clock, monkeypatch, target: str, crash=None, step=None):
         assert crash is None, "the crash point was never reached"
     monkeypatch.undo()
     core = reopen(core, data_dir, clock)
-    core.recover(unclean=True)
+    core.recovery.recover(unclean=True)
     return core
 
 
@@ -809,7 +810,7 @@ def test_an_interrupted_ending_is_finished_by_recovery(tmp_path, monkeypatch, ta
 
 def test_recovery_with_nothing_to_do(core):
     core.create_job("job1", 1, 1)
-    assert core.recover(unclean=False) == []
+    assert core.recovery.recover(unclean=False) == []
     assert stored(core, "job1").state == "running"
 
 
@@ -888,7 +889,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if model["state"] != "running" or not model["files"]:
             return
         path = sorted(model["files"])[pick % len(model["files"])]
-        with self.core.mutation(job):
+        with self.core.records.mutation(job):
             self.core.tree.unlink("jobs", f"{job}/{path}")
             self.core.manifest.delete(job, path)
         del model["files"][path]
@@ -903,7 +904,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         dst = f"{area}/{name}"
         if src == dst:
             return
-        with self.core.mutation(job):
+        with self.core.records.mutation(job):
             parent = dst.rsplit("/", 1)[0]
             if not self.core.tree.exists("jobs", f"{job}/{parent}"):
                 self.core.tree.mkdir("jobs", f"{job}/{parent}")
@@ -920,7 +921,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         if self.core.tree.exists("jobs", f"{job}/{dst}"):
             return
-        with self.core.mutation(job):
+        with self.core.records.mutation(job):
             self.core.tree.rename("jobs", f"{job}/{src}", "jobs", f"{job}/{dst}")
             self.core.manifest.rename(job, src, dst)
         for path in [p for p in model["files"] if p.startswith(src + "/")]:
@@ -963,7 +964,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             write_file(self.core, job, "output/last", data, flush=False)
             self.model[job]["files"]["output/last"] = data
         self.core = reopen(self.core, self.data, self.clock)
-        self.core.recover(unclean=True)
+        self.core.recovery.recover(unclean=True)
         for model in self.model.values():
             if model["state"] == "running":
                 model["state"] = "crashed"

@@ -80,7 +80,7 @@ def test_meter_starts_from_the_manifest_and_reloads_after_forget(core):
     out = os.path.join(core.tree.data_dir, "jobs", "m", "output")
     with open(os.path.join(out, "a"), "wb") as f:
         f.write(b"x" * 70)
-    core.rebuild_manifest("m")  # the manifest, not a tree walk, is where usage comes from
+    core.recovery.rebuild_manifest("m")  # the manifest, not a tree walk, is where usage comes from
     assert core.usage.current("m") == (70, 1)
     with pytest.raises(QuotaError):
         core.usage.charge("m", 31)
@@ -114,7 +114,7 @@ def test_limits_come_from_the_template_unless_given(tmp_path, clock):
                                'areas = { audio = "scratch", output = "keep" }\nquota = "5G"\n')
     core = make_core(tmp_path / "data", clock, config)
     try:
-        assert (core.create_job("a", 0, 0).quota, core.get("a").max_files) == (2 * MIB, 9)
+        assert (core.create_job("a", 0, 0).quota, core.records.get("a").max_files) == (2 * MIB, 9)
         media = core.create_job("b", 0, 0, template="media")
         assert (media.quota, media.max_files) == (5 << 30, 9)
         given = core.create_job("c", 0, 0, template="media", quota=MIB, max_files=1)
@@ -131,7 +131,7 @@ def test_max_jobs_and_min_free_at_creation(tmp_path, clock):
         core.create_job("two", 0, 0)
         with pytest.raises(QuotaError):
             core.create_job("three", 0, 0)
-        assert core.get("three") is None
+        assert core.records.get("three") is None
         core.transition("one", JobState.COMPLETED)
         core.transition("one", JobState.ARCHIVED)  # its workspace is gone: room for another
         core.create_job("three", 0, 0)
@@ -143,7 +143,7 @@ def test_max_jobs_and_min_free_at_creation(tmp_path, clock):
         with pytest.raises(NoSpaceError) as info:
             core.create_job("big", 0, 0)
         assert info.value.errno == errno.ENOSPC
-        assert core.get("big") is None and not os.path.exists(tmp_path / "data2" / "jobs" / "big")
+        assert core.records.get("big") is None and not os.path.exists(tmp_path / "data2" / "jobs" / "big")
     finally:
         core.store.close()
         core.tree.close()
@@ -153,7 +153,7 @@ def test_unknown_template_is_einval(core):
     with pytest.raises(BadCommandError) as info:
         core.create_job("t", 0, 0, template="nope")
     assert info.value.errno == errno.EINVAL and "nope" in str(info.value)
-    assert core.get("t") is None
+    assert core.records.get("t") is None
 
 
 # -- through a real mount -------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_trash_goes_first_and_no_job_when_that_is_enough(pressured, clock):
     clock.advance(DAY)
     report = Sweeper(core).sweep(clock())
     assert actions(report) == [(None, "empty-trash")] and report.actions[0].done
-    assert core.get("f1").where == "jobs"
+    assert core.records.get("f1").where == "jobs"
     assert report.pressure["free_before"] < NEED <= report.pressure["free_after"]
 
 
@@ -106,11 +106,11 @@ def test_policy_order_oldest_first_until_the_shortfall_is_covered(pressured, clo
     assert [a.job for a in report.actions if a.action == "purge" and a.done] == purges
     assert report.pressure["free_before"] < 0 + MIB and report.pressure["free_after"] >= NEED
     for job in purges:
-        record = core.get(job)
+        record = core.records.get(job)
         assert record.where is None and record.purge_reason == "disk pressure"
         assert [e["reason"] for e in events(core, "purged", job)] == ["disk pressure"]
     for job in ("completed-old", "too-young", "running"):
-        assert core.get(job).where == "jobs", job
+        assert core.records.get(job).where == "jobs", job
     assert os.listdir(Path(core.tree.data_dir) / "trash") == []
     assert events(core, "sweep")[-1]["pressure"]["min_free"] == NEED
 
@@ -128,7 +128,7 @@ def test_off_purges_nothing_and_running_and_young_jobs_never_go(pressured, clock
     clock.advance(DAY)
     report = Sweeper(core).sweep(clock())
     assert [(a.job, a.done) for a in report.actions if a.action == "purge"] == [("f1", True)]
-    assert core.get("r1").where == "jobs"
+    assert core.records.get("r1").where == "jobs"
 
 
 def test_a_job_with_results_still_to_publish_or_held_open_is_not_purged(pressured, clock):
@@ -138,11 +138,11 @@ def test_a_job_with_results_still_to_publish_or_held_open_is_not_purged(pressure
     job_of(core, "plain", JobState.COMPLETED, 40)
     new_job(core, "pub", {"output/p.bin": b"\0" * (40 * MIB)}, template="pub")
     core.transition("pub", JobState.COMPLETED)
-    assert core.get("pub").publish["status"] == "pending"
+    assert core.records.get("pub").publish["status"] == "pending"
     sweeper = Sweeper(core, open_jobs=lambda: {"plain"})
     report = sweeper.sweep(clock())
     assert [(a.job, a.action) for a in report.actions if a.job] == [("plain", "skip")]
-    assert core.get("pub").where == "jobs" and core.get("plain").where == "jobs"
+    assert core.records.get("pub").where == "jobs" and core.records.get("plain").where == "jobs"
 
 
 def test_pressure_config_errors():
@@ -181,11 +181,11 @@ def test_a_clone_short_of_space_waits_for_the_sweeper_thread_and_never_deadlocks
             clone_job(core, "src", "copy", 0, 0)
         thread.join(0.1)
         for _ in range(100):  # the sweeper's pass, blocked on the clone's lock until then, finishes
-            if core.get("src").where is None:
+            if core.records.get("src").where is None:
                 break
             threading.Event().wait(0.05)
-        assert core.get("src").purge_reason == "disk pressure"
-        assert core.get("copy") is None
+        assert core.records.get("src").purge_reason == "disk pressure"
+        assert core.records.get("copy") is None
     finally:
         stop.set()
         sweeper.wake.set()

@@ -146,7 +146,7 @@ def test_completion_queues_and_returns_before_publishing(pub, tmp_path):
         assert r.publish_queue() == [(job, clock.now)]
     assert service.publish_wake.is_set()
     assert publisher.process_due() == [job]
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["status"] == "done"
     assert record.publish["targets"][0] == {"area": "output", "to": f"{tmp_path}/lib/{{job}}", "mode": "copy",
                                                "replace": False, "status": "done", "dest": f"{tmp_path}/lib/j1",
@@ -167,7 +167,7 @@ publish = [{{ area = "input", to = "{tmp_path}/archive/{{job}}" }},
     service.transition(job, JobState.COMPLETED)
     receipt = service.tree.lstat("jobs", "j1/receipt.json")
     publisher.process_due()
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["status"] == "done" and record.publish["moved"] == ["output"]
     assert tree_of(tmp_path / "archive" / "j1") == {"src.wav": b"RIFF"}
     assert tree_of(tmp_path / "library" / "pub-j1") == {"a.txt": b"alpha\n", "sub/b.bin": b"\0" * 5000}
@@ -200,7 +200,7 @@ def test_an_existing_destination_is_never_overwritten_silently(pub, tmp_path):
     for attempt in range(1, 5):  # the first try and publish_retries = 3 retries
         assert publisher.process_due() == [job]
         assert publisher.process_due() == []  # not due again before its backoff
-        record = service.require(job)
+        record = service.records.require(job)
         assert record.publish["attempts"] == attempt
         assert "exists" in record.publish["error"] and "replace = true" in record.publish["error"]
         if attempt < 4:
@@ -222,7 +222,7 @@ def test_replace_swaps_the_destination_atomically(pub, tmp_path):
     service, publisher, _clock, job = completed_over(
         pub, dest, "previous version", f'publish = [{{ area = "output", to = "{dest}", replace = true }}]')
     publisher.process_due()
-    assert service.require(job).publish["status"] == "done"
+    assert service.records.require(job).publish["status"] == "done"
     assert tree_of(dest) == {"a.txt": b"alpha\n", "sub/b.bin": b"\0" * 5000}
     assert os.listdir(dest.parent) == ["j1"]
     assert [e["outcome"] for e in events(service, "published")] == ["replaced"]
@@ -238,7 +238,7 @@ def test_a_destination_that_already_holds_this_result_counts_as_published(pub, t
     (tmp_path / "lib" / "j1" / "sub" / "b.bin").write_bytes(b"\0" * 5000)
     (tmp_path / "lib" / "j1.wsfs-tmp-deadbeef").mkdir()  # what the killed attempt left
     publisher.process_due()
-    assert service.require(job).publish["status"] == "done"
+    assert service.records.require(job).publish["status"] == "done"
     assert [e["outcome"] for e in events(service, "published")] == ["already there"]
     assert os.listdir(tmp_path / "lib") == ["j1"]
 
@@ -268,7 +268,7 @@ def test_a_reader_never_sees_a_partial_result(pub, tmp_path):
         done.set()
         thread.join(60)
     assert seen and not bad, f"the reader saw a partial result {len(bad)} time(s): {bad[:3]}"
-    assert service.require(job).publish["status"] == "done"
+    assert service.records.require(job).publish["status"] == "done"
 
 
 # -- hooks ---------------------------------------------------------------------------------
@@ -283,17 +283,17 @@ def test_a_hook_that_fails_twice_then_succeeds(pub, tmp_path):
     job = job_with_outputs(service)
     service.transition(job, JobState.COMPLETED)
     publisher.process_due()
-    assert service.require(job).publish["attempts"] == 1
+    assert service.records.require(job).publish["attempts"] == 1
     clock.advance(9)
     assert publisher.process_due() == []  # backoff 10s
     clock.advance(1)
     publisher.process_due()
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["attempts"] == 2 and record.publish["status"] == "pending"
     assert record.publish["next_at"] == clock.now + 20  # doubled
     clock.advance(20)
     publisher.process_due()
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["status"] == "done" and record.publish["hooks"]["on_completed"]["status"] == "done"
     assert record.publish["attempts"] == 3
     hooks = events(service, "hook", job)
@@ -314,7 +314,7 @@ on_purged = 'echo "purged $WSFS_JOB ${{WSFS_WORKSPACE:-gone}}" >> {log_file}'
         service.create_job(job, 0, 0, template="pub")
     service.transition("f1", JobState.FAILED, "out of memory")
     service.transition("c1", JobState.CRASHED, "owner gone")
-    assert service.require("f1").publish["hooks"] == {"on_failed": {"status": "pending", "exit": None,
+    assert service.records.require("f1").publish["hooks"] == {"on_failed": {"status": "pending", "exit": None,
                                                                       "error": None}}
     publisher.process_due()
     clock.advance(3601)
@@ -325,7 +325,7 @@ on_purged = 'echo "purged $WSFS_JOB ${{WSFS_WORKSPACE:-gone}}" >> {log_file}'
     lines = log_file.read_text().splitlines()
     assert sorted(lines[:2]) == [f"crashed c1 at {quarantine}", "failed f1: out of memory"]
     assert lines[2:] == ["purged f1 gone"]
-    record = service.require("f1")
+    record = service.records.require("f1")
     assert record.publish["status"] == "done" and set(record.publish["hooks"]) == {"on_failed", "on_purged"}
 
 
@@ -353,9 +353,9 @@ on_completed = "true"
         receipt_bytes = os.read(receipt, 1 << 20)
     finally:
         os.close(receipt)
-    assert service.require(job).expires_at is None  # no deadline: publishing decides
+    assert service.records.require(job).expires_at is None  # no deadline: publishing decides
     publisher.process_due()
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["status"] == "done" and record.publish["deleted_at"] is not None
     assert record.where is None and record.state == "completed"
     assert not service.tree.exists("jobs", "j1")
@@ -374,15 +374,15 @@ def test_after_publish_keeps_the_workspace_when_publishing_failed(pub, tmp_path)
     job = job_with_outputs(service)
     service.transition(job, JobState.COMPLETED)
     publisher.process_due()
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["status"] == "failed" and record.publish["error"] == "on_completed: exit status 3"
     assert record.where == "jobs" and service.tree.exists("jobs", "j1/output/a.txt")
     # by hand: retry after the cause is fixed
     service.config.templates["pub"].hooks["on_completed"] = "true"
     service.write_control(b"publish j1 retry")
-    assert service.require(job).publish["status"] == "pending"
+    assert service.records.require(job).publish["status"] == "pending"
     publisher.process_due()
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["status"] == "done" and record.where is None
 
 
@@ -400,7 +400,7 @@ def test_publish_by_hand(pub, tmp_path):
         service.write_control(b"publish j1 retry", uid=1000)
     service.write_control(b"publish j1 retry")  # again: the same result is there already
     publisher.process_due()
-    assert service.require(job).publish["status"] == "done"
+    assert service.records.require(job).publish["status"] == "done"
     assert [e["outcome"] for e in events(service, "published")] == ["published", "already there"]
     assert [e["errno"] for e in events(service, "rejected")] == ["EPERM", "EPERM", "EPERM"]
 
@@ -416,7 +416,7 @@ def test_a_pending_publish_survives_reopening_the_store(tmp_path):
     service = make_core(tmp_path / "data", clock, config)
     try:
         assert Publisher(service, clock).process_due() == ["j1"]
-        assert service.require("j1").publish["status"] == "done"
+        assert service.records.require("j1").publish["status"] == "done"
     finally:
         service.store.close()
         service.tree.close()
@@ -439,7 +439,7 @@ def test_stopping_abandons_a_copy_without_counting_an_attempt(pub, tmp_path):
     assert not (tmp_path / "lib" / "j1").exists() and os.listdir(tmp_path / "lib") == []  # no temporary left
     publisher.stopping.clear()
     publisher.process_due()
-    assert service.require(job).publish["status"] == "done"
+    assert service.records.require(job).publish["status"] == "done"
 
 
 def test_an_unexpected_error_postpones_instead_of_spinning(pub, tmp_path, monkeypatch):
@@ -449,7 +449,7 @@ def test_an_unexpected_error_postpones_instead_of_spinning(pub, tmp_path, monkey
     monkeypatch.setattr(publisher, "attempt", lambda job_id: 1 / 0)
     assert publisher.process_due() == [job]
     assert publisher.process_due() == []
-    record = service.require(job)
+    record = service.records.require(job)
     assert record.publish["next_at"] == clock.now + 10 and "division by zero" in record.publish["error"]
 
 

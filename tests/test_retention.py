@@ -37,7 +37,7 @@ def new_job(core, job: str, files: dict[str, bytes] | None = None, **create) -> 
         path = data_dir(core) / "jobs" / job / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    return core.rebuild_manifest(job)
+    return core.recovery.rebuild_manifest(job)
 
 
 def ended_job(core, job: str, state: JobState, files=None, **create) -> dict:
@@ -76,13 +76,13 @@ def test_failed_job_is_hidden_exactly_after_7_days(core, clock, sweeper):
 
     clock.advance(7 * DAY - 1)
     assert actions(sweeper.sweep(clock())) == []
-    assert core.get("f1").hidden is False
+    assert core.records.get("f1").hidden is False
 
     clock.advance(1)
     report = sweeper.sweep(clock())
     assert actions(report) == [("f1", "hide")]
     assert report.actions[0].done
-    record = core.get("f1")
+    record = core.records.get("f1")
     assert record.hidden is True and record.where == "jobs"
     assert record.expires_at == clock() + DAY  # the default grace
     assert (data_dir(core) / "jobs" / "f1" / "output" / "result.txt").read_bytes() == b"result\n"
@@ -100,7 +100,7 @@ def test_cancelled_after_24_hours(core, clock, sweeper):
 
 def test_crashed_after_7_days(core, clock, sweeper):
     ended_job(core, "x1", JobState.CRASHED)
-    assert core.get("x1").where == "quarantine"
+    assert core.records.get("x1").where == "quarantine"
     clock.advance(7 * DAY - 1)
     assert actions(sweeper.sweep(clock())) == []
     clock.advance(1)
@@ -112,10 +112,10 @@ def test_crashed_after_7_days(core, clock, sweeper):
 
 def test_completed_never_expires(core, clock, sweeper):
     ended_job(core, "ok", JobState.COMPLETED)
-    assert core.get("ok").expires_at is None
+    assert core.records.get("ok").expires_at is None
     clock.advance(3650 * DAY)
     assert actions(sweeper.sweep(clock())) == []
-    assert core.get("ok").hidden is False
+    assert core.records.get("ok").hidden is False
     with core.store.read() as r:
         assert list(r.due(clock() + 1e9)) == []
 
@@ -143,7 +143,7 @@ def test_purge_after_the_grace_keeps_the_record_and_moves_the_tree_to_trash(core
     assert actions(report) == [("p1", "purge")]
     assert report.actions[0].done
 
-    record = core.get("p1")
+    record = core.records.get("p1")
     assert record is not None and record.state == "failed"
     assert record.purged_at == clock()
     assert record.where is None and record.expires_at is None
@@ -173,7 +173,7 @@ def test_grace_0_purges_at_expiry(tmp_path, clock, monkeypatch):
         assert actions(report) == [("g0", "hide"), ("g0", "purge")]
         assert all(a.done for a in report.actions)
         assert "grace" in report.actions[1].why
-        assert core.get("g0").purged_at == clock()
+        assert core.records.get("g0").purged_at == clock()
         assert not (tmp_path / "data" / "jobs" / "g0").exists()
     finally:
         core.store.close()
@@ -208,17 +208,17 @@ def test_per_template_retention_overrides_the_default(tmp_path, clock, monkeypat
         report = sweeper.sweep(clock())
         assert actions(report) == [("media", "hide")]
         assert "policy failed=3d" in report.actions[0].why and "grace 1h" in report.actions[0].why
-        assert core.get("media").expires_at == clock() + HOUR
+        assert core.records.get("media").expires_at == clock() + HOUR
 
         clock.advance(HOUR)
         assert actions(sweeper.sweep(clock())) == [("media", "purge")]
 
         clock.advance(4 * DAY - HOUR)  # 7 days after the end: the default policy
         assert actions(sweeper.sweep(clock())) == [("plain", "hide")]
-        assert core.get("plain").expires_at == clock() + 12 * HOUR  # the top-level grace
+        assert core.records.get("plain").expires_at == clock() + 12 * HOUR  # the top-level grace
         clock.advance(365 * DAY)
         assert ("media-c", "hide") not in actions(sweeper.sweep(clock()))
-        assert core.get("media-c").hidden is False
+        assert core.records.get("media-c").hidden is False
     finally:
         core.store.close()
         core.tree.close()
@@ -236,7 +236,7 @@ def test_dry_run_changes_nothing_and_reports_the_same_actions_with_why(core, clo
     core.restore("d-failed")        # two stay hidden, due for purge a day later
     core.restore("d-cancelled")
     clock.advance(DAY)              # d-cancelled due again (24 h), d-hidden due for purge, d-failed not
-    assert core.get("d-hidden").hidden
+    assert core.records.get("d-hidden").hidden
 
     before = snapshot(core)
     events_before = events(core)
@@ -259,7 +259,7 @@ def test_dry_run_changes_nothing_and_reports_the_same_actions_with_why(core, clo
     real = sweeper.sweep(clock())
     assert [(a.job, a.action, a.why) for a in real.actions] == [(a.job, a.action, a.why) for a in dry.actions]
     assert all(a.done for a in real.actions)
-    assert core.get("d-cancelled").hidden and core.get("d-hidden").purged_at == clock()
+    assert core.records.get("d-cancelled").hidden and core.records.get("d-hidden").purged_at == clock()
 
 
 # -- restore -------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_restore_gives_a_fresh_retention_period(core, clock, sweeper):
     ended_job(core, "r1", JobState.FAILED)
     clock.advance(7 * DAY)
     sweeper.sweep(clock())
-    assert core.get("r1").hidden
+    assert core.records.get("r1").hidden
 
     clock.advance(DAY - 5)  # 5 s before the purge
     restored = core.restore("r1")
@@ -296,7 +296,7 @@ def test_restore_refuses_a_visible_or_purged_job(core, clock, sweeper):
     sweeper.sweep(clock())
     clock.advance(DAY)
     sweeper.sweep(clock())
-    assert core.get("v1").purged_at
+    assert core.records.get("v1").purged_at
     with pytest.raises(NotAllowedError):
         core.restore("v1")
 
@@ -310,14 +310,14 @@ def test_busy_tree_is_skipped_and_purged_on_a_later_sweep(core, clock):
     ended_job(core, "b1", JobState.FAILED)
     clock.advance(7 * DAY)
     sweeper.sweep(clock())  # hide: a busy tree may be hidden, never purged
-    assert core.get("b1").hidden
+    assert core.records.get("b1").hidden
     clock.advance(DAY)
 
     report = sweeper.sweep(clock())
     assert actions(report) == [("b1", "skip")]
     assert "open" in report.actions[0].why
     assert (data_dir(core) / "jobs" / "b1").is_dir()
-    assert core.get("b1").purged_at is None
+    assert core.records.get("b1").purged_at is None
     assert events(core, "skipped", "b1")
 
     busy.clear()
@@ -364,8 +364,9 @@ def test_sweep_reads_only_the_due_jobs(core, clock, sweeper, monkeypatch):
     clock.advance(7 * DAY)
 
     looked_at: list[str] = []
-    real_get, real_job = type(core).get, Reader.job
-    monkeypatch.setattr(type(core), "get", lambda self, job_id: (looked_at.append(job_id), real_get(self, job_id))[1])
+    real_get, real_job = type(core.records).get, Reader.job
+    monkeypatch.setattr(type(core.records), "get",
+                        lambda self, job_id: (looked_at.append(job_id), real_get(self, job_id))[1])
     monkeypatch.setattr(Reader, "job", lambda self, job_id: (looked_at.append(job_id), real_job(self, job_id))[1])
 
     def no_scan(self):
@@ -452,9 +453,9 @@ def test_job_of_a_live_owner_stays_running_and_crashes_when_it_is_gone(core, clo
     child = subprocess.Popen(["sleep", "60"])
     try:
         new_job(core, "own", {"output/part1": b"track 1\n"}, owner_pid=child.pid)
-        assert core.get("own").owner["pid"] == child.pid
+        assert core.records.get("own").owner["pid"] == child.pid
         assert actions(sweeper.sweep(clock())) == []
-        assert core.get("own").state == "running"
+        assert core.records.get("own").state == "running"
     finally:
         child.kill()
         child.wait()  # reaped: the pid is free
@@ -462,7 +463,7 @@ def test_job_of_a_live_owner_stays_running_and_crashes_when_it_is_gone(core, clo
     report = sweeper.sweep(clock())
     assert actions(report) == [("own", "crash")]
     assert str(child.pid) in report.actions[0].why and report.actions[0].done
-    record = core.get("own")
+    record = core.records.get("own")
     assert record.state == "crashed" and record.where == "quarantine" and record.sealed
     assert record.expires_at == record.ended + 7 * DAY
     quarantined = data_dir(core) / "quarantine" / "own"
@@ -494,10 +495,10 @@ def test_reused_pid_counts_as_gone(core, clock, sweeper):
 
     def fake_older_owner(record, w):
         record.owner["create_time"] -= 3600  # ... but not the one that registered
-    core.update("reuse", fake_older_owner)
+    core.records.update("reuse", fake_older_owner)
     report = sweeper.sweep(clock())
     assert actions(report) == [("reuse", "crash")]
-    assert core.get("reuse").state == "crashed"
+    assert core.records.get("reuse").state == "crashed"
 
 
 def test_resumed_job_is_not_crashed_again_for_its_dead_owner(core, clock, sweeper):
@@ -507,10 +508,10 @@ def test_resumed_job_is_not_crashed_again_for_its_dead_owner(core, clock, sweepe
     assert actions(sweeper.sweep(clock())) == [("again", "crash")]
 
     core.resume("again")
-    assert core.get("again").state == "running"
+    assert core.records.get("again").state == "running"
     report = sweeper.sweep(clock())
     assert actions(report) == [], "the resumed job was crashed again for the owner that died before"
-    assert core.get("again").state == "running"
+    assert core.records.get("again").state == "running"
 
 
 # -- a job changed between the plan and its application ----------------------------------------
@@ -528,7 +529,7 @@ def test_job_resumed_while_the_sweep_plans_is_not_hidden(core, clock, monkeypatc
         return planned
     monkeypatch.setattr(Sweeper, "plan", plan_then_resume)
     sweeper.sweep(clock())
-    record = core.get("race")
+    record = core.records.get("race")
     assert record.state == "running"
     assert record.hidden is False and record.expires_at is None, "a running job was hidden"
 
@@ -547,7 +548,7 @@ def test_job_restored_while_the_sweep_plans_is_not_purged(core, clock, monkeypat
         return planned
     monkeypatch.setattr(Sweeper, "plan", plan_then_restore)
     sweeper.sweep(clock())
-    record = core.get("race2")
+    record = core.records.get("race2")
     assert record.purged_at is None and record.where == "jobs", "a restored job was purged"
     assert (data_dir(core) / "jobs" / "race2" / "output" / "result.txt").exists()
 
@@ -565,29 +566,29 @@ def test_recover_after_a_crash_quarantines_running_jobs(core, clock):
     def interrupted(record, w):
         record.pending = {"target": "failed", "reason": "boom", "at": clock(), "step": "intent",
                              "from": "running"}
-    core.update("ending", interrupted)
+    core.records.update("ending", interrupted)
     # An unflushed manifest batch is lost in a crash: recovery rebuilds it from the tree.
     (data_dir(core) / "jobs" / "run1" / "output" / "late").write_bytes(b"late!")
 
-    finished = core.recover(unclean=True)
+    finished = core.recovery.recover(unclean=True)
     assert finished == ["ending"]
-    assert core.get("ending").state == "failed" and core.get("ending").where == "jobs"
-    assert core.get("done").state == "completed"
+    assert core.records.get("ending").state == "failed" and core.records.get("ending").where == "jobs"
+    assert core.records.get("done").state == "completed"
     for job in ("run1", "run2"):
-        record = core.get(job)
+        record = core.records.get(job)
         assert record.state == "crashed" and record.where == "quarantine" and record.sealed
         assert not (data_dir(core) / "jobs" / job).exists()
         receipt = json.loads((data_dir(core) / "quarantine" / job / RECEIPT_FILE).read_text())
         assert receipt["state"] == "crashed"
     assert (data_dir(core) / "quarantine" / "run1" / "temp" / "t").read_bytes() == b"t"
     assert [path for path, _entry in core.manifest_entries("run1")] == ["output/a", "output/late", "temp/t"]
-    assert core.get("run1").usage == {"bytes": 7, "files": 3}
+    assert core.records.get("run1").usage == {"bytes": 7, "files": 3}
 
 
 def test_recover_clean_leaves_running_jobs_alone(core):
     new_job(core, "calm")
-    assert core.recover(unclean=False) == []
-    assert core.get("calm").state == "running"
+    assert core.recovery.recover(unclean=False) == []
+    assert core.records.get("calm").state == "running"
 
 
 def test_recover_with_on_crash_resume_keeps_jobs_running(tmp_path, clock):
@@ -595,8 +596,8 @@ def test_recover_with_on_crash_resume_keeps_jobs_running(tmp_path, clock):
     try:
         new_job(core, "keep", {"output/a": b"a"})
         (tmp_path / "data" / "jobs" / "keep" / "output" / "b").write_bytes(b"bb")
-        core.recover(unclean=True)
-        record = core.get("keep")
+        core.recovery.recover(unclean=True)
+        record = core.records.get("keep")
         assert record.state == "running" and record.where == "jobs" and not record.sealed
         assert record.usage == {"bytes": 3, "files": 2}
         assert not (tmp_path / "data" / "quarantine" / "keep").exists()
@@ -607,8 +608,8 @@ def test_recover_with_on_crash_resume_keeps_jobs_running(tmp_path, clock):
 
 def test_resume_of_crashed_brings_the_tree_back_and_unseals(core, clock):
     new_job(core, "rs", {"output/track1": b"1"})
-    core.recover(unclean=True)
-    assert core.get("rs").state == "crashed"
+    core.recovery.recover(unclean=True)
+    assert core.records.get("rs").state == "crashed"
     clock.advance(HOUR)
 
     record = core.resume("rs")
@@ -618,7 +619,7 @@ def test_resume_of_crashed_brings_the_tree_back_and_unseals(core, clock):
     assert (tree / "output" / "track1").read_bytes() == b"1"
     assert not (tree / RECEIPT_FILE).exists()
     assert not (data_dir(core) / "quarantine" / "rs").exists()
-    with core.mutation("rs"):  # writable again
+    with core.records.mutation("rs"):  # writable again
         pass
     assert [h["state"] for h in record.history] == ["running", "crashed", "running"]
     # ... and it can end normally, with its earlier files in the receipt.
@@ -740,10 +741,11 @@ def test_job_of_a_template_removed_from_the_config_follows_the_default_policy(tm
     # The next daemon's config has no media template; its default grace is 2 h.
     core = make_core(data, clock, parse_toml_config('[retention]\nfailed = "1d"\ngrace = "2h"\n'))
     try:
-        assert core.template(core.get("old-media")).scratch_areas() == ["audio", "video"]  # the record's own areas
+        # the record's own areas
+        assert core.template(core.records.get("old-media")).scratch_areas() == ["audio", "video"]
         clock.advance(3 * DAY)  # its deadline was fixed when it ended (media: 3 d)
         assert actions(Sweeper(core).sweep(clock())) == [("old-media", "hide")]
-        assert core.get("old-media").expires_at == clock() + 2 * HOUR, "not the configured grace"
+        assert core.records.get("old-media").expires_at == clock() + 2 * HOUR, "not the configured grace"
     finally:
         core.store.close()
         core.tree.close()
@@ -772,16 +774,16 @@ def test_crash_transition_interrupted_at_any_step_is_finished_by_recovery(tmp_pa
 
     core = make_core(data, clock)
     try:
-        assert core.recover(unclean=True) == ["half"]
+        assert core.recovery.recover(unclean=True) == ["half"]
         for job in ("half", "other"):
-            record = core.get(job)
+            record = core.records.get(job)
             assert (record.state, record.where, record.pending) == ("crashed", "quarantine", None)
             receipt = json.loads((data / "quarantine" / job / RECEIPT_FILE).read_text())
             assert receipt["state"] == "crashed"
             assert not (data / "jobs" / job).exists()
         assert (data / "quarantine" / "half" / "output" / "a").read_bytes() == b"aaa"
         assert (data / "quarantine" / "half" / "temp" / "t").read_bytes() == b"t"
-        assert [h["state"] for h in core.get("half").history] == ["running", "crashed"]
+        assert [h["state"] for h in core.records.get("half").history] == ["running", "crashed"]
     finally:
         core.store.close()
         core.tree.close()

@@ -453,7 +453,7 @@ def test_a_stopping_sweeper_starts_no_new_action(core, clock):
     report = sweeper.sweep()
     assert [(a.job, a.action, a.done, a.error) for a in report.actions] == [
         ("a", "hide", False, "not done: wsfs is stopping"), ("b", "hide", False, "not done: wsfs is stopping")]
-    assert not core.require("a").hidden
+    assert not core.records.require("a").hidden
 
 
 def test_log_level_from_the_environment(tmp_path):

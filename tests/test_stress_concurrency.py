@@ -389,7 +389,7 @@ def test_the_manifest_and_usage_of_an_ended_job_follow_files_still_open_at_its_e
         os.close(fd)
     core.transition("j", JobState(end), None if end == "completed" else "boom")
     assert [f.line() for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
-    record = core.get("j")
+    record = core.records.get("j")
     kept = ["output", "input"] if end == "completed" else ["output", "temp", "input"]
     assert record.usage == {"bytes": 1000 * len(kept), "files": len(kept)}
     assert {a: u for a, u in record.area_usage.items() if u != [0, 0]} == {a: [1000, 1] for a in kept}

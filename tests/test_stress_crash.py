@@ -501,11 +501,11 @@ def test_recovery_trashes_the_tree_of_a_creation_cut_before_its_record(core):
         core.tree.mkdir("jobs", rel)
     fd = core.tree.open("jobs", "kept/output/data", os.O_WRONLY | os.O_CREAT)
     os.close(fd)
-    core.recover(unclean=True)
+    core.recovery.recover(unclean=True)
     assert not core.tree.exists("jobs", "cut")
     assert [f.kind for f in doctor_mod.diagnose(core) if f.job == "kept"] == ["orphan-tree"]
     core.create_job("cut", 0, 0)  # the id is free: it was never acknowledged
-    assert core.get("cut").state == "running"
+    assert core.records.get("cut").state == "running"
 
 
 def _crashed_job_with_output(core, job_id: str) -> dict:
@@ -515,7 +515,7 @@ def _crashed_job_with_output(core, job_id: str) -> dict:
     fd = core.tree.open("jobs", f"{job_id}/output/result", os.O_WRONLY | os.O_CREAT)
     os.write(fd, b"result")
     os.close(fd)
-    core.rebuild_manifest(job_id)
+    core.recovery.rebuild_manifest(job_id)
     return core.transition(job_id, JobState.CRASHED, "the wsfs daemon crashed")
 
 
@@ -541,15 +541,15 @@ def test_recovery_moves_back_the_tree_of_a_resume_cut_before_its_commit(core, mo
 
     def killed(*_args, **_kwargs):
         raise Killed()
-    monkeypatch.setattr(core, "update", killed)  # the kill, at resume's commit
+    monkeypatch.setattr(core.records, "update", killed)  # the kill, at resume's commit
     with pytest.raises(Killed):
         core.resume("r")
     monkeypatch.undo()
-    core.recover(unclean=True)
+    core.recovery.recover(unclean=True)
     assert core.tree.exists("quarantine", "r/output/result") and not core.tree.exists("jobs", "r")
-    assert _receipt_matches_record(core, core.get("r"))
+    assert _receipt_matches_record(core, core.records.get("r"))
     assert [f for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
-    assert core.get("r").receipt_sha256 == record.receipt_sha256
+    assert core.records.get("r").receipt_sha256 == record.receipt_sha256
 
 
 def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, monkeypatch):
@@ -557,12 +557,12 @@ def test_a_resume_cut_after_its_commit_ends_crashed_with_a_fresh_receipt(core, m
     from wsfs.core import doctor as doctor_mod
 
     _crashed_job_with_output(core, "r")
-    monkeypatch.setattr(core, "_trash_stale_receipt", lambda job_id: None)  # the kill, right after the commit
+    monkeypatch.setattr(core, "trash_stale_receipt", lambda job_id: None)  # the kill, right after the commit
     core.resume("r")
     assert core.tree.exists("jobs", "r/receipt.json")
     monkeypatch.undo()
-    core.recover(unclean=True)
-    record = core.get("r")
+    core.recovery.recover(unclean=True)
+    record = core.records.get("r")
     assert record.state == "crashed" and _receipt_matches_record(core, record)
     assert [f for f in doctor_mod.diagnose(core) if f.kind != "trash"] == []
 

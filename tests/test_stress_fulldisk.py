@@ -473,7 +473,7 @@ def test_a_commit_the_disk_refuses_is_enospc_and_the_manifest_keeps_its_changes(
         stop.set()
         thread.join(10)
     assert [(p, e[0]) for p, e in core.manifest_entries("J")] == [("output/f", 5)]
-    assert core.get("J").usage == {"bytes": 5, "files": 1} and core.get("J").stage is None
+    assert core.records.get("J").usage == {"bytes": 5, "files": 1} and core.records.get("J").stage is None
     assert not isinstance(info.value, lmdb.Error)
 
 
@@ -494,7 +494,7 @@ def test_a_transition_refused_part_way_is_finished_by_the_same_command(core, mon
     monkeypatch.setattr(core, "_step_receipt", refused)
     with pytest.raises(StoreError):
         core.transition("J", JobState.COMPLETED)
-    record = core.get("J")
+    record = core.records.get("J")
     assert record.state == "running" and record.pending["target"] == "completed"
     with pytest.raises(SealedError) as info:
         core.transition("J", JobState.FAILED)
@@ -568,7 +568,7 @@ def test_a_job_the_full_disk_refuses_leaves_no_tree(tmp_path, monkeypatch):
     with pytest.raises(StoreError) as info:
         core.create_job("J", 0, 0)
     assert info.value.errno == errno.ENOSPC
-    assert core.get("J") is None and not core.tree.exists("jobs", "J")
+    assert core.records.get("J") is None and not core.tree.exists("jobs", "J")
     monkeypatch.setattr(core.store, "env", env)
     assert core.create_job("J", 0, 0).state == "running" and core.tree.exists("jobs", "J/output")
     core.store.close()

@@ -727,4 +727,4 @@ def test_the_manifest_writer_stores_paths_of_any_length(core):
     core.manifest.put("J", "output/f", st)
     core.manifest.flush()
     assert [path for path, _entry in core.manifest_entries("J")] == [long_ones[1], "output/f", long_ones[0]]
-    assert core.require("J").usage["files"] == 3
+    assert core.records.require("J").usage["files"] == 3

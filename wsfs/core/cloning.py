@@ -43,6 +43,7 @@ import time
 from .control import GIT_OPTIONS
 from .errors import AccessDeniedError, NotAllowedError, QuotaError
 from .model import JobRecord, JobState, is_hidden_name, validate_job_id
+from .records import location
 from .tree import names_in
 from .usage import usage_of
 
@@ -189,9 +190,9 @@ def clone_job(service, src_id: str, new_id: str, uid: int, gid: int, *, extra: d
     validate_job_id(src_id)
     validate_job_id(new_id)
     started = time.monotonic()
-    with service.lock(src_id).shared():
-        src = service.require(src_id)
-        where = service.location(src)
+    with service.records.lock(src_id).shared():
+        src = service.records.require(src_id)
+        where = location(src)
         if where is None or src.hidden or src.pending:
             raise NotAllowedError(f"job {src_id} has no workspace to clone ({src.state}"
                                   f"{', hidden' if src.hidden else ''})")
@@ -210,7 +211,7 @@ def clone_job(service, src_id: str, new_id: str, uid: int, gid: int, *, extra: d
             raise QuotaError(f"job {src_id} holds more than its quota or max_files: a clone could not")
         fields = {"origin": src_id, **(extra or {})}
         failure = None
-        with service.lock(new_id).exclusive():
+        with service.records.lock(new_id).exclusive():
             record = service.create_job(new_id, uid, gid, mode=stat.S_IMODE(st_root.st_mode),
                                         template=src.template, quota=src.quota,
                                         max_files=src.max_files, extra=fields)
@@ -251,7 +252,7 @@ def _commit_manifest(service, new_id: str, src_id: str, copier: _Copier, seconds
         w.add_event("cloned", new_id, source=src_id, files=len(copier.entries), bytes=copier.bytes,
                     seconds=round(seconds, 3), methods=copier.methods)
         return [record]
-    record = service.commit(fn)[0]
+    record = service.records.commit(fn)[0]
     service.usage.forget(new_id)
     return record
 

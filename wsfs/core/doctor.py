@@ -58,6 +58,7 @@ import psutil
 from .config import Template
 from .lifecycle import JobService
 from .model import DEFAULT_TEMPLATE, JOB_ID_RE, AreaKind, JobRecord, JobState
+from .records import location
 
 log = logging.getLogger("wsfs.doctor")
 
@@ -170,10 +171,10 @@ def manifest_differences(service: JobService, record: JobRecord, hidden: list[st
 
     ``hidden``, when given, gets the job's hidden names (found in the same walk)."""
     job = record.id
-    where = service.location(record)
+    where = location(record)
     if where is None:
         return None
-    files = service.tree_files(record, hidden)
+    files = service.recovery.tree_files(record, hidden)
     with service.store.read() as r:
         entries = dict(r.manifest(job))
         usage = (r.job(job) or record).usage
@@ -229,14 +230,14 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
                                         root, name))
                 continue
             with service.create_lock if live else _NO_LOCK:
-                record = service.get(name) if JOB_ID_RE.fullmatch(name) else None
+                record = service.records.get(name) if JOB_ID_RE.fullmatch(name) else None
                 if record is None:
                     if _is_dir(service, root, name):
                         findings.append(Finding("orphan-tree", name, f"{root}/{name}: a tree without a record "
                                                 f"({_summary(service, root, name)})", root, name))
                     continue
-            with service.lock(name).shared() if live else _NO_LOCK:
-                record = service.get(name)
+            with service.records.lock(name).shared() if live else _NO_LOCK:
+                record = service.records.get(name)
                 if record is None or record.pending or record.where == root:
                     continue
                 where = record.where
@@ -253,8 +254,8 @@ def diagnose(service: JobService, *, live: bool = False, busy=frozenset(), trash
 
     # Records whose tree is gone, or whose manifest is off.
     for job in job_ids:
-        with service.lock(job).shared() if live else _NO_LOCK:
-            record = service.get(job)
+        with service.records.lock(job).shared() if live else _NO_LOCK:
+            record = service.records.get(job)
             if record is None:
                 continue
             if record.pending:
@@ -336,7 +337,7 @@ def repair(service: JobService, findings: list[Finding], *, live: bool = False, 
 
 def _finish_pending(service: JobService, findings: list[Finding]) -> list[str]:
     try:
-        finished = set(service.recover(False))
+        finished = set(service.recovery.recover(False))
     except Exception as exc:
         log.exception("doctor: could not finish the interrupted transitions")
         return [f"could not finish the interrupted transitions: {exc}"]
@@ -346,21 +347,21 @@ def _finish_pending(service: JobService, findings: list[Finding]) -> list[str]:
 
 def _repair_misplaced(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     job, (root, _name) = f.job_id, f.at
-    with service.lock(job).exclusive():
-        record = service.require(job)
+    with service.records.lock(job).exclusive():
+        record = service.records.require(job)
         where = record.where
         if record.pending or where is None or _is_dir(service, where, job) \
                 or not _is_dir(service, root, job):
             return f"{job}: no longer misplaced, left alone"
         service.tree.rename(root, job, where, job)
-        service.add_event("doctor-moved", job, to=VIEW_NAMES[where], by="doctor")
+        service.records.add_event("doctor-moved", job, to=VIEW_NAMES[where], by="doctor")
     return f"{job}: moved its tree from {VIEW_NAMES[root]}/ back to {VIEW_NAMES[where]}/, where its record says"
 
 
 def _repair_missing(service: JobService, f: Finding, now: float, live: bool, busy) -> str | None:
     job = f.job_id
-    with service.lock(job).exclusive():
-        record = service.require(job)
+    with service.records.lock(job).exclusive():
+        record = service.records.require(job)
         if record.pending or record.where is None:
             return f"{job}: changed meanwhile, left alone"
         here, elsewhere = _tree_state(service, record)
@@ -389,7 +390,7 @@ def _free_id(service: JobService, name: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-")[:100] or "orphan"
     for n in range(1000):
         candidate = base if n == 0 else f"{base}.orphan{n if n > 1 else ''}"
-        if (JOB_ID_RE.fullmatch(candidate) and service.get(candidate) is None
+        if (JOB_ID_RE.fullmatch(candidate) and service.records.get(candidate) is None
                 and not any(service.tree.exists(root, candidate) for root in TREE_ROOTS)):
             return candidate
     raise RuntimeError(f"no free job id near {name!r}")
@@ -409,7 +410,7 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
     with service.create_lock:
         if not _is_dir(service, root, name):
             return f"{root}/{name}: gone meanwhile"
-        record = service.get(name) if JOB_ID_RE.fullmatch(name) else None
+        record = service.records.get(name) if JOB_ID_RE.fullmatch(name) else None
         if record is not None and record.where == root:
             return f"{root}/{name}: its job {name} names it now, left alone"
         job = name if record is None and JOB_ID_RE.fullmatch(name) and not (
@@ -433,8 +434,8 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
             w.put_job(new)
             w.add_event("adopted", job, tree=f"{root}/{name}", by="doctor")
             return [new]
-        service.commit(fn)
-    service.rebuild_manifest(job)
+        service.records.commit(fn)
+    service.recovery.rebuild_manifest(job)
     service.transition(job, JobState.CRASHED, f"adopted by wsfs doctor: {root}/{name} had no record")
     renamed = "" if job == name else f" as {job}"
     return f"{root}/{name}: adopted{renamed} into quarantine/{job} as a crashed job, with a receipt"
@@ -444,8 +445,8 @@ def _repair_orphan(service: JobService, f: Finding, now: float, live: bool, busy
 def _idle_job(service: JobService, job: str, live: bool, busy):
     """The job's record under its exclusive lock; None when it changed since it was checked (ending,
     no tree left, or a file open through the mount)."""
-    with service.lock(job).exclusive():
-        record = service.require(job)
+    with service.records.lock(job).exclusive():
+        record = service.records.require(job)
         yield None if record.pending or record.where is None or (live and job in busy) else record
 
 
@@ -456,8 +457,8 @@ def _repair_manifest(service: JobService, f: Finding, now: float, live: bool, bu
             return f"{job}: changed meanwhile, manifest left alone"
         if manifest_differences(service, record) is None:
             return f"{job}: manifest already agrees"
-        service.rebuild_manifest(job)
-        usage = service.require(job).usage
+        service.recovery.rebuild_manifest(job)
+        usage = service.records.require(job).usage
     return f"{job}: rebuilt the manifest from the files ({usage['files']} files, {usage['bytes']} bytes)"
 
 
@@ -467,8 +468,8 @@ def _repair_hidden(service: JobService, f: Finding, now: float, live: bool, busy
         if record is None:
             return f"{job}: changed meanwhile, hidden names left alone"
         hidden: list[str] = []
-        service.tree_files(record, hidden)
-        removed = service.remove_hidden_leftovers(record, hidden)
+        service.recovery.tree_files(record, hidden)
+        removed = service.recovery.remove_hidden_leftovers(record, hidden)
         service.usage.forget(job)
     return f"{job}: removed {removed} hidden name(s) of files unlinked while open"
 
@@ -482,7 +483,10 @@ def _repair_trash(service: JobService, f: Finding, now: float, live: bool, busy)
         log.error("doctor: could not remove %s from the trash: %s", path, exc)
     failures = service.tree.remove_tree("trash", name, on_error=report)
     if failures:
-        service.commit(lambda w: (w.bump_counter("failed_removals", failures), [])[1])
+        def count(w) -> list:
+            w.bump_counter("failed_removals", failures)
+            return []
+        service.records.commit(count)
         return f"trash/{name}: {failures} could not be removed (first: {errors[0] if errors else '?'})"
     return f"trash/{name}: deleted"
 

@@ -27,17 +27,14 @@ store's commit hook, so it never goes back in time.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import hashlib
 import logging
 import os
 import signal
-import stat
 import threading
 import time
-import weakref
 from collections.abc import Callable
 
 import psutil
@@ -48,7 +45,6 @@ from .errors import (
     BadCommandError,
     JobExistsError,
     NoSpaceError,
-    NoSuchJobError,
     NotAllowedError,
     QuotaError,
     SealedError,
@@ -59,18 +55,18 @@ from .limits import UsageMeter
 from .manifest import ManifestWriter
 from .model import (
     ENDED_STATES,
-    JOB_ID_RE,
     AreaKind,
     JobRecord,
     JobState,
     check_transition,
-    is_hidden_name,
     validate_job_id,
 )
 from .receipts import RECEIPT_FILE, iso
-from .store import RWLock, Store
+from .records import Records, is_sealed, location
+from .recovery import Recovery
+from .store import Store
 from .tree import Tree
-from .usage import add_area_usage, take_area_usage, usage_of
+from .usage import add_area_usage, take_area_usage
 
 log = logging.getLogger("wsfs.lifecycle")
 
@@ -84,7 +80,6 @@ def steps_for(target: JobState) -> tuple[str, ...]:
     if target == JobState.ARCHIVED:
         return ARCHIVE_STEPS
     return CRASH_STEPS if target == JobState.CRASHED else ENDING_STEPS
-CACHE_SIZE = 8192
 
 
 def _due(record: JobRecord, now: float) -> bool:
@@ -117,10 +112,8 @@ class JobService:
         self.clock = clock
         self.manifest = ManifestWriter(self)
         self.usage = UsageMeter(self)
-        self._cache: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._locks: weakref.WeakValueDictionary[str, RWLock] = weakref.WeakValueDictionary()
-        self._locks_guard = threading.Lock()
+        self.records = Records(store, lambda records: self.records_changed(records))
+        self.recovery = Recovery(self)
         self.create_lock = threading.Lock()
         self.trash_wake = threading.Event()
         # Set when a record's publishing was queued (wsfs.publish: the wsfs-publisher thread waits on it).
@@ -163,58 +156,6 @@ class JobService:
             self.store.close()
             self.tree.close()
 
-    # -- records --------------------------------------------------------------
-
-    def _remember(self, records) -> None:
-        with self._cache_lock:
-            for record in records:
-                self._cache[record.id] = record
-                self._cache.move_to_end(record.id)
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        if records:
-            self.records_changed(records)
-
-    def add_event(self, kind: str, job_id: str | None, **fields) -> None:
-        """Store one event alone (its own commit)."""
-        self.commit(lambda w: (w.add_event(kind, job_id, **fields), [])[1])
-
-    def commit(self, fn):
-        """Run ``fn(writer)`` -> list of changed records, in one transaction."""
-        return self.store.transact(fn, on_commit=self._remember)
-
-    def update(self, job_id: str, change, event: tuple | None = None) -> JobRecord:
-        """Read-modify-write one record: ``change(record, writer)`` edits it in place."""
-        def fn(w):
-            record = w.job(job_id)
-            if record is None:
-                raise NoSuchJobError(f"no job {job_id}")
-            change(record, w)
-            w.put_job(record)
-            if event:
-                w.add_event(event[0], job_id, **event[1])
-            return [record]
-        return self.commit(fn)[0]
-
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._cache_lock:
-            record = self._cache.get(job_id)
-        if record is not None:
-            return record
-        with self.store.read() as r:
-            record = r.job(job_id)
-        if record is not None:
-            with self.store._write_lock:  # do not race a commit's cache update
-                with self._cache_lock:
-                    self._cache.setdefault(job_id, record)
-        return record
-
-    def require(self, job_id: str) -> JobRecord:
-        record = self.get(job_id)
-        if record is None:
-            raise NoSuchJobError(f"no job {job_id}")
-        return record
-
     def template(self, record: JobRecord) -> Template:
         try:
             return self.config.template(record.template)
@@ -223,33 +164,6 @@ class JobService:
             default = self.config.template("default")
             return Template(record.template, {a: AreaKind(k) for a, k in record.areas.items()},
                             dict(default.retention), default.grace, 0, 0)
-
-    def lock(self, job_id: str) -> RWLock:
-        with self._locks_guard:
-            lock = self._locks.get(job_id)
-            if lock is None:
-                lock = self._locks[job_id] = RWLock()
-            return lock
-
-    @staticmethod
-    def is_sealed(record: JobRecord) -> bool:
-        return bool(record.sealed or record.pending)
-
-    @staticmethod
-    def location(record: JobRecord) -> tuple[str, str] | None:
-        """Where the job's tree is in the data dir: (root, rel), or None when it has none."""
-        where = record.where
-        return (where, record.id) if where else None
-
-    @contextlib.contextmanager
-    def mutation(self, job_id: str):
-        """Hold while changing a job's files: refuses sealed jobs, blocks transitions."""
-        lock = self.lock(job_id)
-        with lock.shared():
-            record = self.require(job_id)
-            if self.is_sealed(record) or record.where != "jobs":
-                raise SealedError(f"job {job_id} is {record.state}: its workspace is read-only")
-            yield record
 
     # -- creation -------------------------------------------------------------
 
@@ -280,7 +194,7 @@ class JobService:
             raise BadCommandError(f"no template {template!r} (known: {', '.join(self.config.templates)})") from None
         owner = self._owner_of(owner_pid) if owner_pid else None
         with self.create_lock:
-            if self.get(job_id) is not None:
+            if self.records.get(job_id) is not None:
                 raise JobExistsError(f"job id {job_id} was used before")
             self._check_create_limits()
             self._check_user_jobs(job_id, uid)
@@ -316,7 +230,7 @@ class JobService:
                     w.add_event("created", job_id, template=tmpl.name, uid=uid, **(
                         {"labels": record.labels} if record.labels else {}))
                     return [record]
-                self.commit(fn)
+                self.records.commit(fn)
             except BaseException:
                 # Refused half way (a full disk: an area's mkdir, or the commit): no job, and no
                 # tree left without a record either.
@@ -391,7 +305,7 @@ class JobService:
             w.bump_counter("rejected_writes")
             return []
         try:
-            self.commit(fn)
+            self.records.commit(fn)
         except StoreError as store_exc:  # a full disk: the caller still gets its errno
             log.warning("could not record a rejected write: %s", store_exc)
         except Exception:
@@ -421,18 +335,18 @@ class JobService:
 
     def set_labels(self, job_id: str, labels: dict[str, str]) -> JobRecord:
         """Set (or replace) labels of a running job (``label KEY=VALUE`` on ``.state``)."""
-        with self.mutation(job_id):
+        with self.records.mutation(job_id):
             def change(record: JobRecord, w) -> None:
                 record.labels = {**(record.labels or {}), **labels}
-            return self.update(job_id, change, ("labelled", {"labels": labels}))
+            return self.records.update(job_id, change, ("labelled", {"labels": labels}))
 
     def extend(self, job_id: str, seconds: float) -> JobRecord:
         """Push a job's deadline ``seconds`` further, at most ``max_extensions`` times: a running
         job's lease end, or an ended job's retention (when it is hidden; README "Notices
         before data goes").  A hidden job is restored first; a job with no deadline has
         nothing to extend."""
-        with self.lock(job_id).exclusive():
-            record = self.require(job_id)
+        with self.records.lock(job_id).exclusive():
+            record = self.records.require(job_id)
             if record.pending or record.hidden or record.state == JobState.ARCHIVED.value:
                 raise NotAllowedError(f"job {job_id} is {record.state}"
                                       f"{' and hidden: restore it first' if record.hidden else ''}: "
@@ -447,7 +361,7 @@ class JobService:
             def change(record: JobRecord, w) -> None:
                 record.expires_at = max(record.expires_at or now, now) + seconds
                 record.extensions = (record.extensions or 0) + 1
-            return self.update(job_id, change, ("extended", {"by_s": seconds}))
+            return self.records.update(job_id, change, ("extended", {"by_s": seconds}))
 
     def write_control(self, data: bytes, uid: int = 0, gid: int = 0, sweep=None, doctor=None,
                       reload=None) -> str | None:
@@ -475,7 +389,7 @@ class JobService:
                 from .cloning import clone_job, git_fields
                 clone_job(self, command.source or "", command.job_id, uid, gid, extra=git_fields(command))
             elif command.verb in ("resume", "restore"):
-                record = self.require(command.job_id)
+                record = self.records.require(command.job_id)
                 if uid != 0 and uid != record.uid:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record.uid}")
                 if command.verb == "resume":
@@ -489,7 +403,7 @@ class JobService:
                     raise WsfsError("no sweeper runs here", errno=errno.ENOSYS)
                 return sweep(dry_run=command.dry_run)
             elif command.verb == "publish":
-                record = self.require(command.job_id)
+                record = self.records.require(command.job_id)
                 if uid != 0 and uid != record.uid:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record.uid}")
                 publish.request(self, command.job_id, command.retry, self.clock())
@@ -500,10 +414,10 @@ class JobService:
                     raise NotAllowedError("reload is for root (or the user the daemon runs as)")
                 return reload()
             elif command.verb == "note":  # a reason's whole text, kept in the events (wsfs.client.fold_reason)
-                record = self.require(command.job_id)
+                record = self.records.require(command.job_id)
                 if uid != 0 and uid != record.uid:
                     raise NotAllowedError(f"job {command.job} belongs to uid {record.uid}")
-                self.add_event("note", command.job, text=command.reason, uid=uid)
+                self.records.add_event("note", command.job, text=command.reason, uid=uid)
             elif command.verb == "doctor":
                 if doctor is None:
                     raise WsfsError("no doctor runs here", errno=errno.ENOSYS)
@@ -518,19 +432,19 @@ class JobService:
     def set_stage(self, job_id: str, stage: str, drop: tuple[str, ...] = ()) -> JobRecord:
         """Record a stage; the scratch areas it names (``drop=AREA``) or its template drops at
         it (``drop_on_stage``) are emptied in the same step."""
-        areas = list(dict.fromkeys([*drop, *self.template(self.require(job_id)).drops_at(stage)]))
+        areas = list(dict.fromkeys([*drop, *self.template(self.records.require(job_id)).drops_at(stage)]))
         if areas:
             return self.drop_areas(job_id, areas, stage)
-        with self.lock(job_id).shared():
+        with self.records.lock(job_id).shared():
             now = self.clock()
 
             def change(record: JobRecord, w) -> None:
-                if record.state != JobState.RUNNING.value or self.is_sealed(record):
+                if record.state != JobState.RUNNING.value or is_sealed(record):
                     raise SealedError(f"job {job_id} is {record.state}: stages are for running jobs",
                                       errno=errno.EPERM)
                 record.stage = stage
                 record.stages.append({"name": stage, "at": now})
-            return self.update(job_id, change, ("stage", {"stage": stage}))
+            return self.records.update(job_id, change, ("stage", {"stage": stage}))
 
     def drop_areas(self, job_id: str, areas: list[str], stage: str | None = None) -> JobRecord:
         """Empty scratch areas of a running job now (``drop AREA``, README "Dropping scratch
@@ -539,9 +453,9 @@ class JobService:
         record in the same commit, which records the drop in the stages (and the stage, if
         one is given); their manifest entries go in the background batch, after which
         anything written there anew is counted afresh.  Keep and input areas: EPERM."""
-        with self.lock(job_id).exclusive():  # no write is half-way in the job while it happens
-            record = self.require(job_id)
-            if record.state != JobState.RUNNING.value or self.is_sealed(record) or record.where != "jobs":
+        with self.records.lock(job_id).exclusive():  # no write is half-way in the job while it happens
+            record = self.records.require(job_id)
+            if record.state != JobState.RUNNING.value or is_sealed(record) or record.where != "jobs":
                 raise SealedError(f"job {job_id} is {record.state}: only a running job's scratch is dropped",
                                   errno=errno.EPERM)
             kinds = self.template(record).areas
@@ -570,7 +484,7 @@ class JobService:
                 if stage is not None:
                     w.add_event("stage", job_id, stage=stage)
                 w.add_event("dropped", job_id, stage=stage, areas=freed)
-            record = self.update(job_id, change)
+            record = self.records.update(job_id, change)
             for area in areas:
                 self.manifest.drop(job_id, area)  # queued under the lock: before any entry written anew
             self.usage.forget(job_id)
@@ -579,20 +493,20 @@ class JobService:
 
     def set_owner(self, job_id: str, pid: int) -> JobRecord:
         owner = self._owner_of(pid)
-        with self.lock(job_id).shared():
+        with self.records.lock(job_id).shared():
             def change(record: JobRecord, w) -> None:
-                if record.state != JobState.RUNNING.value or self.is_sealed(record):
+                if record.state != JobState.RUNNING.value or is_sealed(record):
                     raise SealedError(f"job {job_id} is {record.state}: owners are for running jobs",
                                       errno=errno.EPERM)
                 record.owner = owner
-            return self.update(job_id, change, ("owner", {"pid": pid}))
+            return self.records.update(job_id, change, ("owner", {"pid": pid}))
 
     # -- transitions ------------------------------------------------------------
 
     def transition(self, job_id: str, target: JobState, reason: str | None = None) -> JobRecord:
         """Move a job to ``target`` (docs/spec.md §4, §6); returns the final record."""
-        with self.lock(job_id).exclusive():
-            record = self.require(job_id)
+        with self.records.lock(job_id).exclusive():
+            record = self.records.require(job_id)
             if record.pending:
                 if record.pending["target"] != target.value:
                     raise SealedError(f"job {job_id} is already ending", errno=errno.EPERM)
@@ -601,7 +515,7 @@ class JobService:
                 # is never one): finish what it started, as the next mount would (recover).
                 log.warning("finishing the interrupted %s of job %s (after step %s)",
                             target.value, job_id, record.pending["step"])
-                return self._finish(record)
+                return self.finish_pending(record)
             current = record.state
             check_transition(current, target)
             if target == JobState.RUNNING:
@@ -616,11 +530,11 @@ class JobService:
                 if record.pending or record.state != current.value:
                     raise SealedError(f"job {job_id} changed meanwhile", errno=errno.EPERM)
                 record.pending = pending
-            record = self.update(job_id, begin)
+            record = self.records.update(job_id, begin)
             self._fault_point("intent")
-            return self._finish(record)
+            return self.finish_pending(record)
 
-    def _finish(self, record: JobRecord) -> JobRecord:
+    def finish_pending(self, record: JobRecord) -> JobRecord:
         """Run the remaining steps of a recorded transition (idempotent)."""
         pending = record.pending
         target = JobState(pending["target"])
@@ -635,7 +549,7 @@ class JobService:
             record.pending["step"] = step
             if extra:
                 extra(record, w)
-        return self.update(job_id, change)
+        return self.records.update(job_id, change)
 
     def _step_scratch(self, record: JobRecord, target: JobState) -> JobRecord:
         job_id = record.id
@@ -681,7 +595,7 @@ class JobService:
         """Write ``receipt.json`` (wsfs.core.receipts) from the areas that stay, every kept file
         hashed as it is now, and store what it found in the manifest (docs/spec.md §6)."""
         job_id = record.id
-        where = self.location(record)
+        where = location(record)
         assert where is not None  # a job being ended has its tree
         root, rel = where
         keep = set(self.template(record).keep_areas())
@@ -748,7 +662,7 @@ class JobService:
 
     def read_receipt(self, record: JobRecord) -> bytes | None:
         """The bytes of the job's ``receipt.json``, while its tree is there."""
-        where = self.location(record)
+        where = location(record)
         if where is None:
             return None
         try:
@@ -759,7 +673,7 @@ class JobService:
     def _step_tree(self, record: JobRecord, target: JobState) -> JobRecord:
         job_id = record.id
         self.tree_closing(job_id)
-        where = self.location(record)
+        where = location(record)
         receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
         if where and self.tree.move_to_trash(where[0], where[1], f"{job_id}.archived"):
             self.trash_wake.set()
@@ -793,7 +707,7 @@ class JobService:
             if target in (JobState.COMPLETED, JobState.FAILED, JobState.CRASHED):
                 # Publishing and hooks run later, in the publisher: queued in this same commit.
                 publish.queue(record, self.template(record), target.value, now)
-        record = self.update(record.id, finish, ("transition", {
+        record = self.records.update(record.id, finish, ("transition", {
             "from": pending.get("from"), "to": target.value, "reason": pending["reason"]}))
         metrics.TRANSITIONS.labels(from_state=pending.get("from") or "", to_state=target.value).inc()
         log.info("job %s: %s -> %s%s", record.id, pending.get("from"), target.value,
@@ -812,8 +726,8 @@ class JobService:
     # -- resume and restore (retention and crashes build on these) --------------
 
     def resume(self, job_id: str) -> JobRecord:
-        with self.lock(job_id).exclusive():
-            record = self.require(job_id)
+        with self.records.lock(job_id).exclusive():
+            record = self.records.require(job_id)
             check_transition(record.state, JobState.RUNNING)
             if record.hidden:
                 raise NotAllowedError(f"job {job_id} is hidden: restore it first")
@@ -837,15 +751,15 @@ class JobService:
                 record.expires_at = None if lease is None else now + lease
                 record.extensions = 0
             was = record.state
-            record = self.update(job_id, change, ("transition", {"from": was, "to": "running",
+            record = self.records.update(job_id, change, ("transition", {"from": was, "to": "running",
                                                                    "reason": "resumed"}))
             metrics.TRANSITIONS.labels(from_state=was, to_state="running").inc()
             log.info("job %s: %s -> running (resumed)", job_id, was)
-            self._trash_stale_receipt(job_id)  # after the commit: until then the receipt is the record's
+            self.trash_stale_receipt(job_id)  # after the commit: until then the receipt is the record's
         self.view_changed(job_id)
         return record
 
-    def _trash_stale_receipt(self, job_id: str) -> None:
+    def trash_stale_receipt(self, job_id: str) -> None:
         """A running job has no receipt: the one of its last end goes (resume, or recovery after a
         crash between resume's commit and this)."""
         if self.tree.exists("jobs", f"{job_id}/{RECEIPT_FILE}"):
@@ -853,8 +767,8 @@ class JobService:
                 self.trash_wake.set()
 
     def restore(self, job_id: str) -> JobRecord:
-        with self.lock(job_id).exclusive():
-            record = self.require(job_id)
+        with self.records.lock(job_id).exclusive():
+            record = self.records.require(job_id)
             if not record.hidden or not record.where:
                 raise NotAllowedError(f"job {job_id} is not hidden" if record.where
                                       else f"job {job_id} has no tree left to restore")
@@ -864,7 +778,7 @@ class JobService:
             def change(record: JobRecord, w) -> None:
                 record.hidden = False
                 record.expires_at = None if after is None else now + after  # a fresh retention period
-            record = self.update(job_id, change, ("restored", {}))
+            record = self.records.update(job_id, change, ("restored", {}))
         self.view_changed(job_id)
         return record
 
@@ -913,7 +827,7 @@ class JobService:
                     raise NotAllowedError(f"job {record.id} {refused}")
             elif not record.hidden or not _due(record, now):
                 raise NotAllowedError(f"job {record.id} is no longer due to be purged")  # restored meanwhile
-            where = self.location(record)
+            where = location(record)
             receipt = self.read_receipt(record)  # kept in the store: `wsfs show --receipt` after the tree
             if receipt is not None:
                 receipts[record.id] = receipt
@@ -954,11 +868,11 @@ class JobService:
         outcome: dict[str, JobRecord | WsfsError] = {}
         with contextlib.ExitStack() as locks:
             for job_id in sorted(set(job_ids)):  # one order everywhere: no deadlock between sweeps
-                locks.enter_context(self.lock(job_id).exclusive())
+                locks.enter_context(self.records.lock(job_id).exclusive())
             ready = []
             for job_id in job_ids:
                 try:
-                    record = self.require(job_id)
+                    record = self.records.require(job_id)
                     if check is not None:
                         check(record)
                     ready.append(job_id)
@@ -980,7 +894,7 @@ class JobService:
                     changed.append(record)
                 return changed
             if ready:
-                self.commit(fn)
+                self.records.commit(fn)
         for job_id, result in outcome.items():
             if not isinstance(result, WsfsError):
                 self.view_changed(job_id)
@@ -990,7 +904,7 @@ class JobService:
         """A job whose tree is gone from the data dir (found by ``doctor``): the record says so,
         as a purge does, and a running job ends ``crashed`` by the state table (docs/spec.md §4),
         its record alone (no tree to quarantine or seal).  The caller holds the job's lock."""
-        record = self.require(job_id)
+        record = self.records.require(job_id)
         was_running = record.state == JobState.RUNNING.value
         if was_running:
             check_transition(JobState.RUNNING, JobState.CRASHED)
@@ -1002,150 +916,13 @@ class JobService:
                 rec.state, rec.state_since, rec.ended, rec.reason = JobState.CRASHED, now, now, reason
                 rec.sealed, rec.owner = True, None
                 rec.history.append({"state": JobState.CRASHED.value, "at": now, "reason": reason})
-        record = self.update(job_id, change, ("purged", {"state": record.state, "by": by, "reason": reason}))
+        record = self.records.update(job_id, change, ("purged", {"state": record.state, "by": by, "reason": reason}))
         if was_running:
             metrics.TRANSITIONS.labels(from_state=JobState.RUNNING.value, to_state=JobState.CRASHED.value).inc()
         self.usage.forget(job_id)
         return record
 
-    # -- recovery ---------------------------------------------------------------
-
-    def recover(self, unclean: bool) -> list[str]:
-        """Finish interrupted transitions; after a daemon crash, quarantine running jobs (docs/spec.md §7).
-
-        With ``on_crash = "resume"`` running jobs stay running instead.  Either
-        way their manifests are rebuilt from their trees, since the last batch
-        of manifest changes may not have reached the store.
-        """
-        with self.store.read() as r:
-            pending = [record for j in r.pending_ids() if (record := r.job(j)) is not None]
-        finished = []
-        for record in pending:
-            log.warning("finishing the interrupted %s of job %s (after step %s)",
-                        record.pending["target"], record.id, record.pending["step"])
-            with self.lock(record.id).exclusive():
-                self._finish(record)
-            finished.append(record.id)
-        if unclean:
-            self.drop_scratch_entries()
-            self._return_misplaced_trees()
-            self._trash_unfinished_creations()
-            with self.store.read() as r:
-                running = [j.id for j in r.jobs() if j.state == JobState.RUNNING.value and j.where]
-            for job_id in running:
-                self._trash_stale_receipt(job_id)
-                self.rebuild_manifest(job_id)
-                if self.config.on_crash == "quarantine":
-                    self.transition(job_id, JobState.CRASHED, "the wsfs daemon crashed")
-        return finished
-
-    def _return_misplaced_trees(self) -> None:
-        """Trees in the other root than their record says, after a crash: a resume cut between
-        moving the tree out of quarantine/ and its commit.  The record is the truth (the resume
-        was not acknowledged): the tree goes back, its receipt with it.  Pending transitions
-        are finished before this, so none of them is still moving a tree.
-        """
-        for root, other in (("jobs", "quarantine"), ("quarantine", "jobs")):
-            for name, _ino, kind in self.tree.scandir(root, ""):
-                if kind != stat.S_IFDIR or not JOB_ID_RE.fullmatch(name):
-                    continue
-                record = self.get(name)
-                if record is None or record.pending or record.where != other \
-                        or self.tree.exists(other, name):
-                    continue
-                log.warning("job %s: its tree was in %s/, its record (%s) says %s/: moved back", name, root,
-                            record.state, other)
-                self.tree.rename(root, name, other, name)
-
-    def _trash_unfinished_creations(self) -> None:
-        """Trees in jobs/ that a crash left between ``create_job``'s mkdir and its commit.
-
-        Such a tree has no record, so the view never showed it and nothing was written into
-        it: with no file inside it goes to the trash (``wsfs doctor`` would call it an orphan).
-        A tree without a record that holds files is not ours to judge: doctor adopts it.
-        """
-        for name, _ino, kind in self.tree.scandir("jobs", ""):
-            if kind != stat.S_IFDIR or not JOB_ID_RE.fullmatch(name) or self.get(name) is not None:
-                continue
-            if next(iter(self.tree.walk_files("jobs", name)), None) is not None:
-                continue
-            log.warning("job %s: its creation was interrupted before it was recorded; its empty tree "
-                        "goes to the trash", name)
-            self.tree.move_to_trash("jobs", name, f"{name}.unfinished")
-            self.trash_wake.set()
-
-    def tree_files(self, record: JobRecord, hidden: list[str] | None = None) -> dict[str, os.stat_result]:
-        """The files of a job's tree that belong in its manifest: AREA/path -> stat.
-
-        Not the receipt, and not libfuse's ``.fuse_hidden*`` names of unlinked
-        files still open (they left the manifest when they were unlinked): those
-        are appended to ``hidden``, when given, as paths below the job's root.
-        """
-        where = self.location(record)
-        if where is None:
-            return {}
-        files = {}
-        for path, st in self.tree.walk_files(*where):
-            if is_hidden_name(path.rsplit("/", 1)[-1]):
-                if hidden is not None:
-                    hidden.append(path)
-            elif path not in (RECEIPT_FILE, RECEIPT_FILE + ".tmp"):
-                files[path] = st
-        return files
-
-    def remove_hidden_leftovers(self, record: JobRecord, paths: list[str]) -> int:
-        """Unlink hidden names that no open file needs any more (after a crash, or left by an
-        older wsfs or libfuse); the caller knows no file of the job is open.  Returns how many."""
-        where = self.location(record)
-        if where is None:
-            return 0
-        removed = 0
-        for path in paths:
-            try:
-                self.tree.unlink(where[0], f"{where[1]}/{path}")
-                removed += 1
-            except FileNotFoundError:
-                pass
-        if removed:
-            log.info("job %s: removed %d hidden name(s) of files unlinked while open", record.id, removed)
-        return removed
-
-    def rebuild_manifest(self, job_id: str) -> JobRecord:
-        """Make a job's manifest equal to its tree (keeps hashes that still match).
-
-        No file of the job may be open (recovery, doctor on an idle job): the hidden
-        names of files unlinked while open that a crash left behind go as well.
-        """
-        record = self.require(job_id)
-        hidden: list[str] = []
-        files = self.tree_files(record, hidden)
-        self.remove_hidden_leftovers(record, hidden)
-
-        def fn(w):
-            old = dict(w.manifest(job_id))
-            w.delete_manifest_prefix(job_id)
-            entries = []
-            for path, st in files.items():
-                entry = [st.st_size, st.st_mtime_ns, st.st_ino, None]
-                prev = old.get(path)
-                if prev and prev[:3] == entry[:3]:
-                    entry[3] = prev[3]
-                w.put_manifest(job_id, path, entry)
-                entries.append((path, entry))
-            rec = w.job(job_id)
-            rec.usage, rec.area_usage = usage_of(entries)
-            w.put_job(rec)
-            return [rec]
-        self.manifest.flush()
-        record = self.commit(fn)[0]
-        self.usage.forget(job_id)
-        return record
-
     # -- views --------------------------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        with self.store.read() as r:
-            return dict(r.totals()["states"])
 
     def manifest_entries(self, job_id: str) -> list[tuple[str, list]]:
         self.manifest.flush()
@@ -1155,7 +932,7 @@ class JobService:
     def job_document(self, job_id: str) -> dict:
         """The ``.job`` file: the documented fields of the record (``job_document``)."""
         self.manifest.flush()
-        return job_document(self.require(job_id))
+        return job_document(self.records.require(job_id))
 
 
 #: ``.job``'s document (README "What is in the mount"): these fields, with this meaning, for as

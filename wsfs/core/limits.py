@@ -32,7 +32,7 @@ class UsageMeter:
         usage = self._usage.get(job)
         if usage is None:
             self._service.manifest.flush()
-            record = self._service.require(job)
+            record = self._service.records.require(job)
             usage = self._usage[job] = [record.usage["bytes"], record.usage["files"]]
         return usage
 
@@ -41,7 +41,7 @@ class UsageMeter:
         or its owner's ``quota_per_user`` over all of the owner's live jobs."""
         if not dbytes and not dfiles:
             return
-        record = self._service.require(job)
+        record = self._service.records.require(job)
         _max_jobs, user_quota = self._service.config.limits_for(record.uid)
         with self._lock:
             usage = self._load(job)
@@ -68,7 +68,7 @@ class UsageMeter:
             with self._service.store.read() as r:
                 total = r.totals().get("users", {}).get(str(uid), [0, 0, 0])[1]
             for job, usage in self._usage.items():
-                record = self._service.get(job)
+                record = self._service.records.get(job)
                 if record is not None and record.uid == uid and record.where:
                     total += usage[0] - record.usage["bytes"]
             self._users[uid] = total

@@ -16,6 +16,7 @@ import threading
 import typing
 
 from .errors import StoreError
+from .model import JobRecord
 from .usage import add_area_usage
 
 if typing.TYPE_CHECKING:
@@ -82,14 +83,14 @@ class ManifestWriter:
                 self._wake.clear()
             if ops:
                 try:
-                    self._service.commit(lambda w: self._apply(w, ops))
+                    self._service.records.commit(lambda w: self._apply(w, ops))
                 except BaseException:
                     with self._lock:  # nothing of the batch was stored: it goes first next time
                         self._ops[:0] = ops
                     raise
 
     @staticmethod
-    def _apply(w, ops) -> list[dict]:
+    def _apply(w, ops) -> list[JobRecord]:
         # job -> area -> [bytes, files]: usage is kept per area too, so that dropping a
         # scratch area at completion is one subtraction, not a walk of its entries.
         deltas: dict[str, dict[str, list[int]]] = collections.defaultdict(

@@ -64,6 +64,7 @@ from . import metrics, syscalls
 from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
 from .model import JobRecord
+from .records import location
 from .tree import names_in, split
 from .usage import take_area_usage
 
@@ -435,7 +436,7 @@ class Publisher:
                 record.publish.update(error=error,
                                          next_at=now + self.service.template(record).publish_backoff)
         try:
-            self.service.update(job_id, change)
+            self.service.records.update(job_id, change)
         except Exception:
             log.exception("could not postpone publishing job %s", job_id)
 
@@ -455,7 +456,7 @@ class Publisher:
 
     def attempt(self, job_id: str) -> JobRecord:
         with self._lock:
-            record = self.service.require(job_id)
+            record = self.service.records.require(job_id)
             publish = record.publish
             if not publish or publish["status"] != "pending":
                 return record
@@ -491,7 +492,7 @@ class Publisher:
 
     def _publish_target(self, record: JobRecord, index: int, target: dict) -> JobRecord:
         job_id = record.id
-        where = self.service.location(record)
+        where = location(record)
         dest: str | None = None
         try:
             dest = expand_destination(target["to"], record)
@@ -517,7 +518,7 @@ class Publisher:
         def change(record: JobRecord, w) -> None:
             item = record.publish["targets"][index]
             item.update(dest=dest, error=error, status="pending" if error else "done")
-        return self.service.update(job_id, change, event)
+        return self.service.records.update(job_id, change, event)
 
     def hook_env(self, record: JobRecord, event: str) -> tuple[dict, str]:
         """The hook's environment and working directory (the workspace, through the mount when there is one)."""
@@ -529,7 +530,7 @@ class Publisher:
         except KeyError:
             env["HOME"] = "/"
         cwd = "/"
-        where = self.service.location(record)
+        where = location(record)
         if where is not None and not record.hidden:
             if self.mountpoint:
                 env["WSFS_MOUNT"] = self.mountpoint
@@ -571,7 +572,7 @@ class Publisher:
 
         def change(record: JobRecord, w) -> None:
             record.publish["hooks"][name].update(status="pending" if error else "done", exit=code, error=error)
-        return self.service.update(job_id, change, ("hook", {
+        return self.service.records.update(job_id, change, ("hook", {
             "hook": name, "exit": code, "error": error, "output": output, "duration_s": took, "attempt": attempt,
             "uid": record.uid}))
 
@@ -589,19 +590,19 @@ class Publisher:
                             item["status"] = "failed"
                     p.update(status="failed", attempts=attempts, error="; ".join(errors), next_at=None)
                 log.error("job %s: publishing failed after %d attempt(s): %s", job_id, attempts, "; ".join(errors))
-                return self.service.update(job_id, failed, ("publish", {
+                return self.service.records.update(job_id, failed, ("publish", {
                     "status": "failed", "attempts": attempts, "error": "; ".join(errors)}))
             delay = min(template.publish_backoff * 2 ** (attempts - 1), MAX_BACKOFF)
 
             def retry(record: JobRecord, w) -> None:
                 record.publish.update(attempts=attempts, error="; ".join(errors), next_at=now + delay)
-            return self.service.update(job_id, retry, ("publish", {
+            return self.service.records.update(job_id, retry, ("publish", {
                 "status": "retry", "attempts": attempts, "error": "; ".join(errors), "retry_in_s": delay}))
         items = publish["targets"] + list(publish["hooks"].values())
         if any(item["status"] == "failed" for item in items):  # an earlier round's failure stands until retried
             def still_failed(record: JobRecord, w) -> None:
                 record.publish.update(status="failed", next_at=None)
-            return self.service.update(job_id, still_failed)
+            return self.service.records.update(job_id, still_failed)
         record = self._move_areas(record)
         if (publish["targets"] or "on_completed" in publish["hooks"]) and template.after_publish:
             record = self._delete_tree(record)
@@ -609,7 +610,7 @@ class Publisher:
         def done(record: JobRecord, w) -> None:
             record.publish.update(status="done", error=None, next_at=None, done_at=now,
                                      attempts=publish["attempts"] + 1)
-        return self.service.update(job_id, done, ("publish", {"status": "done",
+        return self.service.records.update(job_id, done, ("publish", {"status": "done",
                                                                 "attempts": publish["attempts"] + 1}))
 
     def _move_areas(self, record: JobRecord) -> JobRecord:
@@ -620,9 +621,9 @@ class Publisher:
         if not areas:
             return record
         service = self.service
-        with service.lock(job_id).exclusive():
-            record = service.require(job_id)
-            where = service.location(record)
+        with service.records.lock(job_id).exclusive():
+            record = service.records.require(job_id)
+            where = location(record)
             for area in areas:
                 if where and service.tree.move_to_trash(where[0], f"{where[1]}/{area}", f"{job_id}.{area}"):
                     service.trash_wake.set()
@@ -632,7 +633,7 @@ class Publisher:
                 for area in areas:
                     w.delete_manifest_prefix(job_id, area)
                     record.publish["moved"].append(area)
-            record = service.update(job_id, change, ("moved", {"areas": areas}))
+            record = service.records.update(job_id, change, ("moved", {"areas": areas}))
         service.view_changed(job_id)
         return record
 
@@ -640,9 +641,9 @@ class Publisher:
         """``completed = "after-publish"``: the tree goes; the record and its receipt stay."""
         job_id = record.id
         service = self.service
-        with service.lock(job_id).exclusive():
-            record = service.require(job_id)
-            where = service.location(record)
+        with service.records.lock(job_id).exclusive():
+            record = service.records.require(job_id)
+            where = location(record)
             if where is None or record.state != "completed":
                 return record
             receipt = service.read_receipt(record)
@@ -656,7 +657,8 @@ class Publisher:
                 w.delete_manifest_prefix(job_id)
                 record.where = record.expires_at = None
                 record.publish["deleted_at"] = now
-            record = service.update(job_id, change, ("deleted", {"why": "after-publish: everything was published"}))
+            record = service.records.update(job_id, change,
+                                            ("deleted", {"why": "after-publish: everything was published"}))
         service.view_changed(job_id)
         return record
 
@@ -666,7 +668,7 @@ class Publisher:
 
 def request(service, job_id: str, retry: bool, now: float) -> JobRecord:
     """Queue publishing by hand: start it, run a pending one now, or (``retry``) start a failed one over."""
-    record = service.require(job_id)
+    record = service.records.require(job_id)
     template = service.template(record)
 
     def change(record: JobRecord, w) -> None:
@@ -691,6 +693,6 @@ def request(service, job_id: str, retry: bool, now: float) -> JobRecord:
             publish["next_at"] = now
         else:
             raise NotAllowedError(f"job {job_id} is published already; `publish JOB retry` publishes it again")
-    record = service.update(job_id, change, ("publish", {"status": "requested", "retry": retry}))
+    record = service.records.update(job_id, change, ("publish", {"status": "requested", "retry": retry}))
     service.publish_wake.set()
     return record

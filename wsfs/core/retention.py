@@ -156,7 +156,7 @@ class Sweeper:
             owners = r.owners()
         busy: set[str] | None = None
         for deadline, job_id in due:
-            record = service.get(job_id)
+            record = service.records.get(job_id)
             if record is None or record.pending:
                 continue
             state = record.state
@@ -198,7 +198,7 @@ class Sweeper:
         with service.store.read() as r:
             soon = [(d, j) for d, j in r.due(now + max(leads)) if d > now]
         for deadline, job_id in soon:
-            record = service.get(job_id)
+            record = service.records.get(job_id)
             if record is None or record.pending or record.state == JobState.RUNNING.value:
                 continue
             template = service.template(record)
@@ -215,7 +215,7 @@ class Sweeper:
         """Run the template's ``on_expiring`` as the owner; record that it ran (it runs once)."""
         service = self.service
         assert action.job is not None  # a notice is about a job
-        record = service.require(action.job)
+        record = service.records.require(action.job)
         deadline = record.expires_at
         if deadline is None:
             return  # extended or restored since the plan: no deadline to tell of
@@ -238,7 +238,7 @@ class Sweeper:
 
         def change(record: JobRecord, w) -> None:
             record.notified = {**(record.notified or {}), step: deadline}
-        service.update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
+        service.records.update(action.job, change, ("notice", {"action": step, "expires_at": deadline, "exit": code,
                                                         "error": error, "output": output[-2000:]}))
 
     def _remove_trash(self) -> None:
@@ -410,7 +410,7 @@ class Sweeper:
             elif action.action == "notice":
                 self._notify(action)
             elif action.action == "skip":
-                self.service.add_event("skipped", action.job, why=action.why)
+                self.service.records.add_event("skipped", action.job, why=action.why)
             action.done = action.action != "skip"
         except WsfsError as exc:  # the job changed since the plan (restored, resumed): not an error
             action.error = str(exc)
@@ -425,7 +425,7 @@ class Sweeper:
                         duration_ms=summary["duration_ms"], actions=summary["actions"][:200],
                         **({"pressure": summary["pressure"]} if "pressure" in summary else {}))
             return []
-        self.service.commit(fn)
+        self.service.records.commit(fn)
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Sweep every ``interval``, when woken, and as soon as the free space falls below min_free."""

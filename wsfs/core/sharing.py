@@ -31,6 +31,7 @@ import stat
 from . import acl
 from .errors import BadCommandError, NotAllowedError, SealedError, WsfsError
 from .model import JobRecord
+from .records import location
 
 _TAGS = {"u": acl.USER, "g": acl.GROUP}
 ACCESS_WORDS = {"r": False, "rw": True}
@@ -75,7 +76,10 @@ def _current(at: tuple[str, bool], name: str) -> list[acl.Entry] | None:
 def apply(service, record: JobRecord, tag: int, ident: int, write: bool | None) -> list[str]:
     """Grant (``write`` True/False) or revoke (None) one principal on the job's whole tree.
     Returns the paths below the job's root that were changed (``""`` for the root)."""
-    root, rel = service.location(record)
+    where = location(record)
+    if where is None:
+        return []  # no tree: nothing to share (``share`` refuses it first)
+    root, rel = where
     owner = record.uid
     others_left = bool(record.shares)  # after this change
     changed = []
@@ -115,12 +119,12 @@ def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -
                         errno=errno.EOPNOTSUPP)
     if access is not None and access not in ACCESS_WORDS:
         raise BadCommandError(f"access is r or rw, got {access!r}")
-    with service.lock(job_id).exclusive():
-        record = service.require(job_id)
+    with service.records.lock(job_id).exclusive():
+        record = service.records.require(job_id)
         if caller_uid not in (0, record.uid):
             raise NotAllowedError(f"job {job_id} belongs to uid {record.uid}: only its owner or root shares it")
-        if service.location(record) is None or record.hidden or record.pending:
-            raise SealedError(f"job {job_id} has no tree to share" if service.location(record) is None
+        if location(record) is None or record.hidden or record.pending:
+            raise SealedError(f"job {job_id} has no tree to share" if location(record) is None
                               else f"job {job_id} is {'hidden' if record.hidden else 'ending'}",
                               errno=errno.EPERM)
         if tag == acl.USER and ident == record.uid:
@@ -138,6 +142,6 @@ def share(service, job_id: str, who: str, access: str | None, caller_uid: int) -
         def change(record: JobRecord, w) -> None:
             record.shares = shares
         event = ("unshared", {"with": who}) if access is None else ("shared", {"with": who, "access": access})
-        record = service.update(job_id, change, event)
+        record = service.records.update(job_id, change, event)
     service.acl_changed(job_id, changed)
     return record

@@ -95,7 +95,7 @@ Sub-databases (keys are bytes; values msgpack unless said otherwise):
     and its receipt outlive the workspace.
 
 Threading: any thread may open a read transaction; write transactions are
-serialized by ``_write_lock`` (LMDB allows one writer) and stay on their
+serialized by ``write_lock`` (LMDB allows one writer) and stay on their
 thread.  When the map is full the writer doubles it under ``_gate``, which
 every transaction holds shared (py-lmdb: ``set_mapsize`` needs no live
 transaction in the process).
@@ -474,7 +474,7 @@ class Store:
         self.path = path
         self.readonly = readonly
         self.clock = clock
-        self._write_lock = threading.Lock()
+        self.write_lock = threading.Lock()
         self._gate = RWLock()
         if not readonly:
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -557,7 +557,7 @@ class Store:
         if self.readonly:
             raise StoreError("the store is open read-only")
         try:
-            with self._write_lock, self._gate.shared():
+            with self.write_lock, self._gate.shared():
                 with self.env.begin(write=True) as txn:
                     yield Writer(self, txn)
         except lmdb.MapFullError:
@@ -577,7 +577,7 @@ class Store:
         if self.readonly:
             raise StoreError("the store is open read-only")
         while True:
-            with self._write_lock:
+            with self.write_lock:
                 try:
                     with self._gate.shared():
                         with self.env.begin(write=True) as txn:

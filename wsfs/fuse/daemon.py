@@ -245,7 +245,7 @@ class Daemon:
         self.sweeper = Sweeper(self.service, mountpoint=self.mountpoint, empty_trash=self.empty_trash)
         self.service.space_short = self.sweeper.relieve_now
         self.publisher = Publisher(self.service, time.time, mountpoint=self.mountpoint)
-        finished = self.service.recover(unclean)
+        finished = self.service.recovery.recover(unclean)
         if finished:
             log.warning("finished %d interrupted transition(s): %s", len(finished), ", ".join(finished))
 
@@ -457,7 +457,7 @@ class Daemon:
                             "; ".join(f.line() for f in report.findings[:20]))
             for action in report.actions:
                 log.warning("doctor repair: %s", action)
-            self.service.add_event("doctor", None, **summary)
+            self.service.records.add_event("doctor", None, **summary)
             return summary
 
     def close(self, clean: bool) -> bool:

@@ -44,6 +44,7 @@ from ..core.hashing import Hasher, StreamHash
 from ..core.lifecycle import RECEIPT_FILE, JobService
 from ..core.manifest import manifest_bytes
 from ..core.model import JOB_ID_RE, JobRecord, is_hidden_name
+from ..core.records import is_sealed, location
 from ..core.tree import Tree
 from .binding import (
     CAP_DONT_MASK,
@@ -312,7 +313,7 @@ class WsfsOperations(Operations):
             if parts[1] == RECEIPTS_DIR and len(parts) <= 3:
                 if len(parts) == 2:
                     return Node(NodeKind.VDIR, name=RECEIPTS_DIR)
-                if JOB_ID_RE.fullmatch(parts[2]) and self.service.get(parts[2]) is not None:
+                if JOB_ID_RE.fullmatch(parts[2]) and self.service.records.get(parts[2]) is not None:
                     with self.service.store.read() as r:
                         if r.receipt(parts[2]) is not None:
                             return Node(NodeKind.VFILE, name=KEPT_RECEIPT, job=parts[2])
@@ -324,7 +325,7 @@ class WsfsOperations(Operations):
         job = parts[1]
         # A name that is no job id names no job: answered here, before it reaches the store's keys
         # (a name that is not UTF-8 arrives with surrogates, which no key can hold).
-        record = self.service.get(job) if JOB_ID_RE.fullmatch(job) else None
+        record = self.service.records.get(job) if JOB_ID_RE.fullmatch(job) else None
         root = "jobs" if top == "workspaces" else "quarantine"
         if record is None or record.where != root or record.hidden:
             raise FuseOSError(errno.ENOENT)
@@ -360,7 +361,7 @@ class WsfsOperations(Operations):
         """Does this job have a quota or max_files to meter?  (Most have neither: no cost then.)"""
         if node.job is None or node.area_path is None:
             return False
-        return self.service.metered(self.service.require(node.job))
+        return self.service.metered(self.service.records.require(node.job))
 
     def _charge(self, node: Node, dbytes: int = 0, dfiles: int = 0) -> None:
         if self._limited(node):
@@ -370,7 +371,7 @@ class WsfsOperations(Operations):
         """Context for a change to a backing path: seal check and transition ordering."""
         if node.job is None:
             return _NO_LOCK
-        return self.service.mutation(node.job)
+        return self.service.records.mutation(node.job)
 
     # -- attributes -----------------------------------------------------------
 
@@ -382,7 +383,7 @@ class WsfsOperations(Operations):
 
     def _vfile_attrs(self, node: Node, size: int) -> dict:
         if node.name == KEPT_RECEIPT:
-            record = self.service.require(node.job_id)
+            record = self.service.records.require(node.job_id)
             mode, uid, gid = 0o400, record.uid, record.gid
         elif node.job is None:
             mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
@@ -434,8 +435,8 @@ class WsfsOperations(Operations):
         return self._visible_links(node, _stat_dict(st), after_setattr)
 
     def _job_root(self, job: str) -> os.stat_result:
-        record = self.service.require(job)
-        where = self.service.location(record)
+        record = self.service.records.require(job)
+        where = location(record)
         if where is None:
             raise FuseOSError(errno.ENOENT)
         return self.tree.lstat(*where)
@@ -471,7 +472,7 @@ class WsfsOperations(Operations):
                 return bytes(r.receipt(node.job_id) or b"")
         if job is not None:
             if name == STATE_FILE:
-                return (self.service.require(job).state.value + "\n").encode()
+                return (self.service.records.require(job).state.value + "\n").encode()
             if name == JOB_FILE:
                 return (json.dumps(self.service.job_document(job), indent=2, sort_keys=True, default=str)
                         + "\n").encode()
@@ -522,7 +523,7 @@ class WsfsOperations(Operations):
         shares = record.shares
         if shares and (f"u:{uid}" in shares or any(f"g:{g}" in shares for g in groups)):
             return True  # shared with the caller (wsfs.sharing): its root reads for them
-        where = self.service.location(record)
+        where = location(record)
         if where is None:
             return record.uid == uid
         try:
@@ -543,7 +544,7 @@ class WsfsOperations(Operations):
         command of its own; of the rest (sweeps, doctor, recovery) the figures, not the jobs."""
         job = event.get("job")
         if job is not None:
-            record = self.service.get(job)
+            record = self.service.records.get(job)
             return event if record is not None and self._may_read(caller, record) else None
         if event.get("kind") == "rejected":
             return event if event.get("uid") == caller[0] else None
@@ -620,7 +621,7 @@ class WsfsOperations(Operations):
                         if record.where == where and not record.hidden and record.id in inodes:
                             entries.append((record.id, inodes[record.id], stat.S_IFDIR))
         elif node.kind == "jobroot":
-            record = self.service.require(node.job_id)
+            record = self.service.records.require(node.job_id)
             present = {name: (ino, kind) for name, ino, kind in self.tree.scandir(node.root, node.rel)}
             entries += [(a, *present[a]) for a in record.areas if a in present]
             entries += [(name, self._vfile_ino(node.job, name), stat.S_IFREG) for name in JOB_CONTROL_FILES]
@@ -850,7 +851,7 @@ class WsfsOperations(Operations):
             written = os.pwrite(handle.fd, data, offset)
             self._show_other_names(node, handle.ino)
             return written
-        with self.service.mutation(node.job), handle.lock:
+        with self.service.records.mutation(node.job), handle.lock:
             if handle.node is not node:  # its area was dropped while this write waited (_area_dropping)
                 return os.pwrite(handle.fd, data, offset)
             if self._limited(node):
@@ -914,7 +915,7 @@ class WsfsOperations(Operations):
         The kernel's cache (entry and attr timeouts) would otherwise keep a looked-up path
         alive, or missing, for up to a second after the change (docs/spec.md §3, §6).
         """
-        record = self.service.get(job)
+        record = self.service.records.get(job)
         if record is None:
             return
         for top in ("workspaces", "quarantine"):
@@ -989,7 +990,7 @@ class WsfsOperations(Operations):
         handle = self._handle(fi)
         node = handle.node
         if isinstance(handle, FileHandle) and handle.dirty and node.area_path is not None:
-            with self.service.lock(node.job_id).shared(), handle.lock:
+            with self.service.records.lock(node.job_id).shared(), handle.lock:
                 self._record_file(handle, handle.stream)
                 handle.dirty = handle.stream is not None and handle.stream.pending
         return 0
@@ -1015,7 +1016,7 @@ class WsfsOperations(Operations):
         try:
             if handle.changed and node.area_path is not None:
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
-                with self.service.lock(node.job_id).shared():
+                with self.service.records.lock(node.job_id).shared():
                     st = self._record_file(handle, stream) if handle.dirty else self._still_there(handle)
                 if st is not None and stream is not None and stream.pending:
                     # Hashed later, in the hasher thread; the entry gets its sha256 then.
@@ -1030,7 +1031,7 @@ class WsfsOperations(Operations):
                 stream.close()
             os.close(handle.fd)
             if hidden_names:  # the file's last handle: its hidden names go (see HiddenNames)
-                with self.service.lock(node.job).shared() if node.job is not None else _NO_LOCK:
+                with self.service.records.lock(node.job).shared() if node.job is not None else _NO_LOCK:
                     for rel in hidden_names:
                         self._remove_hidden(node.root, rel)
         return 0
@@ -1050,7 +1051,7 @@ class WsfsOperations(Operations):
         if root != "jobs":
             return
         job = rel.split("/", 1)[0]
-        record = self.service.get(job)
+        record = self.service.records.get(job)
         if record is not None and self.service.metered(record):
             self.service.usage.charge(job, -st.st_size, -1)
 
@@ -1064,7 +1065,7 @@ class WsfsOperations(Operations):
     def _acl_changed(self, job: str, paths: list[str]) -> None:
         """The ACLs of a job's files changed behind the kernel's back (wsfs.sharing): it caches
         them with the attributes, which FUSE_NOTIFY_INVAL_INODE drops."""
-        record = self.service.get(job)
+        record = self.service.records.get(job)
         top = _VIEW_TOPS.get((record.where if record else None) or "")
         if top is None:
             return
@@ -1099,8 +1100,8 @@ class WsfsOperations(Operations):
         node = handle.node
         if _is_hidden(node):
             return None  # unlinked while open: it left the manifest when it was unlinked
-        record = self.service.get(node.job_id)
-        if record is None or self.service.is_sealed(record):
+        record = self.service.records.get(node.job_id)
+        if record is None or is_sealed(record):
             return None
         st = os.fstat(handle.fd)
         try:
@@ -1115,7 +1116,7 @@ class WsfsOperations(Operations):
         with self._handles_lock:
             if self._writers.get(handle.ino):
                 return False  # another writer still has it open: its own close decides
-        record = self.service.get(handle.node.job_id)
+        record = self.service.records.get(handle.node.job_id)
         area = handle.node.area_rel.split("/", 1)[0]
         return record is not None and area in self.service.template(record).keep_areas()
 
@@ -1124,9 +1125,9 @@ class WsfsOperations(Operations):
         def done(digest: bytes | None) -> None:
             if digest is None or _is_hidden(node):
                 return
-            with self.service.lock(node.job_id).shared():
-                record = self.service.get(node.job_id)
-                if record is None or self.service.is_sealed(record):
+            with self.service.records.lock(node.job_id).shared():
+                record = self.service.records.get(node.job_id)
+                if record is None or is_sealed(record):
                     return  # the receipt step hashed it itself
                 try:
                     now = self.tree.lstat(node.root, node.rel)
@@ -1150,8 +1151,8 @@ class WsfsOperations(Operations):
         node = handle.node
         if is_hidden_name(node.area_rel.rsplit("/", 1)[-1]):
             return None  # unlinked while open: it left the manifest when it was unlinked
-        record = self.service.get(node.job_id)
-        if record is None or self.service.is_sealed(record):
+        record = self.service.records.get(node.job_id)
+        if record is None or is_sealed(record):
             return None  # ended meanwhile: the receipt step already recorded the file as it is
         st = os.fstat(handle.fd)
         try:
@@ -1251,7 +1252,7 @@ class WsfsOperations(Operations):
                     linked[0] = (dst.root, st.st_ino)
                     if self._hidden.hidden((dst.root, st.st_ino), dst.rel):
                         # its last release came first (the race of libfuse #746): nobody needs the name
-                        with self.service.lock(dst.job).shared() if dst.job is not None else _NO_LOCK:
+                        with self.service.records.lock(dst.job).shared() if dst.job is not None else _NO_LOCK:
                             self._remove_hidden(dst.root, dst.rel)
                     if st.st_nlink > 1:  # another name may be the rename's source (see _undo_hide)
                         now = time.monotonic()
@@ -1475,10 +1476,10 @@ class WsfsOperations(Operations):
         """A shared job's ``.state``, ``.job`` and ``.manifest`` may be read by its sharees, as its
         root directory may (wsfs.sharing): the root's named entries, read only.  Writing
         ``.state`` stays the owner's."""
-        record = self.service.require(node.job_id)
+        record = self.service.records.require(node.job_id)
         if not record.shares:
             raise FuseOSError(errno.ENODATA)
-        where = self.service.location(record)
+        where = location(record)
         if where is None:
             raise FuseOSError(errno.ENODATA)
         root_entries = acl.decode(self.tree.getxattr(where[0], where[1], acl.ACCESS))
