@@ -47,7 +47,7 @@ help:
 	@echo "  make test          lint, then the whole test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
 	@echo "  make test-core     lint, then the tests that need no FUSE mount (half a minute)"
 	@echo "  make lint          ruff and mypy"
-	@echo "  make stress        the stress suites (tests/test_stress_*.py) at full size: crash matrix, concurrency, fsx ..."
+	@echo "  make stress        the stress suites (tests/stress/test_stress_*.py) at full size: crash matrix, concurrency, fsx ..."
 	@echo "  make bench         benchmark wsfs against the bare disk and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
 	@echo "  make install       install wsfs, its systemd units and /etc/wsfs/wsfs.toml (PREFIX=$(PREFIX), DESTDIR=$(DESTDIR))"
 	@echo "  make uninstall     remove what make install put in place (keeps data dirs and an edited config)"
@@ -150,8 +150,9 @@ test: system-deps venv lint
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The tests that need no FUSE mount (about half a minute): the core, the grammar, the operations
-# driven directly.  Every test that mounts is marked `mount` (tests/conftest.py checks it).
+# The tests that need no FUSE mount (about half a minute): tests/unit, tests/core (the core, and the
+# FUSE operations driven directly) and the stress tests that do not mount.  Every test in
+# tests/mount is marked `mount`; one elsewhere that mounts unmarked fails (tests/conftest.py).
 test-core: venv lint
 	$(VENV)/bin/python -m pytest -m "not mount" $(PYTEST_ARGS)
 
@@ -164,7 +165,7 @@ lint: venv
 # here).  `make test` runs the same files short and seeded; WSFS_SEED=N replays a run (each prints its seed).
 stress: system-deps venv
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
-	WSFS_STRESS=full WSFS_REQUIRE_FUSE=1 $(VENV)/bin/python -m pytest -s --timeout=0 $(PYTEST_ARGS) tests/test_stress_*.py
+	WSFS_STRESS=full WSFS_REQUIRE_FUSE=1 $(VENV)/bin/python -m pytest -s --timeout=0 $(PYTEST_ARGS) tests/stress
 
 install: system-deps
 	@set -e; \

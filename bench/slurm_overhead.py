@@ -1,6 +1,6 @@
 """Per-job overhead of the Slurm scripts (README "Running on a cluster"), on a one-node Slurm.
 
-Starts munged, slurmctld and slurmd and a wsfs mount as tests/test_slurm_mount.py does (its
+Starts munged, slurmctld and slurmd and a wsfs mount as tests/mount/test_slurm_mount.py does (its
 ``Cluster``), submits N small jobs one after another (sequential: each finishes before the next
 is submitted) and prints the median wall time of the prolog, task-prolog and epilog.  Needs root,
 ``slurm-wlm`` and ``munge`` (``make test`` installs them).
@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "mount")]  # conftest's helpers, and the cluster of the Slurm tests
 
 from test_slurm_mount import Cluster
 

@@ -23,6 +23,9 @@ import pytest
 from wsfs.core.config import default_config, parse_config
 from wsfs.core.lifecycle import open_data_dir
 
+#: ``fs``: the FUSE operations on a fresh data dir, no mount (tests/core/test_operations*.py).
+pytest_plugins = ("operations_support",)
+
 REPO = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 20.0
 
@@ -259,16 +262,38 @@ def keep_logging():
 
 _MOUNTS_IN_TEST: list[Path] = []  # what MountedWsfs.start mounted during the test running now
 
+#: The levels of the suite, one folder each (docs/architecture.md "Where each promise is tested").
+LEVELS = {"unit": "pure modules: no data dir, no mount",
+          "core": "the core and the FUSE operations on a fresh data dir, no mount",
+          "mount": "a real mount, real shells and programs",
+          "stress": "seeded stress suites, short in `make test`, full in `make stress`"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The folder is the level: every test in ``mount/`` is marked ``mount`` (so that
+    ``pytest -m "not mount"``, ``make test-core``, needs no FUSE), every test in ``stress/`` is
+    marked ``stress``; a stress test that mounts marks itself."""
+    for item in items:
+        level = Path(str(item.path)).parent.name
+        if level == "mount":
+            item.add_marker(pytest.mark.mount)
+        elif level == "stress":
+            item.add_marker(pytest.mark.stress)
+
 
 @pytest.fixture(autouse=True)
 def tests_that_mount_say_so(request):
-    """The levels of the suite (docs/architecture.md): a test that mounts wsfs is marked ``mount``,
-    so that ``pytest -m "not mount"`` (``make test-core``) is the suite that needs no FUSE."""
+    """A test that mounts wsfs outside ``mount/`` must be marked ``mount`` (a stress test), or
+    ``make test-core`` would need FUSE after all."""
     _MOUNTS_IN_TEST.clear()
     yield
+    report = os.environ.get("WSFS_REPORT_UNMOUNTED")
+    if report and not _MOUNTS_IN_TEST and request.node.get_closest_marker("mount") is not None:
+        with open(report, "a") as out:  # a mount test that did not mount (the CLI's mounts are not seen)
+            out.write(request.node.nodeid + "\n")
     if _MOUNTS_IN_TEST and request.node.get_closest_marker("mount") is None:
         pytest.fail(f"{request.node.nodeid} mounts wsfs ({_MOUNTS_IN_TEST[0]}) but is not marked: "
-                    "give its module pytestmark = pytest.mark.mount, or the test @pytest.mark.mount")
+                    "move it to tests/mount/, or (a stress test) mark it @pytest.mark.mount")
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -287,6 +312,18 @@ def sh(command: str, *, cwd=None, check: bool = True, env=None) -> subprocess.Co
     return result
 
 
+def mount_state(data) -> str:
+    """The data dir's mount record: ``live`` while a daemon serves it, ``clean`` after a clean end."""
+    from wsfs.core.store import Store
+
+    store = Store(str(Path(data) / "store"), readonly=True)
+    try:
+        with store.read() as r:
+            return r.meta("mount")["state"]
+    finally:
+        store.close()
+
+
 def wsfs_cli(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
     """``wsfs ARGS`` as a separate process, as a user's shell runs it (no ``$WSFS_MOUNT`` unless given)."""
     full_env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -294,6 +331,14 @@ def wsfs_cli(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedProc
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "wsfs", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+NOBODY = 65534
+
+
+def as_nobody(command: str, cwd) -> subprocess.CompletedProcess:
+    """A bash command line run as uid/gid 65534 with no supplementary groups."""
+    return as_user(NOBODY, command, cwd)
 
 
 def as_user(uid: int, command: str, cwd, groups: tuple[int, ...] = ()) -> subprocess.CompletedProcess:

@@ -44,7 +44,7 @@ from .control import GIT_OPTIONS
 from .errors import AccessDeniedError, NotAllowedError, QuotaError
 from .model import JobRecord, JobState, is_hidden_name, validate_job_id
 from .records import location
-from .tree import names_in
+from .tree import ENTER, LEAVE, walk
 from .usage import usage_of
 
 log = logging.getLogger("wsfs.cloning")
@@ -129,36 +129,37 @@ class _Copier:
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def copy_dir(self, sfd: int, dfd: int, prefix: str) -> None:
-        for name in names_in(sfd):
-            if is_hidden_name(name):
-                continue  # libfuse's unlinked-but-open files: not part of the workspace
-            try:
-                st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed by SRC's own writer meanwhile
-            path = f"{prefix}/{name}"
-            if stat.S_ISDIR(st.st_mode):
-                self._readable(st, path)
-                os.mkdir(name, 0o700, dir_fd=dfd)
-                sub_s = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
-                try:
-                    sub_d = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        """Copy what the directory open at ``sfd`` holds into the one open at ``dfd``; ``prefix``
+        (the area) starts the manifest paths."""
+        copies = {"": dfd}  # a directory being copied (its path) -> its copy's fd, while inside it
+        try:
+            for step in walk(sfd, skip=is_hidden_name):  # libfuse's unlinked-but-open files are not the workspace's
+                into = copies[step.path.rpartition("/")[0]]
+                path, st = f"{prefix}/{step.path}", step.st
+                if step.kind == ENTER:
+                    self._readable(st, path)
+                    os.mkdir(step.name, 0o700, dir_fd=into)
+                    copies[step.path] = os.open(step.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                                | os.O_CLOEXEC, dir_fd=into)
+                elif step.kind == LEAVE:
+                    fd = copies.pop(step.path)
                     try:
-                        self.copy_dir(sub_s, sub_d, path)
-                        self._finish(sub_d, st)  # after its contents, or they would move its mtime
+                        self._finish(fd, st)  # after its contents, or they would move its mtime
                     finally:
-                        os.close(sub_d)
-                finally:
-                    os.close(sub_s)
-            elif stat.S_ISREG(st.st_mode):
-                self._readable(st, path)
-                self._copy_file(sfd, dfd, name, path, st)
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
-                if self.as_root:
-                    os.chown(name, self.uid, self.gid, dir_fd=dfd, follow_symlinks=False)
-                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
-            # FIFOs and sockets: nothing to copy
+                        os.close(fd)
+                elif stat.S_ISREG(st.st_mode):
+                    self._readable(st, path)
+                    self._copy_file(step.dir_fd, into, step.name, path, st)
+                elif stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(step.name, dir_fd=step.dir_fd), step.name, dir_fd=into)
+                    if self.as_root:
+                        os.chown(step.name, self.uid, self.gid, dir_fd=into, follow_symlinks=False)
+                    os.utime(step.name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=into, follow_symlinks=False)
+                # FIFOs and sockets: nothing to copy
+        finally:
+            for path, fd in copies.items():
+                if path:
+                    os.close(fd)
 
     def _copy_file(self, sfd: int, dfd: int, name: str, path: str, st: os.stat_result) -> None:
         if self.max_files and len(self.entries) + 1 > self.max_files:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import itertools
 import logging
 import os
 import pwd
@@ -65,7 +66,7 @@ from .config import HOOK_NAMES, Template
 from .errors import NotAllowedError, WsfsError
 from .model import JobRecord
 from .records import location
-from .tree import names_in, split
+from .tree import ENTER, LEAVE, Step, remove_contents, split, walk
 from .usage import take_area_usage
 
 log = logging.getLogger("wsfs.publish")
@@ -200,24 +201,19 @@ def _copy_dir(src_fd: int, dst: str, creds: OwnerCredentials, stop: threading.Ev
     Symlinks are recreated as they are (never followed); FIFOs, sockets and
     devices are skipped.
     """
-    for name in names_in(src_fd):
+    for step in walk(src_fd):
         if stop is not None and stop.is_set():
             raise InterruptedPublishError("interrupted: wsfs is stopping")
-        st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
-        target = os.path.join(dst, name)
-        if stat.S_ISDIR(st.st_mode):
-            sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
-            try:
-                with creds:
-                    os.mkdir(target, 0o700)
-                _copy_dir(sub, target, creds, stop)
-            finally:
-                os.close(sub)
+        st, target = step.st, os.path.join(dst, step.path)
+        if step.kind == ENTER:
+            with creds:
+                os.mkdir(target, 0o700)
+        elif step.kind == LEAVE:
             with creds:
                 os.chmod(target, stat.S_IMODE(st.st_mode) & 0o777)
                 os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         elif stat.S_ISREG(st.st_mode):
-            sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_fd)
+            sfd = os.open(step.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=step.dir_fd)
             try:
                 with creds:
                     dfd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -235,49 +231,70 @@ def _copy_dir(src_fd: int, dst: str, creds: OwnerCredentials, stop: threading.Ev
             finally:
                 os.close(sfd)
         elif stat.S_ISLNK(st.st_mode):
-            link = os.readlink(name, dir_fd=src_fd)
+            link = os.readlink(step.name, dir_fd=step.dir_fd)
             with creds:
                 os.symlink(link, target)
     with creds:
         _fsync_path(dst)
 
 
-def _same_tree(a: str, b: str) -> bool:
-    """Do two destination trees hold the same names, types and bytes?"""
-    walk_a, walk_b = list(os.walk(a)), list(os.walk(b))
-    if len(walk_a) != len(walk_b):
-        return False
-    for (root_a, dirs_a, files_a), (root_b, dirs_b, files_b) in zip(walk_a, walk_b, strict=True):
-        if sorted(dirs_a) != sorted(dirs_b) or sorted(files_a) != sorted(files_b):
-            return False
-        dirs_a.sort()
-        dirs_b.sort()
-        for name in files_a:
-            pa, pb = os.path.join(root_a, name), os.path.join(root_b, name)
-            if os.path.islink(pa) or os.path.islink(pb):
-                if not (os.path.islink(pa) and os.path.islink(pb) and os.readlink(pa) == os.readlink(pb)):
+def _open_tree(path: str) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _same_bytes(a: Step, b: Step) -> bool:
+    fa = os.open(a.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=a.dir_fd)
+    try:
+        fb = os.open(b.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=b.dir_fd)
+        try:
+            while True:
+                ca, cb = os.read(fa, COPY_CHUNK), os.read(fb, COPY_CHUNK)
+                if ca != cb:
                     return False
-                continue
-            if os.path.getsize(pa) != os.path.getsize(pb):
+                if not ca:
+                    return True
+        finally:
+            os.close(fb)
+    finally:
+        os.close(fa)
+
+
+def _same_tree(a: str, b: str) -> bool:
+    """Do two destination trees hold the same names, types and bytes (symlinks: the same targets)?"""
+    fa, fb = _open_tree(a), _open_tree(b)
+    try:
+        for sa, sb in itertools.zip_longest(walk(fa), walk(fb)):
+            if sa is None or sb is None or (sa.kind, sa.path) != (sb.kind, sb.path) \
+                    or stat.S_IFMT(sa.st.st_mode) != stat.S_IFMT(sb.st.st_mode):
                 return False
-            with open(pa, "rb") as fa, open(pb, "rb") as fb:
-                while True:
-                    ca, cb = fa.read(COPY_CHUNK), fb.read(COPY_CHUNK)
-                    if ca != cb:
-                        return False
-                    if not ca:
-                        break
-    return True
+            if stat.S_ISLNK(sa.st.st_mode):
+                if os.readlink(sa.name, dir_fd=sa.dir_fd) != os.readlink(sb.name, dir_fd=sb.dir_fd):
+                    return False
+            elif stat.S_ISREG(sa.st.st_mode) and (sa.st.st_size != sb.st.st_size or not _same_bytes(sa, sb)):
+                return False
+        return True
+    finally:
+        os.close(fa)
+        os.close(fb)
 
 
 def _remove(path: str) -> None:
-    import shutil
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    """Remove a file or a whole tree (what an earlier attempt left), never following a symlink;
+    what cannot be removed stays."""
+    try:
+        fd = _open_tree(path)
+    except FileNotFoundError:
+        return
+    except OSError:  # not a directory (or a symlink to one)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        return
+    try:
+        remove_contents(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def publish_tree(tree, root: str, rel: str, dest: str, *, replace: bool, creds: OwnerCredentials,

@@ -27,7 +27,9 @@ import contextlib
 import errno
 import os
 import stat
+import typing
 import uuid
+from collections.abc import Callable, Iterator
 
 from . import syscalls
 from .errors import UnsafePathError
@@ -62,13 +64,93 @@ def check_name(name: str) -> str:
 
 
 def names_in(dir_fd: int) -> list[str]:
-    """The names in a directory given by fd (an ``O_PATH`` one too), sorted: what every walk of a
-    tree here (the tree's own, cloning's, publishing's) lists at each level."""
+    """The names in a directory given by fd (an ``O_PATH`` one too), sorted: what ``walk`` lists
+    at each level."""
     rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         return sorted(os.listdir(rfd))
     finally:
         os.close(rfd)
+
+
+#: The kinds of ``Step``: a directory before what it holds, the same directory after, anything else.
+ENTER, LEAVE, ENTRY = "enter", "leave", "entry"
+
+
+class Step(typing.NamedTuple):
+    """One step of ``walk``.  ``path`` is below the walked directory; ``name`` is its last part,
+    in the directory open at ``dir_fd``; a directory's own ``O_PATH`` fd is ``fd`` (-1 for an
+    entry).  The fds are the walk's: valid until the next step is asked for."""
+
+    kind: str
+    path: str
+    name: str
+    st: os.stat_result
+    dir_fd: int
+    fd: int
+
+
+def walk(dir_fd: int, prefix: str = "", *, skip: Callable[[str], bool] | None = None,
+         on_error: Callable[[str, OSError], None] | None = None) -> Iterator[Step]:
+    """Every entry below the directory open at ``dir_fd`` (an ``O_PATH`` fd too), depth first,
+    by name, through directory fds only, never following a symlink: the one walk of a tree in
+    wsfs (file lists, manifests and ACLs of a job, removal, cloning's and publishing's copies).
+
+    An entry gone between the listing and its ``lstat`` is passed over; so are the names
+    ``skip(name)`` is true of, and what they hold.  A directory that cannot be opened raises,
+    or, given ``on_error(path, exc)``, is reported there and passed over, contents and all.
+    """
+    for name in names_in(dir_fd):
+        if skip is not None and skip(name):
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        path = prefix + name
+        if not stat.S_ISDIR(st.st_mode):
+            yield Step(ENTRY, path, name, st, dir_fd, -1)
+            continue
+        try:
+            sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(path, exc)
+            continue
+        try:
+            yield Step(ENTER, path, name, st, dir_fd, sub)
+            yield from walk(sub, path + "/", skip=skip, on_error=on_error)
+            yield Step(LEAVE, path, name, st, dir_fd, sub)
+        finally:
+            os.close(sub)
+
+
+def remove_contents(dir_fd: int, prefix: str = "", on_error: Callable[[str, OSError], None] | None = None) -> int:
+    """Delete everything below the directory open at ``dir_fd`` (never following a symlink);
+    return how many entries could not be removed, each also given to ``on_error(path, exc)``."""
+    failures = 0
+
+    def failed(path: str, exc: OSError) -> None:
+        nonlocal failures
+        failures += 1
+        if on_error:
+            on_error(path, exc)
+    for step in walk(dir_fd, prefix, on_error=failed):
+        if step.kind == ENTER:
+            continue
+        try:
+            if step.kind == LEAVE:
+                os.rmdir(step.name, dir_fd=step.dir_fd)
+            else:
+                os.unlink(step.name, dir_fd=step.dir_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed(step.path, exc)
+    return failures
 
 
 def split(rel: str) -> list[str]:
@@ -468,7 +550,7 @@ class Tree:
                     on_error(rel, err)
             return failures
         try:
-            failures += self._remove_contents(dfd, rel, on_error)
+            failures += remove_contents(dfd, f"{rel}/" if rel else "", on_error)
         finally:
             os.close(dfd)
         if rel:
@@ -480,34 +562,6 @@ class Tree:
                 failures += 1
                 if on_error:
                     on_error(rel, err)
-        return failures
-
-    def _remove_contents(self, dfd: int, label: str, on_error) -> int:
-        failures = 0
-        rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            with os.scandir(rfd) as entries:
-                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        finally:
-            os.close(rfd)
-        for name, is_dir in names:
-            path = f"{label}/{name}"
-            try:
-                if is_dir:
-                    sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                    try:
-                        failures += self._remove_contents(sub, path, on_error)
-                    finally:
-                        os.close(sub)
-                    os.rmdir(name, dir_fd=dfd)
-                else:
-                    os.unlink(name, dir_fd=dfd)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                failures += 1
-                if on_error:
-                    on_error(path, err)
         return failures
 
     def walk_files(self, root: str, rel: str):
@@ -528,24 +582,11 @@ class Tree:
         try:
             if dirs:
                 yield "", os.stat(dfd), (f"/proc/self/fd/{dfd}", True)
-            yield from self._walk(dfd, "", dirs)
+            for step in walk(dfd):
+                if step.kind == ENTER:
+                    if dirs:
+                        yield step.path, step.st, (f"/proc/self/fd/{step.fd}", True)
+                elif step.kind == ENTRY and stat.S_ISREG(step.st.st_mode):
+                    yield step.path, step.st, (f"/proc/self/fd/{step.dir_fd}/{step.name}", False)
         finally:
             os.close(dfd)
-
-    def _walk(self, dfd: int, prefix: str, dirs: bool):
-        for name in names_in(dfd):
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            path = f"{prefix}{name}"
-            if stat.S_ISDIR(st.st_mode):
-                sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                try:
-                    if dirs:
-                        yield path, st, (f"/proc/self/fd/{sub}", True)
-                    yield from self._walk(sub, path + "/", dirs)
-                finally:
-                    os.close(sub)
-            elif stat.S_ISREG(st.st_mode):
-                yield path, st, (f"/proc/self/fd/{dfd}/{name}", False)

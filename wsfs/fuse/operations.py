@@ -215,7 +215,7 @@ class WsfsOperations(Operations):
     def __init__(self, service: JobService, tree: Tree, *, sweep=None, status=None, doctor=None, reload=None,
                  context=None, umask=None):
         # Who calls: (uid, gid, pid) and the caller's umask, from libfuse's request context;
-        # tests that drive the operations without a mount give their own (tests/test_operations.py).
+        # tests that drive the operations without a mount give their own (tests/core/test_operations.py).
         self._context = context or fuse_get_context
         self._umask = umask or caller_umask
         self.service = service
@@ -656,6 +656,8 @@ class WsfsOperations(Operations):
         if len(parts) == 2 and parts[0] == "workspaces":
             self.service.create_job(parts[1], uid, gid, mode=mode & ~self._umask() if self.posix_acl else mode)
             return 0
+        if len(parts) == 2 and parts[0] == "quarantine":  # not ENOENT: the directory is there
+            raise NotAllowedError("jobs are made in workspaces/; quarantine/ holds the trees of crashed jobs")
         node = self._backing(path, for_change=True)
         if node.kind == "jobroot" or (node.area_path is not None and "/" not in node.area_path):
             raise NotAllowedError("areas are made with the job")
@@ -1212,6 +1214,8 @@ class WsfsOperations(Operations):
     @op
     def rename(self, old, new, flags=0):
         src = self._backing(old, for_change=True)
+        if src.kind == NodeKind.JOBROOT:  # before the destination, which names no job yet (ENOENT)
+            raise NotAllowedError("a job keeps its id: job directories are not renamed")
         dst = self._backing(new, for_change=True)
         for node in (src, dst):
             if node.job is not None and (node.area_path is None or "/" not in node.area_path):

@@ -1,9 +1,8 @@
 """The FUSE operations driven directly, with no mount: ``WsfsOperations`` on a fresh data dir.
 
-In the style of s3ql's ``t3_fs_api.py``: each test calls the operations as libfuse would (a
-path, a mode, a file-info with ``flags`` and ``fh``) and checks what comes back and the errno
-of what is refused.  The caller (uid, gid, umask) is given to the operations class instead of
-read from libfuse's request context.  This covers the view (docs/spec.md §3), the layout
+In the style of s3ql's ``t3_fs_api.py`` (``operations_support`` has the ``fs`` fixture): each
+test calls the operations as libfuse would and checks what comes back and the errno of what
+is refused.  This file covers the view (docs/spec.md §3), the layout
 rules, quotas (§8), the seal (§4) and the ``.state`` path (§5) in milliseconds; the mount
 tests check the same through the kernel.
 """
@@ -14,117 +13,8 @@ import errno
 import json
 import os
 import stat
-import threading
-import types
 
-import pytest
-from conftest import make_core, parse_toml_config
-
-from wsfs.fuse.binding import FuseOSError
-from wsfs.fuse.operations import WsfsOperations
-
-ME = (os.getuid(), os.getgid())
-
-
-class Caller:
-    """Who the next operations come from (libfuse's request context, stood in for)."""
-
-    def __init__(self):
-        self.uid, self.gid, self.umask = *ME, 0o022
-
-    def context(self):
-        return self.uid, self.gid, os.getpid()
-
-
-class Fs:
-    """The operations plus what a shell would do with them."""
-
-    def __init__(self, ops: WsfsOperations, caller: Caller):
-        self.ops, self.caller = ops, caller
-
-    def fi(self, flags: int) -> types.SimpleNamespace:
-        return types.SimpleNamespace(flags=flags, fh=0, direct_io=0, keep_cache=0)
-
-    def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> None:
-        """``echo data > path``: create (or open and truncate), write, flush, release."""
-        fi = self.fi(flags)
-        try:
-            self.ops.getattr(path)
-            self.ops.open(path, fi)
-            if flags & os.O_TRUNC:
-                self.ops.truncate(path, 0, fi)
-        except FuseOSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            self.ops.create(path, 0o666 & ~self.caller.umask, fi)
-        try:
-            offset = self.ops.getattr(path, fi)["st_size"] if flags & os.O_APPEND else 0
-            self.ops.write(path, data, offset, fi)
-            self.ops.flush(path, fi)
-        finally:
-            self.ops.release(path, fi)
-
-    def command(self, path: str, text: str) -> None:
-        """``echo text > path`` on a control file: one write()."""
-        fi = self.fi(os.O_WRONLY | os.O_TRUNC)
-        self.ops.open(path, fi)
-        try:
-            self.ops.write(path, (text + "\n").encode(), 0, fi)
-        finally:
-            self.ops.release(path, fi)
-
-    def read(self, path: str) -> bytes:
-        fi = self.fi(os.O_RDONLY)
-        self.ops.open(path, fi)
-        try:
-            return self.ops.read(path, 1 << 20, 0, fi)
-        finally:
-            self.ops.release(path, fi)
-
-    def ls(self, path: str) -> list[str]:
-        fh = self.ops.opendir(path)
-        try:
-            return sorted(name for name, _attrs, _off in self.ops.readdir(path, fh) if name not in (".", ".."))
-        finally:
-            self.ops.releasedir(path, fh)
-
-    def job(self, job: str) -> dict:
-        return json.loads(self.read(f"/workspaces/{job}/.job"))
-
-    def events(self, kind: str) -> list[dict]:
-        return [e for e in map(json.loads, self.read("/.wsfs/events").splitlines()) if e["kind"] == kind]
-
-
-def refused(errno_: int, call, *args):
-    with pytest.raises(FuseOSError) as info:
-        call(*args)
-    assert info.value.errno == errno_, (os.strerror(info.value.errno), os.strerror(errno_))
-
-
-@pytest.fixture
-def fs(tmp_path):
-    """make(config="") -> Fs on a fresh data dir; the hasher thread runs as in the daemon, and the
-    manifest's queue is flushed by whoever reads it (as the daemon's readers do) or by the test."""
-    made, stop = [], threading.Event()
-
-    def make(config: str = "") -> Fs:
-        service = make_core(tmp_path / "data", config=parse_toml_config(config))
-        caller = Caller()
-        ops = WsfsOperations(service, service.tree, context=caller.context, umask=lambda: caller.umask)
-        thread = threading.Thread(target=ops.hasher.run, args=(stop,), daemon=True)
-        thread.start()
-        made.append((service, ops, thread))
-        return Fs(ops, caller)
-    yield make
-    stop.set()
-    for _service, ops, thread in made:
-        ops.hasher.poke()
-        thread.join(5)
-    for service, _ops, _thread in made:
-        service.manifest.flush()
-        service.store.close()
-        service.tree.close()
-
+from operations_support import ME, refused
 
 # -- the view ------------------------------------------------------------------------------
 

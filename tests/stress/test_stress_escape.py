@@ -1,6 +1,6 @@
 """Stress 5, escape and permission, through a real mount (docs/spec.md §12).
 
-Escape: ``tests/test_tree.py`` proves the walker at core level.  Here the
+Escape: ``tests/core/test_tree.py`` proves the walker at core level.  Here the
 same holds for the whole daemon under a race: swapper threads keep replacing,
 in the backing data dir, a directory of a job (a nested dir, the area itself,
 or the job's whole tree) and a file in it with symlinks to a canary tree
@@ -16,7 +16,7 @@ and the daemon logged no error.  Both walkers run: ``openat2`` and the
 component-by-component one of kernels before 5.6 (``WSFS_NO_OPENAT2=1``).
 
 Permission: mounted as root with ``--allow-other``, ``nobody`` (via
-``setpriv``) against root's jobs, for what ``tests/test_users.py`` does not
+``setpriv``) against root's jobs, for what ``tests/mount/test_users.py`` does not
 cover already: a 0700 job cannot be listed or read, root's files cannot be
 chmod-ed, touched, truncated, given xattrs, linked or replaced, a hidden job
 cannot be restored (nor a failed one resumed), an ended one not archived; and
@@ -44,15 +44,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_fuse, sh
+from conftest import NOBODY, as_nobody, require_fuse, sh
 from conftest import wait_until as conftest_wait_until
+from escape_support import FIXED_NS, VICTIM, make_mirror, snapshot
 from stress_support import StressMount, replay, seed, size
-from test_tree import FIXED_NS, VICTIM, make_mirror, snapshot
-from test_users import NOBODY, as_nobody
 
 from wsfs.core.tree import Tree
-
-pytestmark = pytest.mark.mount
 
 SWAPS = size(1_000, 40_000)          # per plant and walker: each swap puts the link in and takes it out
 WORKERS = 3
@@ -437,6 +434,7 @@ def escape_mount(tmp_path, request):
             m.stop()
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("walker", ["openat2", "walk"])
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 def test_swapping_in_symlinks_during_use_never_reaches_outside(escape_mount, tmp_path, plant, walker):
@@ -536,6 +534,7 @@ def refused(command: str, cwd, *messages: str) -> None:
     assert any(message in result.stderr for message in messages), (command, result.stderr)
 
 
+@pytest.mark.mount
 def test_nobody_cannot_list_or_read_a_0700_job(shared_mount):
     m = shared_mount
     os.mkdir(m.ws / "private", 0o700)
@@ -553,6 +552,7 @@ def test_nobody_cannot_list_or_read_a_0700_job(shared_mount):
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 def test_nobody_cannot_change_roots_files_in_a_0755_job(shared_mount):
     m = shared_mount
     os.mkdir(m.ws / "rootjob")
@@ -592,6 +592,7 @@ def test_nobody_cannot_change_roots_files_in_a_0755_job(shared_mount):
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 def test_nobody_cannot_restore_resume_or_archive_roots_ended_jobs(shared_mount):
     m = shared_mount
     for job, word in (("hidden", "failed soon hidden"), ("done", "completed"), ("broke", "failed")):
@@ -616,6 +617,7 @@ def test_nobody_cannot_restore_resume_or_archive_roots_ended_jobs(shared_mount):
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 def test_device_nodes_made_in_the_backing_dir_do_not_work_through_the_mount(shared_mount):
     """``nodev``: even a node that reached the data dir behind the daemon's back opens as nothing."""
     m = shared_mount
@@ -638,6 +640,7 @@ def test_device_nodes_made_in_the_backing_dir_do_not_work_through_the_mount(shar
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 def test_a_setuid_binary_put_in_a_job_runs_as_its_caller(shared_mount):
     """``nosuid``: root copies ``id`` into a job and makes it setuid root; nobody runs it as nobody."""
     m = shared_mount

@@ -397,3 +397,11 @@ def test_leases_top_level_and_per_template():
         with pytest.raises(ConfigError) as info:
             parse_toml_config(bad)
         assert f": {key}:" in str(info.value)
+
+
+def test_a_bad_metrics_listen_is_a_config_error():
+    assert parse_toml_config('metrics_listen = "127.0.0.1:9105"\n').metrics_listen == "127.0.0.1:9105"
+    for bad in ('"9105"', '"host:port"', '"127.0.0.1:70000"', "9105"):
+        with pytest.raises(ConfigError) as info:
+            parse_toml_config(f"metrics_listen = {bad}\n")
+        assert "metrics_listen" in str(info.value)

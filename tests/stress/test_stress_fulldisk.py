@@ -39,8 +39,6 @@ from wsfs.core.lifecycle import JobService
 from wsfs.core.store import Store
 from wsfs.core.tree import Tree
 
-pytestmark = pytest.mark.mount
-
 SMALL_FS_BYTES = 64 << 20
 MAP_JOBS = size(5_000, 100_000)
 TINY_MAP = 64 * 1024
@@ -138,6 +136,7 @@ def write_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+@pytest.mark.mount
 def test_a_full_disk_gives_enospc_changes_nothing_half_way_and_heals(small_fs, tmp_path):
     print(replay(SEED))
     require_fuse()
@@ -339,6 +338,7 @@ def watched(fn, what: str):
     return box.get("result")
 
 
+@pytest.mark.mount
 def test_running_out_of_file_descriptors_gives_errors_not_a_hang(tmp_path):
     print(replay(SEED))
     require_fuse()

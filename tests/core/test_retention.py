@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import events, make_core, parse_toml_config
+from conftest import REPO, events, make_core, parse_toml_config
 
 from wsfs.core.lifecycle import RECEIPT_FILE
 from wsfs.core.model import JobState
@@ -724,7 +724,7 @@ def test_config_values_reach_the_templates():
 def test_sample_config_parses():
     from wsfs.core.config import load_config
 
-    config = load_config(str(Path(__file__).resolve().parent.parent / "etc" / "wsfs.toml"))
+    config = load_config(str(REPO / "etc" / "wsfs.toml"))
     media = config.template("media")
     assert {a: k.value for a, k in media.areas.items()} == {"audio": "scratch", "video": "scratch",
                                                            "output": "keep"}

@@ -28,14 +28,6 @@ def job(m, name: str) -> dict:
     return json.loads((m.ws / name / ".job").read_text())
 
 
-def test_importing_the_client_loads_none_of_the_daemons_modules():
-    code = ("import sys, wsfs.client; print(sorted(m for m in sys.modules if m in "
-            "('lmdb', 'psutil', 'msgpack', 'mfusepy', 'click') or m.startswith('wsfs.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
-    assert out.strip() == "['wsfs.client', 'wsfs.client.mounts']"
-
-
 def test_run_with_inputs_placeholders_and_here(mount_factory, tmp_path):
     m = mount_factory()
     (tmp_path / "in.wav").write_bytes(b"RIFF....WAVE")

@@ -82,12 +82,6 @@ def test_events_readable_json_by_job_and_latest(wsfs_mount):
     assert cli("events", "-n", "-1", "--mount", mnt).exit_code == 2
 
 
-def test_events_without_a_mount(tmp_path):
-    result = cli("events", "--mount", str(tmp_path))
-    assert result.exit_code == 1
-    assert result.stderr.startswith(f"wsfs: {tmp_path} is not a mounted wsfs")
-
-
 def _lines_of(proc) -> queue.Queue[str]:
     lines: queue.Queue[str] = queue.Queue()
 
@@ -230,13 +224,6 @@ def test_sweep_shows_progress_while_it_purges(mount_factory, monkeypatch):
     assert {j: r["purged_at"] is not None for j, r in jobs_of(m.mnt).items()} == {"p1": True, "p2": True, "p3": True}
 
 
-def test_sweep_and_restore_need_a_mount(tmp_path):
-    for args in (["sweep"], ["restore", "j"], ["resume", "j"], ["status"]):
-        result = cli(*args, "--mount", str(tmp_path))
-        assert result.exit_code == 1, args
-        assert f"{tmp_path} is not a mounted wsfs" in result.stderr
-
-
 # -- status, create --json, completion, colours ------------------------------------------------------------
 
 
@@ -283,12 +270,6 @@ def test_create_json_and_job_completion(wsfs_mount):
     assert CliRunner().invoke(main, [], env=env, prog_name="wsfs").stdout.splitlines() == ["plain,cz"]
 
 
-def test_completion_script_for_bash():
-    result = CliRunner().invoke(main, [], env={"_WSFS_COMPLETE": "bash_source"}, prog_name="wsfs")
-    assert result.exit_code == 0
-    assert "_wsfs_completion()" in result.stdout and "complete -o nosort -F _wsfs_completion wsfs" in result.stdout
-
-
 @pytest.mark.mount
 def test_list_is_coloured_only_on_a_terminal(wsfs_mount):
     m = wsfs_mount
@@ -304,25 +285,6 @@ def test_list_is_coloured_only_on_a_terminal(wsfs_mount):
 
 
 # -- config ------------------------------------------------------------------------------------------------
-
-
-def test_config_good_and_bad(tmp_path):
-    good = tmp_path / "good.toml"
-    good.write_text('sweep_interval = "5m"\n[templates.media]\nareas = { audio = "scratch", output = "keep" }\n')
-    result = cli("config", "--config", str(good))
-    assert result.exit_code == 0
-    config = json.loads(result.stdout)
-    assert config["sweep_interval"] == 300.0 and config["templates"]["media"]["areas"]["audio"] == "scratch"
-
-    bad = tmp_path / "bad.toml"
-    bad.write_text('sweep_interval = "soon"\n')
-    result = cli("config", "--config", str(bad))
-    assert result.exit_code == 2
-    assert result.stderr.startswith(f"wsfs: {bad}: sweep_interval: not a duration")
-    result = cli("config", "--config", str(tmp_path / "missing.toml"))
-    assert result.exit_code == 2 and "no such config file" in result.stderr
-    sample = cli("config", "--config", str(REPO / "etc" / "wsfs.toml"))
-    assert sample.exit_code == 0, sample.output  # the sample installed as /etc/wsfs/wsfs.toml is valid
 
 
 # -- doctor without a daemon (--data) ----------------------------------------------------------------------
@@ -375,12 +337,3 @@ def test_doctor_on_a_data_dir_with_no_daemon(mount_factory, tmp_path):
     assert cli("doctor", "--mount", str(m.mnt)).exit_code == 0
 
 
-def test_doctor_refuses_what_is_not_a_data_dir(tmp_path):
-    result = cli("doctor", "--data", str(tmp_path))
-    assert result.exit_code == 1 and result.stderr == f"wsfs: {tmp_path} is not a wsfs data dir (it has no store/)\n"
-    result = cli("doctor", "--mount", str(tmp_path / "nomount"), env={"WSFS_DATA": str(tmp_path / "nodata")})
-    assert result.exit_code == 1
-    nomount, nodata = tmp_path / "nomount", tmp_path / "nodata"
-    assert result.stderr == (f"wsfs: {nomount} is not a mounted wsfs (mount it with: wsfs mount "
-                             f"{nomount}) and {nodata} has no store: give --mount or --data\n")
-    assert cli("doctor", "--repair=yes").exit_code == 2

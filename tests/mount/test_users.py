@@ -13,19 +13,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 
 import pytest
-from conftest import MountedWsfs, as_user, sh
+from conftest import NOBODY, MountedWsfs, as_nobody, sh
 
 pytestmark = pytest.mark.mount
 
-NOBODY = 65534
-
-
-def as_nobody(command: str, cwd) -> subprocess.CompletedProcess:
-    """A bash command line run as uid/gid 65534 with no supplementary groups."""
-    return as_user(NOBODY, command, cwd)
 
 
 def owner(path) -> tuple[int, int]:

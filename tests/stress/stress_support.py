@@ -1,4 +1,4 @@
-"""Shared by the stress suites (``tests/test_stress_*.py``): sizes, seeds, mounts, checks.
+"""Shared by the stress suites (``tests/stress/test_stress_*.py``): sizes, seeds, mounts, checks.
 
 ``WSFS_STRESS=full`` selects the full sizes (``make stress``); anything else
 the short, seeded version that ``make test`` and CI run.  ``WSFS_SEED=N``

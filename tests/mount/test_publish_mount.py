@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import events, sh, wait_until
+from conftest import NOBODY, as_nobody, events, sh, wait_until
 from test_cli import wsfs
-from test_users import NOBODY, as_nobody
 
 pytestmark = pytest.mark.mount
 

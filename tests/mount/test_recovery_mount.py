@@ -15,7 +15,7 @@ import sys
 
 import psutil
 import pytest
-from conftest import REPO, events, is_mounted, sh, wait_until
+from conftest import REPO, events, sh, wait_until
 
 DEADLINE = 30.0
 
@@ -300,104 +300,6 @@ def test_sweep_dry_run_names_each_due_job_with_why_and_changes_nothing(mount_fac
 
 
 # -- configuration --------------------------------------------------------------------------------
-
-GOOD_CONFIG = """
-sweep_interval = "5s"
-max_jobs = 3
-min_free = "1G"
-
-[retention]
-failed = "2d"
-
-[templates.media]
-areas = { audio = "scratch", video = "scratch", output = "keep" }
-quota = "50G"
-[templates.media.retention]
-failed = "3d"
-"""
-
-
-@pytest.mark.parametrize("text, key", [
-    ('sweep_intervall = "1s"\n', "sweep_intervall"),
-    ('[retention]\nfailed = "2 days"\n', "retention.failed"),
-    ('on_crash = "explode"\n', "on_crash"),
-    ('[templates.media]\nareas = { audio = "scrach" }\n', "templates.media.areas.audio"),
-])
-@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
-def test_mount_with_a_bad_config_exits_78_and_mounts_nothing(tmp_path, text, key, foreground):
-    """78 (EX_CONFIG): the status the units never restart on (RestartPreventExitStatus=78)."""
-    config = tmp_path / "bad.toml"
-    config.write_text(text)
-    mnt, data = tmp_path / "mnt", tmp_path / "data"
-    mnt.mkdir()
-    args = ["mount", str(mnt), "--data", str(data), "--config", str(config)] + (["--foreground"] if foreground else [])
-    try:
-        result = wsfs(None, *args, check=False)
-        assert result.returncode == 78, result.stderr
-        assert f"{config}: {key}:" in result.stderr
-        assert "Traceback" not in result.stderr
-        assert not is_mounted(mnt)
-        assert not data.exists()
-    finally:
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-
-
-def test_mount_with_a_config_that_is_not_toml_exits_78(tmp_path):
-    config = tmp_path / "broken.toml"
-    config.write_text("[retention\nfailed = 1d\n")
-    (tmp_path / "mnt").mkdir()
-    result = wsfs(None, "mount", str(tmp_path / "mnt"), "--data", str(tmp_path / "data"), "--config", str(config),
-                  check=False)
-    assert result.returncode == 78 and str(config) in result.stderr and "TOML" in result.stderr
-    assert not is_mounted(tmp_path / "mnt")
-
-
-def test_config_command_prints_the_effective_configuration(tmp_path):
-    config = tmp_path / "wsfs.toml"
-    config.write_text(GOOD_CONFIG)
-    shown = json.loads(wsfs(None, "config", "--config", str(config)).stdout)
-    assert shown["sweep_interval"] == 5.0 and shown["max_jobs"] == 3 and shown["on_crash"] == "quarantine"
-    assert shown["min_free_bytes"] == 1 << 30
-    default, media = shown["templates"]["default"], shown["templates"]["media"]
-    assert default["areas"] == {"input": "input", "output": "keep", "temp": "scratch"}
-    assert default["retention"] == {"completed": None, "failed": 2 * 86400.0, "cancelled": 86400.0,
-                                    "crashed": 7 * 86400.0}
-    assert default["grace"] == 86400.0
-    assert media["areas"] == {"audio": "scratch", "video": "scratch", "output": "keep"}
-    assert media["retention"]["failed"] == 3 * 86400.0 and media["quota"] == 50 << 30
-
-    bad = tmp_path / "bad.toml"
-    bad.write_text('max_job = 3\n')
-    result = wsfs(None, "config", "--config", str(bad), check=False)
-    assert result.returncode == 2 and f"{bad}: max_job:" in result.stderr
-    result = wsfs(None, "config", "--config", str(tmp_path / "missing.toml"), check=False)
-    assert result.returncode == 2 and "missing.toml" in result.stderr
-
-
-def test_config_command_without_a_file_prints_the_defaults(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from wsfs.client.cli import main
-    from wsfs.core import config as config_module
-
-    # In-process, so that this machine's own /etc/wsfs/wsfs.toml (make install) does not count.
-    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    result = CliRunner().invoke(main, ["config"])
-    assert result.exit_code == 0, result.output
-    shown = json.loads(result.output)
-    assert shown["sweep_interval"] == 60.0 and shown["on_crash"] == "quarantine" and shown["max_jobs"] == 0
-    assert shown["min_free_fraction"] == 0.05
-    assert list(shown["templates"]) == ["default"]
-    assert shown["templates"]["default"]["retention"] == {"completed": None, "failed": 7 * 86400.0,
-                                                          "cancelled": 86400.0, "crashed": 7 * 86400.0}
-    assert shown["templates"]["default"]["grace"] == 86400.0
-
-
-def test_sample_config_is_what_config_prints(tmp_path):
-    shown = json.loads(wsfs(None, "config", "--config", str(REPO / "etc" / "wsfs.toml")).stdout)
-    assert shown["templates"]["media"]["areas"] == {"audio": "scratch", "video": "scratch", "output": "keep"}
-    assert shown["sweep_interval"] == 60.0 and shown["min_free_fraction"] == 0.05
 
 
 @pytest.mark.mount

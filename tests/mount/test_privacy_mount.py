@@ -68,7 +68,7 @@ def test_each_user_lists_only_the_jobs_it_may_read(two_users):
     assert event_jobs(m, BOB) == {"bob-secret", "alice-open"}
     assert "hunter2" not in ok(as_user(BOB, "cat .wsfs/events; cat .wsfs/jobs", m.mnt))
     assert "hunter2" in ok(as_user(ALICE, "cat .wsfs/events", m.mnt))
-    # (`wsfs list` prints what .wsfs/jobs holds for its caller: tests/test_cli.py reads it as root.)
+    # (`wsfs list` prints what .wsfs/jobs holds for its caller: tests/mount/test_cli.py reads it as root.)
 
 
 def test_a_jobs_files_follow_its_roots_mode(two_users):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, MountedWsfs, is_mounted, require_fuse, sh
+from conftest import REPO, MountedWsfs, is_mounted, mount_state, require_fuse, sh
 
 from wsfs import __version__
 from wsfs.client.cli import main, setup_logging, stderr_is_journal
@@ -251,56 +251,6 @@ def test_sd_notify_sends_nothing_without_a_socket(monkeypatch):
 # -- clean stops: SIGTERM is above; `wsfs unmount`, busy, --lazy -----------------------------------------
 
 
-def store_state(data: Path) -> str:
-    store = Store(str(data / "store"), readonly=True)
-    try:
-        with store.read() as r:
-            return r.meta("mount")["state"]
-    finally:
-        store.close()
-
-
-@pytest.mark.mount
-def test_unmount_waits_for_the_clean_shutdown(mount_factory):
-    m = mount_factory()
-    sh("mkdir workspaces/j && echo x > workspaces/j/output/x && echo completed > workspaces/j/.state", cwd=m.mnt)
-    result = CliRunner().invoke(main, ["unmount", str(m.mnt)])
-    assert result.exit_code == 0, result.output
-    assert result.stdout == f"unmounted {m.mnt}\n"
-    assert not is_mounted(m.mnt)
-    assert m.proc.wait(timeout=WAIT) == 0
-    assert store_state(m.data) == "clean"
-    assert (m.data / "jobs" / "j" / "receipt.json").exists()
-
-
-@pytest.mark.mount
-def test_unmount_busy_names_the_holder_then_lazy_detaches(mount_factory):
-    m = mount_factory()
-    sh("mkdir workspaces/j && echo kept > workspaces/j/output/kept.txt", cwd=m.mnt)
-    holder = subprocess.Popen(["sleep", "600"], cwd=m.mnt / "workspaces" / "j" / "output")
-    try:
-        result = CliRunner().invoke(main, ["unmount", str(m.mnt)])
-        assert result.exit_code == 1
-        message = result.stderr.strip()
-        assert message.startswith(f"wsfs: cannot unmount {m.mnt}: it is busy")
-        assert f"sleep (pid {holder.pid})" in message and "--lazy" in message
-        # Nothing happened: still mounted, still served, nothing lost.
-        assert is_mounted(m.mnt) and m.proc.poll() is None
-        assert (m.ws / "j" / "output" / "kept.txt").read_text() == "kept\n"
-
-        result = CliRunner().invoke(main, ["unmount", "--lazy", str(m.mnt)])
-        assert result.exit_code == 0, result.output
-        assert result.stdout.startswith(f"detached {m.mnt}: held by sleep (pid {holder.pid})")
-        assert not is_mounted(m.mnt)
-        assert m.proc.poll() is None  # still serving the holder's cwd
-    finally:
-        holder.kill()
-        holder.wait()
-    assert m.proc.wait(timeout=WAIT) == 0  # the last reference went: it stops on its own, cleanly
-    assert store_state(m.data) == "clean"
-    assert (m.data / "jobs" / "j" / "output" / "kept.txt").read_text() == "kept\n"
-
-
 def test_unmount_of_a_plain_directory_is_an_error(tmp_path):
     result = CliRunner().invoke(main, ["unmount", str(tmp_path)])
     assert result.exit_code == 1
@@ -433,11 +383,11 @@ def test_shutdown_marks_clean_only_when_every_thread_stopped(tmp_path, monkeypat
     stuck.join()
     d.store.close()
     d.tree.close()
-    assert store_state(tmp_path / "data") == "live"
+    assert mount_state(tmp_path / "data") == "live"
 
     d = opened()  # the next one recovers, then stops cleanly
     assert d.close(True) is True
-    assert store_state(tmp_path / "data") == "clean"
+    assert mount_state(tmp_path / "data") == "clean"
 
 
 def test_a_stopping_sweeper_starts_no_new_action(core, clock):

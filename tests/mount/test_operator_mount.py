@@ -1,6 +1,7 @@
-"""What an operator meets, through real mounts: a bad config that stops for good, reload without
-unmounting, an unmount that ends the daemon whatever other mount namespaces hold, one log line
-per transition.  (The units themselves: tests/test_service.py.)
+"""What an operator meets, through real mounts: reload without unmounting, an unmount that
+ends the daemon whatever other mount namespaces hold, one log line per transition.  (The units
+themselves: tests/core/test_service.py; a bad config that stops for good:
+tests/core/test_mount_refusals.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from conftest import MountedWsfs, is_mounted, sh, wsfs_cli
 
 pytestmark = pytest.mark.mount
 
-RESTART_PREVENT_EXIT_STATUS = 78  # systemd/wsfs.service
 
 
 @pytest.fixture(autouse=True)
@@ -24,19 +24,6 @@ def _logging_restored(keep_logging):
 
 
 wsfs = wsfs_cli
-
-
-@pytest.mark.parametrize("config", ["bad_key = 1\n", None])
-def test_a_bad_or_missing_config_exits_with_the_status_systemd_does_not_restart(tmp_path, config):
-    (tmp_path / "mnt").mkdir()
-    path = tmp_path / "wsfs.toml"
-    if config is not None:
-        path.write_text(config)
-    r = wsfs("mount", str(tmp_path / "mnt"), "--data", str(tmp_path / "data"), "--config", str(path), "--foreground")
-    assert r.returncode == RESTART_PREVENT_EXIT_STATUS
-    assert "bad config, not mounted" in r.stderr and str(path) in r.stderr
-    assert ("bad_key" in r.stderr) if config else ("no such config file" in r.stderr)
-    assert not is_mounted(tmp_path / "mnt")
 
 
 def test_reload_reads_the_config_again_and_refuses_a_bad_one(mount_factory):

@@ -44,8 +44,6 @@ from wsfs.core.control import MAX_PID, parse_control_command, parse_state_comman
 from wsfs.core.errors import WsfsError
 from wsfs.core.model import JOB_ID_RE
 
-pytestmark = pytest.mark.mount
-
 SEED = seed()
 
 
@@ -241,6 +239,7 @@ def hostile_mount(tmp_path):
     assert m.daemon_errors() == []
 
 
+@pytest.mark.mount
 @stress(short=250, full=4000)
 @given(data=state_payloads, kind=st.sampled_from(["running", "running", "ended"]),
        offset=st.one_of(st.none(), st.none(), st.integers(0, 1 << 40)))
@@ -309,6 +308,7 @@ def make_pool(m: MountedWsfs) -> None:
     assert write_once(m.mnt / ".wsfs" / "control", b"restore pool-failed") > 0
 
 
+@pytest.mark.mount
 @stress(short=250, full=4000)
 @given(data=control_payloads, offset=st.one_of(st.none(), st.integers(0, 1 << 40)))
 def test_random_writes_to_control(hostile_mount, data, offset):
@@ -363,6 +363,7 @@ id_names = st.one_of(
 )
 
 
+@pytest.mark.mount
 @stress(short=250, full=4000)
 @given(name=id_names, reuse=st.one_of(st.none(), st.none(), st.none(), st.integers(0, 1 << 20)),
        mode=st.one_of(st.just(0o755), st.integers(0, 0o7777)))
@@ -600,6 +601,7 @@ def config_mount(tmp_path):
             print(f"{cm.tried} config files, {cm.mounted} of them mounted")
 
 
+@pytest.mark.mount
 @stress(short=25, full=400)
 @given(text=config_texts)
 def test_random_configs_to_mount(config_mount, text):
@@ -641,6 +643,7 @@ def test_counts_and_sizes_past_64_bits_are_refused_at_mount(config_mount, toml):
     assert ("max_files" in stderr or "max_jobs" in stderr or "quota" in stderr), stderr
 
 
+@pytest.mark.mount
 def test_the_largest_count_still_mounts_and_makes_jobs(config_mount):
     cm = config_mount
     cm.config.write_text(f"max_files = {(1 << 63) - 1}\nquota = {(1 << 63) - 1}\n")
@@ -653,6 +656,7 @@ def test_the_largest_count_still_mounts_and_makes_jobs(config_mount):
     assert code == 0 and "Traceback" not in stderr, stderr
 
 
+@pytest.mark.mount
 def test_names_that_are_not_utf8_are_enoent_not_eio(hostile_mount):
     """A lookup of a name that is not UTF-8 under workspaces/ or quarantine/ reached the store's key
     encoding (UnicodeEncodeError: a logged traceback and EIO).  It names no job: ENOENT, and mkdir EINVAL."""
@@ -683,6 +687,7 @@ def _path_of(length: int, area: str = "output") -> str:
     return path
 
 
+@pytest.mark.mount
 def test_paths_past_the_old_manifest_key_limit_work_and_the_mount_stays(hostile_mount):
     """An LMDB key is at most 511 bytes: job id, NUL, area path.  Schema 1 keyed paths as they
     are, so names past that were refused (ENAMETOOLONG), where the disk takes them.  Schema 2 keys

@@ -62,13 +62,3 @@ def test_metrics_are_scraped_with_cat_and_over_http_and_counters_move(mount_fact
     assert nobody.returncode != 0 and "Permission denied" in nobody.stderr
 
 
-def test_a_bad_metrics_listen_is_a_config_error():
-    from conftest import parse_toml_config
-
-    from wsfs.core.config import ConfigError
-
-    assert parse_toml_config('metrics_listen = "127.0.0.1:9105"\n').metrics_listen == "127.0.0.1:9105"
-    for bad in ('"9105"', '"host:port"', '"127.0.0.1:70000"', "9105"):
-        with pytest.raises(ConfigError) as info:
-            parse_toml_config(f"metrics_listen = {bad}\n")
-        assert "metrics_listen" in str(info.value)
