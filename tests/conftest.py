@@ -324,6 +324,16 @@ def mount_state(data) -> str:
         store.close()
 
 
+def assert_refused(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit code 1 and one line on stderr, ``wsfs: <reason>``, naming ``words``."""
+    lines = result.stderr.strip().splitlines()
+    assert (result.returncode, len(lines)) == (1, 1), result.stderr
+    assert lines[0].startswith("wsfs: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
 def wsfs_cli(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
     """``wsfs ARGS`` as a separate process, as a user's shell runs it (no ``$WSFS_MOUNT`` unless given)."""
     full_env = dict(os.environ, PYTHONPATH=str(REPO))

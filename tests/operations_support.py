@@ -134,3 +134,11 @@ def fs(tmp_path):
     with contextlib.ExitStack() as stack:
         made = iter(range(1000))
         yield lambda config="": stack.enter_context(fresh_fs(tmp_path / f"data{next(made) or ''}", config))
+
+
+@pytest.fixture
+def f(fs):
+    """An ``Fs`` on a fresh data dir with one running job, ``j`` (made by ``mkdir -m 0755``)."""
+    made = fs()
+    made.ops.mkdir("/workspaces/j", 0o755)
+    return made

@@ -8,21 +8,11 @@ import os
 import subprocess
 
 import pytest
-from conftest import is_mounted, wsfs_cli
+from conftest import assert_refused, is_mounted, wsfs_cli
 
 
 def wsfs(*args: str) -> subprocess.CompletedProcess:
     return wsfs_cli(*args, timeout=90)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit code 1 and one line on stderr, ``wsfs: <reason>``, naming ``words``."""
-    lines = result.stderr.strip().splitlines()
-    assert (result.returncode, len(lines)) == (1, 1), result.stderr
-    assert lines[0].startswith("wsfs: ")
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

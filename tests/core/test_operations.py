@@ -34,9 +34,7 @@ def test_the_top_and_a_new_jobs_root_show_what_the_spec_says(fs):
     refused(errno.ENOENT, f.ops.getattr, "/elsewhere")
 
 
-def test_a_file_written_is_in_the_manifest_and_the_usage(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_file_written_is_in_the_manifest_and_the_usage(f):
     f.write("/workspaces/j/output/a.txt", b"hello\n")
     f.ops.mkdir("/workspaces/j/output/sub", 0o755)
     f.write("/workspaces/j/output/sub/b.txt", b"world!\n")
@@ -80,9 +78,7 @@ def test_with_posix_acls_the_daemon_applies_the_umask_unless_a_default_acl_decid
 # -- layout rules --------------------------------------------------------------------------
 
 
-def test_only_areas_live_at_a_jobs_root_and_only_the_tops_at_the_top(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_only_areas_live_at_a_jobs_root_and_only_the_tops_at_the_top(f):
     refused(errno.EPERM, f.ops.create, "/workspaces/j/stray", 0o644, f.fi(os.O_WRONLY | os.O_CREAT))
     refused(errno.EPERM, f.ops.mkdir, "/workspaces/j/extra", 0o755)
     refused(errno.EPERM, f.ops.mkdir, "/workspaces/j/output", 0o755)  # areas are made with the job
@@ -118,22 +114,17 @@ def test_a_template_with_max_jobs_refuses_the_mkdir_past_it(fs):
 # -- the .state path and the seal ----------------------------------------------------------
 
 
-def test_bad_state_words_change_nothing_and_are_recorded(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
-    refused(errno.EINVAL, f.command, "/workspaces/j/.state", "finished")
-    refused(errno.EINVAL, f.command, "/workspaces/j/.state", "stage two words")
-    refused(errno.EINVAL, f.command, "/workspaces/j/.state", "drop nosuch")
-    refused(errno.EPERM, f.command, "/workspaces/j/.state", "drop output")
+def test_bad_state_words_change_nothing_and_are_recorded(f):
+    for number, word in ((errno.EINVAL, "finished"), (errno.EINVAL, "stage two words"),
+                         (errno.EINVAL, "drop nosuch"), (errno.EPERM, "drop output")):
+        refused(number, f.command, "/workspaces/j/.state", word)
     assert f.read("/workspaces/j/.state") == b"running\n"
     assert len([e for e in f.events("rejected") if e["job"] == "j"]) == 4
     f.command("/workspaces/j/.state", "stage encoding")
     assert f.job("j")["stage"] == "encoding"
 
 
-def test_completed_seals_the_workspace_writes_a_receipt_and_drops_scratch(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_completed_seals_the_workspace_writes_a_receipt_and_drops_scratch(f):
     f.write("/workspaces/j/output/result", b"42\n")
     f.write("/workspaces/j/temp/scratch", b"x" * 4096)
     f.command("/workspaces/j/.state", "completed")
@@ -152,9 +143,7 @@ def test_completed_seals_the_workspace_writes_a_receipt_and_drops_scratch(fs):
     assert f.read("/workspaces/j/.state") == b"completed\n"
 
 
-def test_drop_empties_a_scratch_area_of_a_running_job(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_drop_empties_a_scratch_area_of_a_running_job(f):
     f.write("/workspaces/j/temp/big", b"x" * 10000)
     f.command("/workspaces/j/.state", "drop temp")
     assert f.ls("/workspaces/j/temp") == []

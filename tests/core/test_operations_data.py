@@ -12,9 +12,7 @@ from operations_support import refused
 FALLOC_FL_KEEP_SIZE = 1
 
 
-def test_a_write_past_the_end_leaves_a_hole_and_the_usage_is_the_size(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_write_past_the_end_leaves_a_hole_and_the_usage_is_the_size(f):
     f.write("/workspaces/j/output/sparse", b"")
     with f.opened("/workspaces/j/output/sparse", os.O_WRONLY) as fi:
         assert f.ops.write("/workspaces/j/output/sparse", b"end", 4096, fi) == 3
@@ -23,9 +21,7 @@ def test_a_write_past_the_end_leaves_a_hole_and_the_usage_is_the_size(fs):
     assert f.job("j")["usage"] == {"bytes": 4099, "files": 1}
 
 
-def test_truncate_moves_the_usage_both_ways(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_truncate_moves_the_usage_both_ways(f):
     f.write("/workspaces/j/temp/t", b"x" * 100)
     f.ops.truncate("/workspaces/j/temp/t", 1000)
     assert f.job("j")["usage"] == {"bytes": 1000, "files": 1}
@@ -77,9 +73,7 @@ def test_a_refused_write_writes_nothing_at_all(fs):
     assert f.job("q")["usage"] == {"bytes": 10, "files": 1}
 
 
-def test_modes_and_times_are_set_and_the_manifest_follows_the_mtime(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_modes_and_times_are_set_and_the_manifest_follows_the_mtime(f):
     f.write("/workspaces/j/output/f", b"abc")
     f.ops.chmod("/workspaces/j/output/f", 0o600)
     assert stat.S_IMODE(f.ops.getattr("/workspaces/j/output/f")["st_mode"]) == 0o600
@@ -89,26 +83,20 @@ def test_modes_and_times_are_set_and_the_manifest_follows_the_mtime(fs):
     assert entry["mtime_ns"] == 1_500_000_000_123_456_789
 
 
-def test_chmod_of_a_virtual_file_is_refused(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_chmod_of_a_virtual_file_is_refused(f):
     refused(errno.EPERM, f.ops.chmod, "/workspaces/j/.state", 0o666)
     refused(errno.EPERM, f.ops.chmod, "/.wsfs/status", 0o666)
     refused(errno.EPERM, f.ops.chown, "/workspaces", 1, 1)
     refused(errno.ENOENT, f.ops.chmod, "/workspaces/j/output/nosuch", 0o600)
 
 
-def test_a_job_root_may_be_chmodded_by_its_owner_to_make_it_private(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_job_root_may_be_chmodded_by_its_owner_to_make_it_private(f):
     f.ops.chmod("/workspaces/j", 0o700)
     assert stat.S_IMODE(f.ops.getattr("/workspaces/j")["st_mode"]) == 0o700
     assert stat.S_IMODE(f.ops.getattr("/workspaces/j/.state")["st_mode"]) & 0o077 == 0
 
 
-def test_user_xattrs_are_kept_listed_and_removed(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_user_xattrs_are_kept_listed_and_removed(f):
     f.write("/workspaces/j/output/f", b"")
     f.ops.setxattr("/workspaces/j/output/f", "user.origin", b"camera-7", 0)
     assert f.ops.getxattr("/workspaces/j/output/f", "user.origin") == b"camera-7"
@@ -128,9 +116,7 @@ def test_statfs_is_the_data_dirs_disk(fs, tmp_path):
     assert got["f_namemax"] == disk.f_namemax
 
 
-def test_fsync_and_flush_of_a_file_and_of_a_virtual_file(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_fsync_and_flush_of_a_file_and_of_a_virtual_file(f):
     f.write("/workspaces/j/output/f", b"x")
     with f.opened("/workspaces/j/output/f", os.O_WRONLY) as fi:
         assert f.ops.fsync("/workspaces/j/output/f", 0, fi) == 0
@@ -140,9 +126,7 @@ def test_fsync_and_flush_of_a_file_and_of_a_virtual_file(fs):
         refused(errno.EOPNOTSUPP, f.ops.fallocate, "/workspaces/j/.job", 0, 0, 10, fi)
 
 
-def test_a_file_kept_open_keeps_its_data_after_unlink(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_file_kept_open_keeps_its_data_after_unlink(f):
     f.write("/workspaces/j/temp/f", b"still here")
     with f.opened("/workspaces/j/temp/f", os.O_RDONLY) as fi:
         f.ops.unlink("/workspaces/j/temp/f")

@@ -19,9 +19,7 @@ def manifest(f, job: str) -> dict[str, int]:
     return {e["path"]: e["size"] for e in f.manifest(job)}
 
 
-def test_a_rename_in_an_area_moves_the_manifest_entry_and_keeps_the_usage(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_rename_in_an_area_moves_the_manifest_entry_and_keeps_the_usage(f):
     f.write("/workspaces/j/output/a", b"12345")
     f.ops.rename("/workspaces/j/output/a", "/workspaces/j/output/b")
     assert f.ls("/workspaces/j/output") == ["b"] and f.read("/workspaces/j/output/b") == b"12345"
@@ -29,9 +27,7 @@ def test_a_rename_in_an_area_moves_the_manifest_entry_and_keeps_the_usage(fs):
     assert f.job("j")["usage"] == {"bytes": 5, "files": 1}
 
 
-def test_a_rename_between_areas_of_one_job_is_allowed(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_rename_between_areas_of_one_job_is_allowed(f):
     f.write("/workspaces/j/temp/part", b"abc")
     f.ops.rename("/workspaces/j/temp/part", "/workspaces/j/output/final")
     assert manifest(f, "j") == {"output/final": 3}
@@ -39,9 +35,7 @@ def test_a_rename_between_areas_of_one_job_is_allowed(fs):
     assert f.read("/workspaces/j/output/final") == b"abc"
 
 
-def test_a_rename_of_a_directory_moves_every_entry_below_it(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_rename_of_a_directory_moves_every_entry_below_it(f):
     f.ops.mkdir("/workspaces/j/temp/d", 0o755)
     f.ops.mkdir("/workspaces/j/temp/d/e", 0o755)
     f.write("/workspaces/j/temp/d/x", b"x")
@@ -60,9 +54,7 @@ def test_a_rename_between_jobs_is_exdev_so_that_mv_copies(fs):
     assert manifest(f, "a") == {"output/f": 4} and manifest(f, "b") == {}
 
 
-def test_areas_control_files_and_job_roots_are_not_renamed(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_areas_control_files_and_job_roots_are_not_renamed(f):
     refused(errno.EPERM, f.ops.rename, "/workspaces/j/output", "/workspaces/j/temp/out")
     refused(errno.EPERM, f.ops.rename, "/workspaces/j/temp/x", "/workspaces/j/input")
     refused(errno.EPERM, f.ops.rename, "/workspaces/j/.state", "/workspaces/j/output/state")
@@ -71,9 +63,7 @@ def test_areas_control_files_and_job_roots_are_not_renamed(fs):
     assert f.ls("/workspaces/j") == [".job", ".manifest", ".state", "input", "output", "temp"]
 
 
-def test_a_rename_over_a_file_takes_the_replaced_one_off_the_usage(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_rename_over_a_file_takes_the_replaced_one_off_the_usage(f):
     f.write("/workspaces/j/output/old", b"x" * 100)
     f.write("/workspaces/j/output/new", b"y" * 10)
     f.ops.rename("/workspaces/j/output/new", "/workspaces/j/output/old")
@@ -81,18 +71,14 @@ def test_a_rename_over_a_file_takes_the_replaced_one_off_the_usage(fs):
     assert f.job("j")["usage"] == {"bytes": 10, "files": 1}
 
 
-def test_rename_noreplace_refuses_an_existing_name_and_changes_nothing(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_rename_noreplace_refuses_an_existing_name_and_changes_nothing(f):
     f.write("/workspaces/j/output/a", b"a")
     f.write("/workspaces/j/output/b", b"bb")
     refused(errno.EEXIST, f.ops.rename, "/workspaces/j/output/a", "/workspaces/j/output/b", RENAME_NOREPLACE)
     assert manifest(f, "j") == {"output/a": 1, "output/b": 2}
 
 
-def test_rename_exchange_swaps_the_files_and_their_manifest_entries(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_rename_exchange_swaps_the_files_and_their_manifest_entries(f):
     f.write("/workspaces/j/output/a", b"a")
     f.write("/workspaces/j/temp/b", b"bbb")
     f.ops.rename("/workspaces/j/output/a", "/workspaces/j/temp/b", RENAME_EXCHANGE)
@@ -101,9 +87,7 @@ def test_rename_exchange_swaps_the_files_and_their_manifest_entries(fs):
     assert f.job("j")["usage"] == {"bytes": 4, "files": 2}
 
 
-def test_a_hard_link_is_a_second_manifest_entry_and_counts_again(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_hard_link_is_a_second_manifest_entry_and_counts_again(f):
     f.write("/workspaces/j/output/a", b"hello")
     f.ops.link("/workspaces/j/temp/b", "/workspaces/j/output/a")
     assert f.ops.getattr("/workspaces/j/output/a")["st_nlink"] == 2
@@ -127,9 +111,7 @@ def test_max_files_counts_links_and_mknod_too(fs):
     assert manifest(f, "j") == {"output/a": 1, "output/d": 0}
 
 
-def test_symlinks_fifos_and_directories_are_not_in_the_manifest(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_symlinks_fifos_and_directories_are_not_in_the_manifest(f):
     f.ops.symlink("/workspaces/j/output/link", "../input/elsewhere")
     f.ops.mknod("/workspaces/j/output/pipe", stat.S_IFIFO | 0o600, 0)
     f.ops.mkdir("/workspaces/j/output/dir", 0o755)
@@ -151,9 +133,7 @@ def test_a_symlink_is_never_followed_out_of_the_data_dir(fs, tmp_path):
     assert outside.read_bytes() == b"secret"
 
 
-def test_names_at_a_jobs_root_are_refused_for_every_kind_of_entry(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_names_at_a_jobs_root_are_refused_for_every_kind_of_entry(f):
     refused(errno.EPERM, f.ops.symlink, "/workspaces/j/link", "output")
     refused(errno.EPERM, f.ops.mknod, "/workspaces/j/pipe", stat.S_IFIFO | 0o600, 0)
     refused(errno.EPERM, f.ops.link, "/workspaces/j/again", "/workspaces/j/output")
@@ -161,9 +141,7 @@ def test_names_at_a_jobs_root_are_refused_for_every_kind_of_entry(fs):
     refused(errno.EPERM, f.ops.rmdir, "/workspaces/j/temp")
 
 
-def test_rmdir_of_a_full_directory_is_enotempty_and_of_an_empty_one_works(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_rmdir_of_a_full_directory_is_enotempty_and_of_an_empty_one_works(f):
     f.ops.mkdir("/workspaces/j/temp/d", 0o755)
     f.write("/workspaces/j/temp/d/x", b"x")
     refused(errno.ENOTEMPTY, f.ops.rmdir, "/workspaces/j/temp/d")
@@ -188,9 +166,7 @@ def test_a_new_entry_belongs_to_its_caller(fs):
     assert f.ops.getattr("/workspaces/j")["st_uid"] == ME[0]
 
 
-def test_a_sealed_job_refuses_every_name_change(fs):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_sealed_job_refuses_every_name_change(f):
     f.write("/workspaces/j/output/a", b"a")
     f.ops.mkdir("/workspaces/j/temp/sub", 0o755)
     f.command("/workspaces/j/.state", "failed")
@@ -214,9 +190,7 @@ def backing_names(tmp_path, rel: str) -> list[str]:
     return sorted(os.listdir(tmp_path / "data" / "jobs" / rel))
 
 
-def test_a_file_unlinked_while_open_is_hidden_out_of_the_manifest_and_gone_at_its_last_close(fs, tmp_path):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_a_file_unlinked_while_open_is_hidden_out_of_the_manifest_and_gone_at_its_last_close(f, tmp_path):
     f.write("/workspaces/j/output/log", b"0123456789")
     with f.opened("/workspaces/j/output/log", os.O_RDWR) as fi:
         # what libfuse does for `rm log` while log is open: a rename to a hidden name
@@ -242,9 +216,7 @@ def test_a_hidden_name_whose_last_close_came_first_goes_at_once(fs, tmp_path):
     refused(errno.ENOENT, f.ops.unlink, f"/workspaces/j/temp/{HIDDEN}")  # libfuse's own unlink finds nothing
 
 
-def test_hidden_names_of_a_job_that_ends_are_removed_with_the_seal(fs, tmp_path):
-    f = fs()
-    f.ops.mkdir("/workspaces/j", 0o755)
+def test_hidden_names_of_a_job_that_ends_are_removed_with_the_seal(f, tmp_path):
     f.write("/workspaces/j/output/keep", b"k")
     f.write("/workspaces/j/output/open", b"o")
     with f.opened("/workspaces/j/output/open", os.O_RDONLY) as fi:

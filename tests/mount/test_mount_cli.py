@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, is_mounted, log_problems, require_fuse
+from conftest import REPO, assert_refused, is_mounted, log_problems, require_fuse
 
 pytestmark = pytest.mark.mount
 
@@ -82,16 +82,6 @@ def background_mount(mnt: Path, data: Path):
         yield pid
     finally:
         force_unmount(mnt, pid)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit code 1 and one line on stderr, ``wsfs: <reason>``, naming ``words``."""
-    lines = result.stderr.strip().splitlines()
-    assert (result.returncode, len(lines)) == (1, 1), result.stderr
-    assert lines[0].startswith("wsfs: ")
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
