@@ -496,8 +496,8 @@ def test_mutation_while_running(core):
 
 
 class FakeStat:
-    def __init__(self, size, ino, mtime_ns=1):
-        self.st_size, self.st_ino, self.st_mtime_ns = size, ino, mtime_ns
+    def __init__(self, size, ino, mtime_ns=1, nlink=1):
+        self.st_size, self.st_ino, self.st_mtime_ns, self.st_nlink = size, ino, mtime_ns, nlink
 
 
 def usage(core, job):

@@ -226,3 +226,34 @@ def test_hidden_names_of_a_job_that_ends_are_removed_with_the_seal(f, tmp_path):
         assert f.ops.read(f"/workspaces/j/output/{HIDDEN}", 10, 0, fi) == b"o"  # the open file still reads
     receipt = json.loads(f.read("/workspaces/j/receipt.json"))
     assert [o["path"] for o in receipt["outputs"]] == ["output/keep"]
+
+
+def test_a_rename_of_a_name_onto_itself_changes_nothing(f):
+    """Found by the hypothesis model (test_operations_model.py): the entry used to leave the manifest."""
+    f.write("/workspaces/j/output/a", b"abc")
+    f.ops.rename("/workspaces/j/output/a", "/workspaces/j/output/a")
+    assert manifest(f, "j") == {"output/a": 3} and f.job("j")["usage"] == {"bytes": 3, "files": 1}
+    refused(errno.ENOENT, f.ops.rename, "/workspaces/j/output/nosuch", "/workspaces/j/output/nosuch")
+
+
+def test_a_write_through_one_link_changes_every_name_of_the_file_in_the_manifest(f):
+    """Found by the hypothesis model: the other name's entry kept the old size."""
+    f.write("/workspaces/j/output/b", b"")
+    f.ops.link("/workspaces/j/temp/a", "/workspaces/j/output/b")
+    f.write("/workspaces/j/temp/a", b"grown", os.O_WRONLY)
+    assert manifest(f, "j") == {"output/b": 5, "temp/a": 5}
+    assert f.job("j")["usage"] == {"bytes": 10, "files": 2}
+    f.ops.truncate("/workspaces/j/output/b", 2)
+    assert manifest(f, "j") == {"output/b": 2, "temp/a": 2}
+
+
+def test_growing_a_linked_file_is_charged_once_per_name(fs):
+    """Found by the hypothesis model: the quota charged the growth once while the usage counted it per name."""
+    f = fs()
+    f.command("/.wsfs/control", "create q quota=8K")
+    f.write("/workspaces/q/output/a", b"")
+    f.ops.link("/workspaces/q/output/b", "/workspaces/q/output/a")
+    refused(errno.EDQUOT, f.ops.truncate, "/workspaces/q/output/a", 5000)  # 2 x 5000 > 8K
+    f.ops.truncate("/workspaces/q/output/a", 4096)  # 2 x 4096 = 8K
+    assert f.job("q")["usage"] == {"bytes": 8192, "files": 2}
+    refused(errno.EDQUOT, f.write, "/workspaces/q/output/b", b"x", os.O_WRONLY | os.O_APPEND)

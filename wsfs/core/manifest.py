@@ -54,7 +54,9 @@ class ManifestWriter:
         self._wake = threading.Event()
 
     def put(self, job: str, path: str, st: os.stat_result, sha: bytes | None = None) -> None:
-        self._queue(("put", job, path, [st.st_size, st.st_mtime_ns, st.st_ino, sha]))
+        """The file at ``path`` is now ``st``; with more than one link, so are the job's other
+        entries of its inode (one file, several names: each is an entry, each counts)."""
+        self._queue(("put", job, path, [st.st_size, st.st_mtime_ns, st.st_ino, sha], st.st_nlink > 1))
 
     def delete(self, job: str, path: str) -> None:
         self._queue(("delete", job, path))
@@ -64,7 +66,8 @@ class ManifestWriter:
         self._queue(("drop", job, area))
 
     def rename(self, job: str, src: str, dst: str) -> None:
-        self._queue(("rename", job, src, dst))
+        if src != dst:  # rename(2) of a name onto itself changes nothing (a batch would drop the entry)
+            self._queue(("rename", job, src, dst))
 
     def retime(self, job: str, path: str, st: os.stat_result) -> None:
         """A new mtime (utimens) on an unchanged file: the entry and its sha256 stay valid."""
@@ -109,6 +112,10 @@ class ManifestWriter:
             kind, job = op[0], op[1]
             if kind == "put":
                 account(job, op[2], w.put_manifest(job, op[2], op[3]), op[3])
+                if op[4]:  # a multiply-linked file: its other names in the job changed with it
+                    for path, old in list(w.manifest(job)):
+                        if old[2] == op[3][2] and path != op[2] and old[:2] != op[3][:2]:
+                            account(job, path, w.put_manifest(job, path, list(op[3])), op[3])
             elif kind == "delete":
                 for path, old in w.delete_manifest_prefix(job, op[2]):
                     account(job, path, old, None)

@@ -25,25 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import errno
 import functools
-import hashlib
 import itertools
-import json
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 
 from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
 from ..core.hashing import Hasher, StreamHash
 from ..core.lifecycle import RECEIPT_FILE, JobService
-from ..core.manifest import manifest_bytes
-from ..core.model import JOB_ID_RE, JobRecord, is_hidden_name
+from ..core.model import is_hidden_name
 from ..core.records import is_sealed, location
 from ..core.tree import Tree
 from .binding import (
@@ -58,24 +53,24 @@ from .binding import (
     remember_session,
 )
 from .coherence import HiddenNames, LinkedNames, PageInvalidator
+from .view import (
+    JOB_CONTROL_FILES,
+    KEPT_RECEIPT,
+    STATE_FILE,
+    TOP_DIRS,
+    VIEW_TOPS,
+    WSFS_DIR,
+    Node,
+    NodeKind,
+    View,
+    view_path,
+)
 
 log = logging.getLogger("wsfs.fs")
 
-STATE_FILE, JOB_FILE, MANIFEST_FILE = ".state", ".job", ".manifest"
-JOB_CONTROL_FILES = (STATE_FILE, JOB_FILE, MANIFEST_FILE)
-WSFS_DIR = ".wsfs"
-WSFS_FILES = {"status": 0o444, "control": 0o222, "events": 0o444, "jobs": 0o444, "metrics": 0o400}
-TOP_DIRS = ("workspaces", "quarantine", "shared", WSFS_DIR)
-#: ``.wsfs/receipts/JOB``: the receipt the store keeps of a job whose tree is gone (archived,
-#: purged, deleted after publishing); looked up by name, never listed; its owner's (and root's).
-RECEIPTS_DIR, KEPT_RECEIPT = "receipts", "kept-receipt"
-EVENTS_SHOWN = 1000
 CACHE_TIMEOUT_S = 10.0  # the kernel's entry and attribute timeouts (see init_with_config)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
-# Inode numbers of virtual entries: far above anything a real filesystem hands out.
-_VIRTUAL_INO_BASE = 1 << 60
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
-
 
 
 def op(func):
@@ -107,44 +102,6 @@ def _refused(op_name: str, number: int) -> FuseOSError:
     if number != errno.ENOENT:  # lookups of names that are not there are no refusal
         metrics.FUSE_ERRORS.labels(op=op_name, errno=metrics.errno_name(number)).inc()
     return FuseOSError(number)
-
-
-class NodeKind(str, enum.Enum):
-    """What kind of thing a view path names."""
-
-    VDIR = "vdir"        # a virtual directory: /, workspaces/, quarantine/, .wsfs/, .wsfs/receipts/
-    VFILE = "vfile"      # a virtual file: .state, .job, .manifest, .wsfs/* and a kept receipt
-    JOBROOT = "jobroot"  # a job's top directory (backing: DATA/jobs/JOB or DATA/quarantine/JOB)
-    REAL = "real"        # a backing file or directory: an area's content, receipt.json, shared/
-    ABSENT = "absent"    # a name at a job's root that is no area: nothing there, nothing may be made
-
-
-@dataclasses.dataclass(slots=True)
-class Node:
-    """What a view path names (``_resolve``)."""
-
-    kind: NodeKind
-    name: str = ""                  # vdir/vfile name
-    job: str | None = None          # the job, for everything under one
-    root: str = ""                  # tree root for backing paths (JOBROOT, REAL; "" for the others)
-    rel: str = ""                   # path below the root
-    area_path: str | None = None    # AREA/rel, for manifest entries
-    readonly: bool = False          # quarantine, receipt
-
-    # For a caller that knows the node is under a job (a JOBROOT, an area's file), or in an area:
-    # the value, typed as there; an EIO, not a None passed on, if it is not.
-    @property
-    def job_id(self) -> str:
-        return self._known(self.job, "belongs to no job")
-
-    @property
-    def area_rel(self) -> str:
-        return self._known(self.area_path, "is in no area")
-
-    def _known(self, value: str | None, what: str) -> str:
-        if value is None:
-            raise WsfsError(f"{self.kind.value} {self.rel or self.name!r} {what}")
-        return value
 
 
 @dataclasses.dataclass(eq=False)
@@ -184,14 +141,6 @@ def _stat_dict(st: os.stat_result) -> dict:
 
 
 HIDE_FOLLOWUP_S = 1.0  # libfuse's rename follows its hide_node at once, on the same thread
-_VIEW_TOPS = {"jobs": "/workspaces", "quarantine": "/quarantine", "shared": "/shared"}
-
-
-def _view_path(node: Node) -> str:
-    """The path in the mount of a backing node."""
-    return f"{_VIEW_TOPS[node.root]}/{node.rel}" if node.rel else _VIEW_TOPS[node.root]
-
-
 def _marks_setattr(func):
     """For the getattr that libfuse's setattr calls next on this thread (see ``_visible_links``)."""
     @functools.wraps(func)
@@ -223,7 +172,6 @@ class WsfsOperations(Operations):
         self._sweep = sweep
         self._reload = reload
         self._doctor = doctor
-        self._status: Callable[[], dict] = status or (lambda: {})
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._fh_counter = itertools.count(1)
@@ -247,9 +195,8 @@ class WsfsOperations(Operations):
         service.tree_closing = self._tree_closing
         service.area_dropping = self._area_dropping
         service.acl_changed = self._acl_changed
-        self._mounted_ns = time.time_ns()
-        self._uid, self._gid = os.getuid(), os.getgid()
         self._as_root = os.geteuid() == 0
+        self.view = View(service, tree, status=status, context=self._context)
 
     # -- libfuse setup ------------------------------------------------------
 
@@ -298,55 +245,10 @@ class WsfsOperations(Operations):
 
     # -- path resolution ----------------------------------------------------
 
-    def _resolve(self, path: str) -> Node:
-        parts = [p for p in path.split("/") if p]
-        if not parts:
-            return Node(NodeKind.VDIR, name="/")
-        top = parts[0]
-        if top == "shared":
-            return Node(NodeKind.REAL, root="shared", rel="/".join(parts[1:]))
-        if top == WSFS_DIR:
-            if len(parts) == 1:
-                return Node(NodeKind.VDIR, name=WSFS_DIR)
-            if len(parts) == 2 and parts[1] in WSFS_FILES:
-                return Node(NodeKind.VFILE, name=parts[1])
-            if parts[1] == RECEIPTS_DIR and len(parts) <= 3:
-                if len(parts) == 2:
-                    return Node(NodeKind.VDIR, name=RECEIPTS_DIR)
-                if JOB_ID_RE.fullmatch(parts[2]) and self.service.records.get(parts[2]) is not None:
-                    with self.service.store.read() as r:
-                        if r.receipt(parts[2]) is not None:
-                            return Node(NodeKind.VFILE, name=KEPT_RECEIPT, job=parts[2])
-            raise FuseOSError(errno.ENOENT)
-        if top not in ("workspaces", "quarantine"):
-            raise FuseOSError(errno.ENOENT)
-        if len(parts) == 1:
-            return Node(NodeKind.VDIR, name=top)
-        job = parts[1]
-        # A name that is no job id names no job: answered here, before it reaches the store's keys
-        # (a name that is not UTF-8 arrives with surrogates, which no key can hold).
-        record = self.service.records.get(job) if JOB_ID_RE.fullmatch(job) else None
-        root = "jobs" if top == "workspaces" else "quarantine"
-        if record is None or record.where != root or record.hidden:
-            raise FuseOSError(errno.ENOENT)
-        readonly = root == "quarantine"
-        if len(parts) == 2:
-            return Node(NodeKind.JOBROOT, job=job, root=root, rel=job, readonly=readonly)
-        first = parts[2]
-        if first in JOB_CONTROL_FILES and len(parts) == 3:
-            return Node(NodeKind.VFILE, name=first, job=job)
-        if first == RECEIPT_FILE and len(parts) == 3:
-            return Node(NodeKind.REAL, job=job, root=root, rel=f"{job}/{RECEIPT_FILE}", readonly=True)
-        if first not in record.areas:
-            # Not an area: nothing lives here, and nothing may be made here.
-            return Node(NodeKind.ABSENT, job=job, name=first)
-        area_path = "/".join(parts[2:])
-        return Node(NodeKind.REAL, job=job, root=root, rel=f"{job}/{area_path}", area_path=area_path, readonly=readonly)
-
     def _backing(self, path: str, *, for_change: bool = False) -> Node:
         if for_change and path.count("/") == 1 and path.strip("/") not in TOP_DIRS:
             raise NotAllowedError("only workspaces/, quarantine/, shared/ and .wsfs/ live at the top")
-        node = self._resolve(path)
+        node = self.view.resolve(path)
         if node.kind == "absent":
             if for_change:
                 raise NotAllowedError(f"only the areas live at a job's root: {node.name}")
@@ -367,6 +269,13 @@ class WsfsOperations(Operations):
         if self._limited(node):
             self.service.usage.charge(node.job_id, dbytes, dfiles)
 
+    def _names(self, node: Node, st: os.stat_result) -> int:
+        """In how many manifest entries a file's size counts: each of its names in the job (its
+        links, libfuse's hidden names aside).  A change of its size is charged that many times."""
+        if st.st_nlink <= 1:
+            return 1
+        return max(st.st_nlink - self._hidden.links((node.root, st.st_ino)), 1)
+
     def _changing(self, node: Node):
         """Context for a change to a backing path: seal check and transition ordering."""
         if node.job is None:
@@ -374,30 +283,6 @@ class WsfsOperations(Operations):
         return self.service.records.mutation(node.job)
 
     # -- attributes -----------------------------------------------------------
-
-    def _vdir_attrs(self, name: str) -> dict:
-        mode = 0o1777 if name == "workspaces" else 0o755
-        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_uid": self._uid, "st_gid": self._gid,
-                "st_ino": self._vdir_ino(name),
-                "st_atime": self._mounted_ns, "st_mtime": self._mounted_ns, "st_ctime": self._mounted_ns}
-
-    def _vfile_attrs(self, node: Node, size: int) -> dict:
-        if node.name == KEPT_RECEIPT:
-            record = self.service.records.require(node.job_id)
-            mode, uid, gid = 0o400, record.uid, record.gid
-        elif node.job is None:
-            mode, uid, gid = WSFS_FILES[node.name], self._uid, self._gid
-        else:
-            # .state, .job and .manifest may be read by whoever may read the job's root (its mode
-            # and group), as receipt.json: a job made with mkdir -m 0700 shows nothing to others.
-            root = self._job_root(node.job)
-            readable = stat.S_IMODE(root.st_mode) & 0o444
-            mode = readable | 0o200 if node.name == STATE_FILE else readable
-            uid, gid = root.st_uid, root.st_gid
-        now = time.time_ns()
-        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": uid, "st_gid": gid, "st_size": size,
-                "st_ino": self._vfile_ino(node.job, node.name),
-                "st_atime": now, "st_mtime": now, "st_ctime": now, "st_blksize": 4096}
 
     @op
     def getattr(self, path, fh=None):
@@ -409,14 +294,14 @@ class WsfsOperations(Operations):
             handle = self._handle(fh)
             if isinstance(handle, FileHandle):
                 return self._visible_links(handle.node, _stat_dict(os.fstat(handle.fd)), after_setattr)
-            return self._vfile_attrs(handle.node, len(self._content(handle.node)))
+            return self.view.vfile_attrs(handle.node, len(self.view.content(handle.node)))
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        node = self._resolve(path)
+        node = self.view.resolve(path)
         if node.kind == "vdir":
-            return self._vdir_attrs(node.name)
+            return self.view.vdir_attrs(node.name)
         if node.kind == "vfile":
-            return self._vfile_attrs(node, 0 if node.name == "control" else len(self._content(node)))
+            return self.view.vfile_attrs(node, 0 if node.name == "control" else len(self.view.content(node)))
         if node.kind == "absent":
             raise FuseOSError(errno.ENOENT)
         try:
@@ -431,22 +316,8 @@ class WsfsOperations(Operations):
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             self._linked.note((node.root, st.st_ino), path)
         if node.readonly and node.area_path is None and node.rel.endswith("/" + RECEIPT_FILE):
-            return self._receipt_attrs(node, _stat_dict(st))
+            return self.view.receipt_attrs(node, _stat_dict(st))
         return self._visible_links(node, _stat_dict(st), after_setattr)
-
-    def _job_root(self, job: str) -> os.stat_result:
-        record = self.service.records.require(job)
-        where = location(record)
-        if where is None:
-            raise FuseOSError(errno.ENOENT)
-        return self.tree.lstat(*where)
-
-    def _receipt_attrs(self, node: Node, attrs: dict) -> dict:
-        """receipt.json is read by whoever may read its job's root (see _vfile_attrs)."""
-        root = self._job_root(node.job_id)
-        attrs["st_mode"] = stat.S_IFREG | (stat.S_IMODE(root.st_mode) & 0o444)
-        attrs["st_uid"], attrs["st_gid"] = root.st_uid, root.st_gid
-        return attrs
 
     def _visible_links(self, node: Node, attrs: dict, after_setattr: bool = False) -> dict:
         """Links without libfuse's hidden names: POSIX gives an unlinked open file 0 links.
@@ -465,124 +336,15 @@ class WsfsOperations(Operations):
 
     # -- virtual files ----------------------------------------------------------
 
-    def _content(self, node: Node) -> bytes:
-        name, job = node.name, node.job
-        if name == KEPT_RECEIPT:
-            with self.service.store.read() as r:
-                return bytes(r.receipt(node.job_id) or b"")
-        if job is not None:
-            if name == STATE_FILE:
-                return (self.service.records.require(job).state.value + "\n").encode()
-            if name == JOB_FILE:
-                return (json.dumps(self.service.job_document(job), indent=2, sort_keys=True, default=str)
-                        + "\n").encode()
-            if name == MANIFEST_FILE:
-                return manifest_bytes(self.service.manifest_entries(job))
-        if name == "status":
-            status, caller = self._status(), self._caller()
-            if caller is not None and "users" in status:  # per-user usage: a user sees its own
-                status["users"] = {uid: v for uid, v in status["users"].items() if uid == str(caller[0])}
-            return (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
-        if name == "events":
-            caller = self._caller()
-            with self.service.store.read() as r:
-                events = r.events(limit=None if caller else EVENTS_SHOWN)
-            if caller is not None:
-                events = [e for e in map(functools.partial(self._event_for, caller), events) if e][-EVENTS_SHOWN:]
-            return b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in events)
-        if name == "jobs":
-            return self._jobs_listing(self._caller())
-        if name == "metrics":
-            return metrics.render()
-        return b""
 
     # -- who may see which job ------------------------------------------------------
 
-    def _caller(self) -> tuple[int, frozenset[int]] | None:
-        """The calling uid and its groups, or None for root (who sees every job)."""
-        uid, gid, pid = self._context()
-        if uid == 0:
-            return None
-        groups = {gid}
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("Groups:"):
-                        groups.update(int(g) for g in line.split()[1:])
-                        break
-        except (OSError, ValueError):
-            pass  # the caller is gone: its primary group alone
-        return uid, frozenset(groups)
-
-    def _may_read(self, caller: tuple[int, frozenset[int]] | None, record: JobRecord) -> bool:
-        """May ``caller`` read the job's root directory (by its mode, owner and group)?  A job
-        without a tree any more is its owner's alone."""
-        if caller is None:
-            return True
-        uid, groups = caller
-        shares = record.shares
-        if shares and (f"u:{uid}" in shares or any(f"g:{g}" in shares for g in groups)):
-            return True  # shared with the caller (wsfs.sharing): its root reads for them
-        where = location(record)
-        if where is None:
-            return record.uid == uid
-        try:
-            st = self.tree.lstat(*where)
-        except OSError:
-            return record.uid == uid
-        if st.st_uid == uid:
-            return bool(st.st_mode & 0o400)
-        if st.st_gid in groups:
-            return bool(st.st_mode & 0o040)
-        return bool(st.st_mode & 0o004)
-
-    _SHARED_EVENT_FIELDS = frozenset({"seq", "t", "kind", "job", "dry_run", "counts", "duration_ms", "pid",
-                                      "repair", "problems", "remaining"})
-
-    def _event_for(self, caller, event: dict) -> dict | None:
-        """An event as a non-root caller sees it: a job's if it may read the job; a rejected
-        command of its own; of the rest (sweeps, doctor, recovery) the figures, not the jobs."""
-        job = event.get("job")
-        if job is not None:
-            record = self.service.records.get(job)
-            return event if record is not None and self._may_read(caller, record) else None
-        if event.get("kind") == "rejected":
-            return event if event.get("uid") == caller[0] else None
-        return {k: v for k, v in event.items() if k in self._SHARED_EVENT_FIELDS}
-
-    def _jobs_listing(self, caller=None) -> bytes:
-        self.service.manifest.flush()
-        lines = []
-        with self.service.store.read() as r:
-            for record in r.jobs():
-                if caller is not None and not self._may_read(caller, record):
-                    continue
-                line = {k: getattr(record, k) for k in ("id", "state", "stage", "template", "created", "ended",
-                                                   "state_since", "expires_at", "hidden", "where", "purged_at",
-                                                   "usage", "uid", "reason", "quota", "max_files", "publish",
-                                                   "git", "origin", "labels", "max_running", "extensions")}
-                line["hide_at"], line["purge_at"] = self._retention_dates(record)
-                lines.append(json.dumps(line, sort_keys=True).encode() + b"\n")
-        return b"".join(lines)
-
-    def _retention_dates(self, record: JobRecord) -> tuple[float | None, float | None]:
-        """When an ended job will be hidden and purged (None: not, or not any more)."""
-        expires = record.expires_at
-        if expires is None or record.state == "running" or not record.where:
-            return None, None
-        if record.hidden:
-            return None, expires
-        try:
-            grace = self.service.template(record).grace
-        except KeyError:  # a template gone from the config
-            return expires, None
-        return expires, expires + grace
 
     # -- directories ------------------------------------------------------------
 
     @op
     def opendir(self, path):
-        node = self._resolve(path)
+        node = self.view.resolve(path)
         if node.kind in ("vfile", "absent"):
             raise FuseOSError(errno.ENOTDIR if node.kind == "vfile" else errno.ENOENT)
         fh = next(self._fh_counter)
@@ -603,51 +365,8 @@ class WsfsOperations(Operations):
             node = self._handles[fh].node
         except KeyError:
             raise FuseOSError(errno.EBADF) from None
-        entries = [(".", self._dir_ino(node), stat.S_IFDIR), ("..", 1, stat.S_IFDIR)]
-        if node.kind == "vdir":
-            if node.name == RECEIPTS_DIR:
-                pass  # looked up by name only: listing every kept receipt would show every job
-            elif node.name == "/":
-                entries += [(name, self._vdir_ino(name), stat.S_IFDIR) for name in TOP_DIRS if name != "shared"]
-                entries.append(("shared", self.tree.lstat("shared", "").st_ino, stat.S_IFDIR))
-            elif node.name == WSFS_DIR:
-                entries += [(name, self._vfile_ino(None, name), stat.S_IFREG) for name in WSFS_FILES]
-                entries.append((RECEIPTS_DIR, self._vdir_ino(RECEIPTS_DIR), stat.S_IFDIR))
-            else:
-                where = "jobs" if node.name == "workspaces" else "quarantine"
-                inodes = {name: ino for name, ino, _kind in self.tree.scandir(where, "")}
-                with self.service.store.read() as r:
-                    for record in r.jobs():
-                        if record.where == where and not record.hidden and record.id in inodes:
-                            entries.append((record.id, inodes[record.id], stat.S_IFDIR))
-        elif node.kind == "jobroot":
-            record = self.service.records.require(node.job_id)
-            present = {name: (ino, kind) for name, ino, kind in self.tree.scandir(node.root, node.rel)}
-            entries += [(a, *present[a]) for a in record.areas if a in present]
-            entries += [(name, self._vfile_ino(node.job, name), stat.S_IFREG) for name in JOB_CONTROL_FILES]
-            if RECEIPT_FILE in present:
-                entries.append((RECEIPT_FILE, *present[RECEIPT_FILE]))
-        elif node.kind == "real":
-            entries += [e for e in self.tree.scandir(node.root, node.rel) if not is_hidden_name(e[0])]
-        else:
-            raise FuseOSError(errno.ENOTDIR)
+        entries = self.view.entries(node)
         return [(name, {"st_ino": ino, "st_mode": kind}, 0) for name, ino, kind in entries]
-
-    def _dir_ino(self, node: Node) -> int:
-        if node.kind == "vdir":
-            return self._vdir_ino(node.name)
-        return self.tree.lstat(node.root, node.rel).st_ino
-
-    @staticmethod
-    def _vdir_ino(name: str) -> int:
-        if name == RECEIPTS_DIR:
-            return _VIRTUAL_INO_BASE + len(TOP_DIRS) + 2
-        return 1 if name == "/" else _VIRTUAL_INO_BASE + TOP_DIRS.index(name) + 2
-
-    @staticmethod
-    def _vfile_ino(job: str | None, name: str) -> int:
-        digest = hashlib.blake2b(f"{job}/{name}".encode(), digest_size=6).digest()
-        return _VIRTUAL_INO_BASE + (1 << 20) + int.from_bytes(digest, "big")
 
     @op
     def mkdir(self, path, mode):
@@ -743,7 +462,7 @@ class WsfsOperations(Operations):
     @op
     def open(self, path, fi):
         flags = fi.flags
-        node = self._resolve(path)
+        node = self.view.resolve(path)
         wants_write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
         if node.kind == "vfile":
             return self._open_virtual(node, fi, wants_write)
@@ -763,7 +482,8 @@ class WsfsOperations(Operations):
             raise FuseOSError(errno.EROFS)
         with self._changing(node):
             if flags & os.O_TRUNC and self._limited(node):
-                self._charge(node, -self.tree.lstat(node.root, node.rel).st_size)
+                old = self.tree.lstat(node.root, node.rel)
+                self._charge(node, -old.st_size * self._names(node, old))
             fd = self.tree.open(node.root, node.rel, flags)
             st = os.fstat(fd)
             handle = FileHandle(node, fd=fd, writable=True, ino=st.st_ino)
@@ -783,7 +503,7 @@ class WsfsOperations(Operations):
             raise FuseOSError(errno.EACCES)
         if node.name == "control" and not wants_write:
             raise FuseOSError(errno.EACCES)
-        data = b"" if wants_write else self._content(node)
+        data = b"" if wants_write else self.view.content(node)
         if node.job is None:
             # .wsfs/status, events and jobs change with every event: the fstat() that tail, less
             # or wc make after open() gets the size of what this open reads.
@@ -857,8 +577,8 @@ class WsfsOperations(Operations):
             if handle.node is not node:  # its area was dropped while this write waited (_area_dropping)
                 return os.pwrite(handle.fd, data, offset)
             if self._limited(node):
-                size = os.fstat(handle.fd).st_size
-                growth = max(offset + len(data) - size, 0)
+                st = os.fstat(handle.fd)
+                growth = max(offset + len(data) - st.st_size, 0) * self._names(node, st)
                 self.service.usage.charge(node.job, growth)
                 try:
                     written = os.pwrite(handle.fd, data, offset)
@@ -897,7 +617,7 @@ class WsfsOperations(Operations):
             key = (node.root, ino) if ino else self._linked_key(node)
         if key is None:
             return
-        self._invalidate(self._linked.others(key, path or _view_path(node)))
+        self._invalidate(self._linked.others(key, path or view_path(node)))
 
     def _write_virtual(self, handle: Handle, data: bytes | memoryview) -> int:
         uid, gid, _pid = self._context()
@@ -934,7 +654,7 @@ class WsfsOperations(Operations):
         never looked up costs a lookup in libfuse's table and nothing more.
         """
         for record in records:
-            top = _VIEW_TOPS.get(record.where or "")
+            top = VIEW_TOPS.get(record.where or "")
             if top is not None:
                 for name in JOB_CONTROL_FILES:
                     invalidate_path(f"{top}/{record.id}/{name}")
@@ -949,19 +669,21 @@ class WsfsOperations(Operations):
             node = handle.node
             with self._changing(node), handle.lock:
                 if self._limited(node) and handle.node is node:
-                    self._charge(node, length - os.fstat(handle.fd).st_size)
+                    st = os.fstat(handle.fd)
+                    self._charge(node, (length - st.st_size) * self._names(node, st))
                 os.ftruncate(handle.fd, length)
                 handle.dirty = handle.changed = True
                 self._forget_hashes(handle.ino)
             self._show_other_names(node, handle.ino)
             return 0
-        node = self._resolve(path)
+        node = self.view.resolve(path)
         if node.kind == "vfile":
             return self._truncate_virtual(node)
         node = self._backing(path, for_change=True)
         with self._changing(node):
             if self._limited(node):
-                self._charge(node, length - self.tree.lstat(node.root, node.rel).st_size)
+                st = self.tree.lstat(node.root, node.rel)
+                self._charge(node, (length - st.st_size) * self._names(node, st))
             self.tree.truncate(node.root, node.rel, length)
             if node.area_path is not None:
                 st = self.tree.lstat(node.root, node.rel)
@@ -1068,7 +790,7 @@ class WsfsOperations(Operations):
         """The ACLs of a job's files changed behind the kernel's back (wsfs.sharing): it caches
         them with the attributes, which FUSE_NOTIFY_INVAL_INODE drops."""
         record = self.service.records.get(job)
-        top = _VIEW_TOPS.get((record.where if record else None) or "")
+        top = VIEW_TOPS.get((record.where if record else None) or "")
         if top is None:
             return
         for path in paths:
@@ -1182,7 +904,8 @@ class WsfsOperations(Operations):
         node = handle.node
         with self._changing(node), handle.lock:
             if self._limited(node) and handle.node is node and not mode & 1:  # FALLOC_FL_KEEP_SIZE grows no file
-                self._charge(handle.node, max(offset + size - os.fstat(handle.fd).st_size, 0))
+                st = os.fstat(handle.fd)
+                self._charge(handle.node, max(offset + size - st.st_size, 0) * self._names(handle.node, st))
             syscalls.fallocate(handle.fd, mode, offset, size)
             handle.dirty = handle.changed = True
             self._forget_hashes(handle.ino)
@@ -1222,6 +945,12 @@ class WsfsOperations(Operations):
                 raise NotAllowedError("areas and control files are not renamed")
         if src.root != dst.root or src.job != dst.job:
             raise FuseOSError(errno.EXDEV)
+        if (src.root, src.rel) == (dst.root, dst.rel):
+            # rename(2) of a name onto itself does nothing (the kernel answers it alone; a caller
+            # of the operations may not)
+            if not self.tree.exists(src.root, src.rel):
+                raise FuseOSError(errno.ENOENT)
+            return 0
         if not flags and self._same_file(src, dst):
             # rename(2): two links of one file stay as they are, the manifest keeps both names.  libfuse
             # moves its node of src to dst all the same: the open files follow it.
@@ -1393,7 +1122,7 @@ class WsfsOperations(Operations):
         elif path is None:
             raise FuseOSError(errno.ENOENT)
         else:
-            node = self._resolve(path)
+            node = self.view.resolve(path)
         if node.kind in ("vdir", "vfile"):
             raise FuseOSError(errno.EPERM)
         if node.kind == "absent":
@@ -1460,7 +1189,7 @@ class WsfsOperations(Operations):
                                                   "f_files", "f_ffree", "f_favail", "f_namemax")}
 
     def _xattr_node(self, path, node: Node | None = None) -> Node:
-        node = node or self._resolve(path)
+        node = node or self.view.resolve(path)
         if node.kind in ("vdir", "vfile"):
             raise FuseOSError(errno.ENODATA)
         if node.kind == "absent":
@@ -1469,7 +1198,7 @@ class WsfsOperations(Operations):
 
     @op
     def getxattr(self, path, name, position=0):
-        node = self._resolve(path)  # once: with POSIX ACLs the kernel asks this of every inode it checks
+        node = self.view.resolve(path)  # once: with POSIX ACLs the kernel asks this of every inode it checks
         if name == acl.ACCESS and self.posix_acl and node.kind == "vfile" and node.job is not None \
                 and node.name != KEPT_RECEIPT:
             return self._control_file_acl(node)
@@ -1487,7 +1216,7 @@ class WsfsOperations(Operations):
         if where is None:
             raise FuseOSError(errno.ENODATA)
         root_entries = acl.decode(self.tree.getxattr(where[0], where[1], acl.ACCESS))
-        mode = self._vfile_attrs(node, 0)["st_mode"]
+        mode = self.view.vfile_attrs(node, 0)["st_mode"]
         entries = acl.from_mode(mode)
         for tag, perm, ident in root_entries:
             if tag in (acl.USER, acl.GROUP) and perm & acl.R:
@@ -1496,7 +1225,7 @@ class WsfsOperations(Operations):
 
     @op
     def listxattr(self, path):
-        node = self._resolve(path)
+        node = self.view.resolve(path)
         if node.kind not in ("real", "jobroot"):
             return []
         return self.tree.listxattr(node.root, node.rel)
