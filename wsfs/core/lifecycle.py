@@ -1,10 +1,13 @@
-"""Jobs' lifecycle: create, transition, end, seal, recover (docs/spec.md §4-§8).
+"""Jobs' lifecycle: create, command, transition, end, seal (docs/spec.md §4-§8).
 
 The only place where the state machine acts.  ``JobService`` owns the store,
-the tree and the clock; the FUSE adapter, the sweeper and tests call it.
+the tree and the clock, and the services it is composed of: ``records`` (every
+record read and change, ``wsfs.core.records``), ``recovery`` (what a crash left,
+``wsfs.core.recovery``), ``manifest`` and ``usage``; the FUSE adapter, the
+sweeper and tests call it.
 
 Ending a job is a sequence of steps, each recorded in the job record's
-``pending`` before the next starts, so that recovery (``recover``) can finish
+``pending`` before the next starts, so that recovery (``Recovery.recover``) can finish
 a transition that a crash interrupted::
 
     intent   pending = {target, reason, at, step}; writes refused from here
@@ -21,8 +24,7 @@ Threading: FUSE threads call in concurrently.  A per-job ``RWLock`` orders
 them: calls that change a workspace's files hold it shared
 (``mutation``), transitions hold it exclusive, so a transition sees no write
 in flight and no write lands after the seal.  Record updates are
-read-modify-write inside one store transaction; ``_cache`` is updated in the
-store's commit hook, so it never goes back in time.
+read-modify-write inside one store transaction (``Records.update``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The FUSE operations: a protocol adapter only (paths in, errnos out).
 
-Each call resolves its path to a ``Node`` (what the view shows there), makes
-one call into the core (``JobService``, ``Tree``) and returns.  ``@op`` is the
+Each call resolves its path to a ``Node`` (what the view shows there: ``wsfs.fuse.view``),
+makes one call into the core (``JobService``, ``Tree``) and returns.  ``@op`` is the
 one errno boundary: ``WsfsError`` -> its errno, ``OSError`` -> its own errno,
 anything else -> a logged traceback and ``EIO``.
-
-The view (docs/spec.md §3)::
-
-    /workspaces/JOB/{AREA/...,.state,.job,.manifest,receipt.json}
-    /quarantine/JOB/...        read-only
-    /shared/...                a plain directory
-    /.wsfs/{status,control,events,jobs}
 
 Permissions are the kernel's (``default_permissions``), and with ``FUSE_CAP_POSIX_ACL`` the
 kernel also enforces the POSIX ACLs that ``getxattr`` returns from the backing files (how a
