@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "mount")]  # conftest's helpers, and the cluster of the Slurm tests
+# conftest's helpers, and the cluster of the Slurm tests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "mount"))
 
 from test_slurm_mount import Cluster
 
