@@ -5,6 +5,7 @@ documented fields, ``.manifest``'s lines, names a job id may and may not be."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 
@@ -73,3 +74,41 @@ def test_names_of_255_bytes_are_fine_and_256_are_enametoolong(f):
     f.write("/workspaces/j/output/" + "n" * 255, b"ok")
     refused(errno.ENAMETOOLONG, f.write, "/workspaces/j/output/" + "n" * 256, b"no")
     assert f.ls("/workspaces/j/output") == ["n" * 255]
+
+
+def test_a_listing_with_attributes_gives_what_getattr_gives_but_for_costly_virtual_files(f):
+    """READDIRPLUS (binding.FUSE.readdir_fuse_3): every entry with the attributes a lookup would
+    get, but .job and .manifest, whose size is their whole content."""
+    f.write("/workspaces/j/output/a", b"aaa")
+    f.ops.link("/workspaces/j/output/b", "/workspaces/j/output/a")
+    f.ops.mkdir("/workspaces/j/output/d", 0o700)
+    for directory in ("/workspaces/j/output", "/workspaces/j", "/workspaces", "/"):
+        fh = f.ops.opendir(directory)
+        try:
+            listed = list(f.ops.readdir_from(None, fh, 0, plus=True))  # libfuse gives no path: nullpath_ok
+        finally:
+            f.ops.releasedir(directory, fh)
+        assert [after for _n, _a, after in listed] == list(range(1, len(listed) + 1))
+        for name, attrs, _after in listed:
+            path = f"{directory.rstrip('/')}/{name}"
+            if name in (".", "..", ".job", ".manifest"):
+                assert "st_nlink" not in attrs, path  # mode and inode only: looked up when asked
+                continue
+            expected = f.ops.getattr(path)
+            keys = [k for k in ("st_mode", "st_ino", "st_size", "st_nlink", "st_uid") if k in expected]
+            assert {k: attrs[k] for k in keys} == {k: expected[k] for k in keys}, path
+
+
+def test_a_listing_read_in_parts_continues_where_it_stopped(f):
+    for i in range(30):
+        f.write(f"/workspaces/j/temp/f{i:02d}", b"")
+    fh = f.ops.opendir("/workspaces/j/temp")
+    try:
+        first = list(itertools.islice(f.ops.readdir_from(None, fh, 0), 10))
+        f.write("/workspaces/j/temp/late", b"")  # the listing was taken at offset 0: it stays as it was
+        rest = list(f.ops.readdir_from(None, fh, first[-1][2]))
+    finally:
+        f.ops.releasedir("/workspaces/j/temp", fh)
+    names = [name for name, _a, _o in first + rest]
+    assert names[:2] == [".", ".."] and sorted(names[2:]) == [f"f{i:02d}" for i in range(30)]
+    assert "late" in f.ls("/workspaces/j/temp")  # a new read from the start sees it

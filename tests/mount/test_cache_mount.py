@@ -155,3 +155,28 @@ def test_readahead_is_raised_to_a_mebibyte(wsfs_mount):
     def raised():
         return Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
     assert until(raised)
+
+
+def test_a_listing_brings_the_attributes_so_ls_l_asks_no_lookup_per_file(wsfs_mount):
+    """READDIRPLUS (``binding.FUSE.readdir_fuse_3``): after ``ls -l`` of a directory whose names
+    the kernel forgot, the daemon answered no getattr per file, and ``ls -l`` shows the truth."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if os.geteuid() != 0:
+        pytest.skip("dropping the kernel's dentry cache needs root")
+    m = wsfs_mount
+    sizes = {f"f{i:02d}": i * 100 for i in range(40)}
+    sh("mkdir workspaces/j", cwd=m.mnt)
+    for name, size in sizes.items():
+        (m.ws / "j" / "output" / name).write_bytes(b"x" * size)
+
+    def getattrs() -> float:
+        text = (m.mnt / ".wsfs" / "metrics").read_text()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "wsfs_fuse_requests_total" and s.labels.get("op") == "getattr")
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")  # the kernel forgets the names it looked up
+    before = getattrs()
+    listing = sh("ls -l --time-style=+ workspaces/j/output", cwd=m.mnt).stdout.splitlines()[1:]
+    after = getattrs()
+    assert {line.split()[-1]: int(line.split()[4]) for line in listing} == sizes
+    assert after - before < 10, f"{after - before} getattr requests for an ls -l of {len(sizes)} files"

@@ -14,8 +14,6 @@ from click.testing import CliRunner
 from wsfs.client import cli as cli_module
 from wsfs.client.cli import main
 
-NOW = time.time()
-
 
 def line(job: str, state: str = "running", *, created: float, **fields) -> dict:
     base = {"id": job, "state": state, "created": created, "uid": 1000, "stage": None, "hidden": False,
@@ -24,26 +22,29 @@ def line(job: str, state: str = "running", *, created: float, **fields) -> dict:
     return base | fields
 
 
-JOBS = [
-    line("render-1", created=NOW - 3600, stage="encode", usage={"bytes": 5 << 20, "files": 3},
-         labels={"partition": "gpu"}),
-    line("render-2", "failed", created=NOW - 7200, expires_at=NOW + 86400, uid=1001,
-         publish={"status": "failed", "attempts": 3}),
-    line("ingest-7", "completed", created=NOW - 60, expires_at=NOW + 3600, labels={"partition": "cpu"},
-         publish={"status": "done"}),
-    line("old-1", "completed", created=NOW - 9e5, hidden=True, expires_at=NOW - 5),
-    line("gone-1", "archived", created=NOW - 1e6, where=None),
-    line("lease-1", created=NOW - 10, expires_at=NOW + 600),
-]
+def jobs(now: float) -> list[dict]:
+    """The job lines ``wsfs list`` is given, their times relative to ``now`` (when it runs)."""
+    return [
+        line("render-1", created=now - 3600, stage="encode", usage={"bytes": 5 << 20, "files": 3},
+             labels={"partition": "gpu"}),
+        line("render-2", "failed", created=now - 7200, expires_at=now + 86400, uid=1001,
+             publish={"status": "failed", "attempts": 3}),
+        line("ingest-7", "completed", created=now - 60, expires_at=now + 3600, labels={"partition": "cpu"},
+             publish={"status": "done"}),
+        line("old-1", "completed", created=now - 9e5, hidden=True, expires_at=now - 5),
+        line("gone-1", "archived", created=now - 1e6, where=None),
+        line("lease-1", created=now - 10, expires_at=now + 600),
+    ]
 
 
 @pytest.fixture
 def run(monkeypatch):
-    monkeypatch.setattr(cli_module, "_records", lambda mount: [dict(j) for j in JOBS])
+    extra: list[dict] = []
+    monkeypatch.setattr(cli_module, "_records", lambda mount: jobs(time.time()) + extra)
 
     def invoke(*args):
-        result = CliRunner().invoke(main, ["list", *args], catch_exceptions=False)
-        return result
+        return CliRunner().invoke(main, ["list", *args], catch_exceptions=False)
+    invoke.extra = extra
     return invoke
 
 
@@ -106,8 +107,5 @@ def test_a_user_name_is_looked_up(run):
     import pwd
 
     me = pwd.getpwuid(os.getuid()).pw_name
-    JOBS.append(line("mine-1", created=NOW, uid=os.getuid()))
-    try:
-        assert json_ids(run("--user", me, "--json")) == ["mine-1"]
-    finally:
-        JOBS.pop()
+    run.extra.append(line("mine-1", created=time.time(), uid=os.getuid()))
+    assert json_ids(run("--user", me, "--json")) == ["mine-1"]

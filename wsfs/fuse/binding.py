@@ -74,6 +74,10 @@ def _stat_layout() -> tuple[struct.Struct, list]:
 
 
 _STAT, _STAT_ORDER = _stat_layout()
+#: ``enum fuse_readdir_flags`` and ``enum fuse_fill_dir_flags`` (libfuse 3 fuse.h).
+READDIR_PLUS, FILL_DIR_PLUS = 1 << 0, 1 << 1
+#: ``WSFS_READDIRPLUS=0`` (benchmarks: bench/listing_cost.py) lists names only, as before.
+_READDIRPLUS = os.environ.get("WSFS_READDIRPLUS", "1") != "0"
 _NS = 10 ** 9
 
 
@@ -154,6 +158,22 @@ class FUSE(mfusepy.FUSE):
 
     def rename_fuse_3(self, old, new, flags):
         return self.operations.rename(_decode(self, old), _decode(self, new), flags)
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        """A listing from ``offset`` on, each entry with the offset of the next, until the
+        kernel's buffer is full.  For the kernel's READDIRPLUS (``FUSE_READDIR_PLUS``) an entry
+        the operations give all attributes of goes with them (``FUSE_FILL_DIR_PLUS``): libfuse
+        makes its node from them and the kernel asks no LOOKUP for it.  (mfusepy passes mode and
+        inode only, and offsets of 0, with which libfuse 3.14 drops the attributes.)"""
+        plus = bool(flags & READDIR_PLUS) and _READDIRPLUS
+        st = mfusepy.c_stat()
+        address = ctypes.addressof(st)
+        for name, attrs, after in self.operations.readdir_from(_decode(self, path), fip.contents.fh, offset, plus):
+            ctypes.memmove(address, stat_bytes(attrs), _STAT.size)
+            fill = FILL_DIR_PLUS if plus and "st_nlink" in attrs else 0
+            if filler(buf, name.encode(self.encoding, self.errors), st, after, fill) != 0:
+                break
+        return 0
 
 
 # fuse_invalidate_path (libfuse >= 3.1): the kernel drops its cached attributes of a path.

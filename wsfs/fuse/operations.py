@@ -26,6 +26,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterator
 
 from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
@@ -103,6 +104,8 @@ class Handle:
 
     node: Node
     writable: bool = False
+    # a directory's listing, taken when it is read from its start: later reads continue it
+    listing: list[tuple[str, int, int]] | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -290,6 +293,10 @@ class WsfsOperations(Operations):
             return self.view.vfile_attrs(handle.node, len(self.view.content(handle.node)))
         if path is None:
             raise FuseOSError(errno.ENOENT)
+        return self._attrs(path, after_setattr)
+
+    def _attrs(self, path: str, after_setattr: bool = False) -> dict:
+        """What ``getattr`` answers for a path: what a lookup of it tells the kernel."""
         node = self.view.resolve(path)
         if node.kind == "vdir":
             return self.view.vdir_attrs(node.name)
@@ -353,13 +360,37 @@ class WsfsOperations(Operations):
 
     @op
     def readdir(self, path, fh):
-        # Every entry carries its inode: with use_ino an entry of inode 0 would be skipped by readdir(3).
+        """A directory's entries, each with its inode and type (with use_ino an entry of inode 0
+        would be skipped by readdir(3))."""
+        return [(name, attrs, 0) for name, attrs, _next in self.readdir_from(path, fh, 0)]
+
+    @op
+    def readdir_from(self, path, fh, offset: int, plus: bool = False) -> Iterator[tuple[str, dict, int]]:
+        """The entries from ``offset`` on, each with the offset of the next (``binding.FUSE``
+        reads on until the kernel's buffer is full; the listing is taken at offset 0 and kept
+        in the handle).  ``plus`` (the kernel's READDIRPLUS): each entry with all its
+        attributes, as ``getattr`` answers them, made as it is read, so that the kernel asks
+        no LOOKUP per entry of ``ls -l``, ``find``, ``du``, ``rm -r``; not the virtual files
+        whose size costs their whole content (``.job``, ``.manifest``, ``.wsfs/*``)."""
         try:
-            node = self._handles[fh].node
+            handle = self._handles[fh]
         except KeyError:
             raise FuseOSError(errno.EBADF) from None
-        entries = self.view.entries(node)
-        return [(name, {"st_ino": ino, "st_mode": kind}, 0) for name, ino, kind in entries]
+        if offset == 0 or handle.listing is None:
+            handle.listing = self.view.entries(handle.node)
+        return self._entries(handle, path, offset, plus)
+
+    def _entries(self, handle: Handle, path: str | None, offset: int, plus: bool):
+        listing = handle.listing or []
+        # libfuse gives no path (nullpath_ok): the directory's own, from its node
+        base = self.view.path_of(handle.node).rstrip("/") if plus else None
+        for index in range(offset, len(listing)):
+            name, ino, kind = listing[index]
+            attrs = None
+            if base is not None and name not in (".", "..") and self.view.cheap_attrs(handle.node, name):
+                with contextlib.suppress(FuseOSError, WsfsError, OSError):  # gone meanwhile: looked up later
+                    attrs = self._attrs(f"{base}/{name}")
+            yield name, attrs or {"st_ino": ino, "st_mode": kind}, index + 1
 
     @op
     def mkdir(self, path, mode):

@@ -325,6 +325,20 @@ class View:
         digest = hashlib.blake2b(f"{job}/{name}".encode(), digest_size=6).digest()
         return _VIRTUAL_INO_BASE + (1 << 20) + int.from_bytes(digest, "big")
 
+    @staticmethod
+    def path_of(node: Node) -> str:
+        """The path in the mount of a directory's node (the inverse of ``resolve``)."""
+        if node.kind == NodeKind.VDIR:
+            return {"/": "/", RECEIPTS_DIR: f"/{WSFS_DIR}/{RECEIPTS_DIR}"}.get(node.name, f"/{node.name}")
+        return view_path(node)
+
+    def cheap_attrs(self, directory: Node, name: str) -> bool:
+        """Are the attributes of ``name`` in ``directory`` cheap to give with a listing?  Not those
+        of the virtual files whose size is their whole content (all but ``.state``)."""
+        if directory.kind == NodeKind.JOBROOT:
+            return name not in (JOB_FILE, MANIFEST_FILE)
+        return not (directory.kind == NodeKind.VDIR and directory.name in (WSFS_DIR, RECEIPTS_DIR))
+
     def entries(self, node: Node) -> list[tuple[str, int, int]]:
         """What a directory of the view lists: (name, inode, type), ``.`` and ``..`` first.  Every
         entry carries its inode: with use_ino an entry of inode 0 would be skipped by readdir(3)."""
