@@ -1015,3 +1015,21 @@ LifecycleMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestLifecycleMachine = LifecycleMachine.TestCase
+
+
+def test_a_late_sha256_fills_its_entry_only_while_the_entry_is_that_file(core):
+    """The hasher finishes after the file's close: its sha256 goes into the entry in the queue's
+    order, so an unlink or a new write queued before it wins (found by the hypothesis model of
+    the operations: an unlinked file came back in the manifest)."""
+    core.create_job("j", 0, 0)
+    m = core.manifest
+    m.put("j", "output/a", FakeStat(5, 1, mtime_ns=10))
+    m.hashed("j", "output/a", FakeStat(5, 1, mtime_ns=10), b"\x01" * 32)
+    m.put("j", "output/b", FakeStat(3, 2, mtime_ns=10))
+    m.delete("j", "output/b")
+    m.hashed("j", "output/b", FakeStat(3, 2, mtime_ns=10), b"\x02" * 32)  # too late: b is gone
+    m.put("j", "output/c", FakeStat(3, 3, mtime_ns=10))
+    m.put("j", "output/c", FakeStat(4, 3, mtime_ns=11))  # written again since
+    m.hashed("j", "output/c", FakeStat(3, 3, mtime_ns=10), b"\x03" * 32)
+    assert dict(core.manifest_entries("j")) == {"output/a": [5, 10, 1, b"\x01" * 32], "output/c": [4, 11, 3, None]}
+    assert core.records.get("j").usage == {"bytes": 9, "files": 2}

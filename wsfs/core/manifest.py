@@ -69,6 +69,12 @@ class ManifestWriter:
         if src != dst:  # rename(2) of a name onto itself changes nothing (a batch would drop the entry)
             self._queue(("rename", job, src, dst))
 
+    def hashed(self, job: str, path: str, st: os.stat_result, sha: bytes) -> None:
+        """A file's sha256, computed after its close: stored in its entry if the entry is still
+        that file as ``st`` saw it when the batch is applied.  (Checked then, in the queue's
+        order, not by the hasher: an unlink or rename queued meanwhile must win.)"""
+        self._queue(("hashed", job, path, st.st_size, st.st_mtime_ns, st.st_ino, sha))
+
     def retime(self, job: str, path: str, st: os.stat_result) -> None:
         """A new mtime (utimens) on an unchanged file: the entry and its sha256 stay valid."""
         self._queue(("retime", job, path, st.st_size, st.st_mtime_ns, st.st_ino))
@@ -121,6 +127,11 @@ class ManifestWriter:
                     account(job, path, old, None)
             elif kind == "drop":  # entries whose usage the caller already took off the record
                 w.delete_manifest_prefix(job, op[2])
+            elif kind == "hashed":
+                entry = w.manifest_entry(job, op[2])
+                if entry is not None and entry[:3] == [op[3], op[4], op[5]]:
+                    entry[3] = op[6]
+                    w.put_manifest(job, op[2], entry)
             elif kind == "retime":
                 entry = w.manifest_entry(job, op[2])
                 if entry is not None and entry[0] == op[3] and entry[2] == op[5]:

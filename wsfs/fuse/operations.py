@@ -877,12 +877,8 @@ class WsfsOperations(Operations):
                 record = self.service.records.get(node.job_id)
                 if record is None or is_sealed(record):
                     return  # the receipt step hashed it itself
-                try:
-                    now = self.tree.lstat(node.root, node.rel)
-                except OSError:
-                    return
-                if (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns):
-                    self.service.manifest.put(node.job_id, node.area_rel, now, digest)
+                # the entry as the file was at its close; the writer checks it is still so
+                self.service.manifest.hashed(node.job_id, node.area_rel, st, digest)
         return done
 
     def _stream(self, fd: int, ino: int) -> StreamHash:
