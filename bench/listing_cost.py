@@ -1,4 +1,4 @@
-"""Tree walks through the mount: ``ls -lR``, ``du -s``, ``find -type f``, with the kernel's
+"""Tree walks through the mount: ``ls -lR``, ``du -s``, ``find -type f``, ``tar -c``, ``ls -R``, with the kernel's
 READDIRPLUS answered (each entry with its attributes, ``binding.FUSE.readdir_fuse_3``) and
 without (``WSFS_READDIRPLUS=0``: names only, then a LOOKUP per entry), against the bare disk.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from mounted import mounted
 
-WALKS = {"ls -lR": ["ls", "-lR"], "du -s": ["du", "-s"], "find -type f": ["find", "-type", "f"]}
+WALKS = {"ls -lR": ["ls", "-lR"], "du -s": ["du", "-s"], "find -type f": ["find", "-type", "f"],
+         "tar -c": ["tar", "-cf", "/dev/null", "."], "ls -R": ["ls", "-R"]}
 
 
 def make_tree(root: Path, dirs: int, files: int) -> None:

@@ -34,7 +34,7 @@ from ..core.hashing import Hasher, StreamHash
 from ..core.lifecycle import RECEIPT_FILE, JobService
 from ..core.model import is_hidden_name
 from ..core.records import is_sealed, location
-from ..core.tree import Tree
+from ..core.tree import Tree, split
 from .binding import (
     CAP_DONT_MASK,
     CAP_POSIX_ACL,
@@ -382,15 +382,41 @@ class WsfsOperations(Operations):
 
     def _entries(self, handle: Handle, path: str | None, offset: int, plus: bool):
         listing = handle.listing or []
+        node = handle.node
         # libfuse gives no path (nullpath_ok): the directory's own, from its node
-        base = self.view.path_of(handle.node).rstrip("/") if plus else None
-        for index in range(offset, len(listing)):
-            name, ino, kind = listing[index]
-            attrs = None
-            if base is not None and name not in (".", "..") and self.view.cheap_attrs(handle.node, name):
-                with contextlib.suppress(FuseOSError, WsfsError, OSError):  # gone meanwhile: looked up later
-                    attrs = self._attrs(f"{base}/{name}")
-            yield name, attrs or {"st_ino": ino, "st_mode": kind}, index + 1
+        base = self.view.path_of(node).rstrip("/") if plus else None
+        dir_fd = self._listed_dir_fd(node) if plus else -1
+        try:
+            for index in range(offset, len(listing)):
+                name, ino, kind = listing[index]
+                attrs = None
+                if base is not None and name not in (".", "..") and self.view.cheap_attrs(node, name):
+                    with contextlib.suppress(FuseOSError, WsfsError, OSError):  # gone meanwhile: looked up later
+                        attrs = self._listed_attrs(node, base, name, dir_fd)
+                yield name, attrs or {"st_ino": ino, "st_mode": kind}, index + 1
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
+
+    def _listed_dir_fd(self, node: Node) -> int:
+        """An fd of a backing directory being listed, for one fstatat per entry (-1: none)."""
+        if node.kind not in (NodeKind.REAL, NodeKind.JOBROOT):
+            return -1
+        try:
+            return self.tree.open_dir(node.root, split(node.rel)) if node.rel else os.dup(self.tree.root_fds[node.root])
+        except OSError:
+            return -1
+
+    def _listed_attrs(self, directory: Node, base: str, name: str, dir_fd: int) -> dict:
+        """An entry's attributes for READDIRPLUS: what ``getattr`` would answer.  A file or
+        directory in an area (or an area at a job's root) costs one fstatat; the rest (.state,
+        receipt.json, the jobs of workspaces/) takes ``getattr``'s own way."""
+        if dir_fd < 0 or (directory.kind == NodeKind.JOBROOT and name in JOB_CONTROL_FILES + (RECEIPT_FILE,)):
+            return self._attrs(f"{base}/{name}")
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            self._linked.note((directory.root, st.st_ino), f"{base}/{name}")
+        return self._visible_links(directory, _stat_dict(st))
 
     @op
     def mkdir(self, path, mode):
