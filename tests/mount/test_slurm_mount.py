@@ -103,8 +103,11 @@ class Cluster:
         self.wait(lambda: "idle" in self.sinfo(), 60, "the node to be idle")
 
     def _munge(self) -> None:
+        """munged, started here unless one runs already (then it is left as it was found)."""
+        self.munged: set[int] = set()
         if subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode == 0:
             return
+        before = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "munged"}
         os.makedirs("/run/munge", exist_ok=True)
         if not os.path.exists("/etc/munge/munge.key"):
             subprocess.run(["mungekey", "--create"], check=True)  # the package makes one; a bare image may not
@@ -117,6 +120,7 @@ class Cluster:
         subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
         self.wait(lambda: subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode == 0,
                   10, "munged")
+        self.munged = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "munged"} - before
 
     def start_slurmd(self) -> None:
         subprocess.run(["slurmd"], env=self.env, check=True)
@@ -150,6 +154,9 @@ class Cluster:
                     (proc.info["cwd"] or "").startswith(str(self.dir)):
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
+        for pid in getattr(self, "munged", ()):  # the munged this cluster started goes with it
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
         self.mount.stop()
 
     def sinfo(self) -> str:
