@@ -247,6 +247,8 @@ def test_status_text_and_json(wsfs_mount):
     assert text[0].startswith(f"      wsfs  {st['version']} on {m.mnt} (pid {st['pid']}, up ")
     assert "      jobs  1 completed, 1 running" in text and "      used  6B in 1 files" in text
     assert "  rejected  1 writes" in text and "last sweep  not yet (every 1m)" in text
+    assert f"      fuse  libfuse {st['fuse']['libfuse']}, passthrough off, readdirplus on, POSIX ACLs " in \
+        "\n".join(text)
 
     cli("sweep", "--mount", str(m.mnt))
     st = json.loads(cli("status", "--json", "--mount", str(m.mnt)).stdout)

@@ -80,6 +80,11 @@ def test_status_is_json_with_version_jobs_and_free_space(wsfs_mount):
     assert status["total_bytes"] == data.f_blocks * data.f_frsize
     assert 0 < status["free_bytes"] <= status["total_bytes"]
     assert status["pid"] == m.proc.pid
+    from wsfs.fuse import binding
+
+    assert status["fuse"] == {"libfuse": binding.libfuse_version(), "passthrough": False, "readdirplus": True,
+                              "posix_acl": status["fuse"]["posix_acl"]}
+    assert status["fuse"]["libfuse"].startswith(f"{binding.LIBFUSE_VERSION[0]}.{binding.LIBFUSE_VERSION[1]}.")
     # Through a shell tool, as a user reads it.
     assert json.loads(sh("python3 -m json.tool .wsfs/status", cwd=m.mnt).stdout)["version"] == wsfs.__version__
     assert daemon_problems(m) == []

@@ -1008,6 +1008,7 @@ def status(as_json, mount):
         ("wsfs", f"{st.get('version')} on {st.get('mountpoint')} (pid {st.get('pid')}, "
                  f"up {format_duration(st.get('uptime_s', 0))})"),
         ("data", st.get("data_dir")),
+        ("fuse", _fuse_cell(st.get("fuse"))),
         ("jobs", jobs),
         ("used", f"{format_size(used.get('bytes', 0))} in {used.get('files', 0)} files"),
         ("free", f"{format_size(st.get('free_bytes', 0))} of {format_size(st.get('total_bytes', 0))}"),
@@ -1018,6 +1019,16 @@ def status(as_json, mount):
     ]
     for key, value in lines:
         click.echo(f"{key:>10}  {value}")
+
+
+def _fuse_cell(fuse: dict | None) -> str:
+    """``libfuse 3.14.0, passthrough off, readdirplus on, POSIX ACLs on`` (``-`` from an older daemon)."""
+    if not fuse:
+        return "-"
+    def word(key):
+        return "on" if fuse.get(key) else "off"
+    return (f"libfuse {fuse.get('libfuse')}, passthrough {word('passthrough')}, readdirplus {word('readdirplus')}, "
+            f"POSIX ACLs {word('posix_acl')}")
 
 
 EVENT_COLOURS = {"rejected": "red", "crashed": "magenta", "purged": "yellow", "hidden": "yellow",

@@ -38,6 +38,15 @@ fuse_exit = mfusepy.fuse_exit
 LIBFUSE_VERSION = (mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
 
 
+def libfuse_version() -> str:
+    """The loaded libfuse's own version string (``fuse_pkgversion``, e.g. ``3.14.0``)."""
+    pkgversion = getattr(mfusepy._libfuse, "fuse_pkgversion", None)
+    if pkgversion is None:
+        return f"{LIBFUSE_VERSION[0]}.{LIBFUSE_VERSION[1]}"
+    pkgversion.restype = ctypes.c_char_p
+    return pkgversion().decode()
+
+
 def _decode(fuse, path):
     return None if path is None else path.decode(fuse.encoding, fuse.errors)
 
@@ -77,7 +86,7 @@ _STAT, _STAT_ORDER = _stat_layout()
 #: ``enum fuse_readdir_flags`` and ``enum fuse_fill_dir_flags`` (libfuse 3 fuse.h).
 READDIR_PLUS, FILL_DIR_PLUS = 1 << 0, 1 << 1
 #: ``WSFS_READDIRPLUS=0`` (benchmarks: bench/listing_cost.py) lists names only, as before.
-_READDIRPLUS = os.environ.get("WSFS_READDIRPLUS", "1") != "0"
+READDIRPLUS = os.environ.get("WSFS_READDIRPLUS", "1") != "0"
 _NS = 10 ** 9
 
 
@@ -165,7 +174,7 @@ class FUSE(mfusepy.FUSE):
         the operations give all attributes of goes with them (``FUSE_FILL_DIR_PLUS``): libfuse
         makes its node from them and the kernel asks no LOOKUP for it.  (mfusepy passes mode and
         inode only, and offsets of 0, with which libfuse 3.14 drops the attributes.)"""
-        plus = bool(flags & READDIR_PLUS) and _READDIRPLUS
+        plus = bool(flags & READDIR_PLUS) and READDIRPLUS
         st = mfusepy.c_stat()
         address = ctypes.addressof(st)
         for name, attrs, after in self.operations.readdir_from(_decode(self, path), fip.contents.fh, offset, plus):

@@ -392,6 +392,8 @@ class Daemon:
             return len(names)
 
     def status(self) -> dict:
+        from . import binding  # loaded by now: the daemon serves through it
+
         self.service.manifest.flush()
         with self.store.read() as r:
             totals = r.totals()
@@ -400,6 +402,9 @@ class Daemon:
         st = self.tree.statvfs()
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": self.mountpoint,
+            # the FUSE side (issue 16): which libfuse serves the mount, and which of its levers are on
+            "fuse": {"libfuse": binding.libfuse_version(), "passthrough": False,
+                     "readdirplus": binding.READDIRPLUS, "posix_acl": self.service.acls_enforced},
             "data_dir": self.data_dir, "uptime_s": round(time.time() - self.started, 1),
             "jobs": counts, "used": {"bytes": used_bytes, "files": used_files},
             "free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
