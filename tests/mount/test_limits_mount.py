@@ -193,3 +193,16 @@ def test_unknown_template_from_a_shell_and_the_cli(mount_factory):
     assert result.returncode == 1 and "nope" in result.stderr
     assert os.listdir(m.ws) == []
     assert m.daemon_errors() == []
+
+
+def test_a_hard_linked_file_counts_once_per_name_in_the_manifest_and_the_quota(wsfs_mount):
+    """docs/spec.md §8: each name of a file is an entry; a change through one name is every entry's."""
+    m = wsfs_mount
+    sh('echo "create q quota=5K" > .wsfs/control', cwd=m.mnt)
+    sh("printf x > workspaces/q/output/a && ln workspaces/q/output/a workspaces/q/temp/b", cwd=m.mnt)
+    result = sh("head -c 3000 /dev/zero >> workspaces/q/output/a", cwd=m.mnt, check=False)
+    assert result.returncode != 0 and "Disk quota exceeded" in result.stderr  # 2 x 3001 > 5 KiB
+    sh("head -c 2000 /dev/zero >> workspaces/q/temp/b", cwd=m.mnt)
+    manifest = [json.loads(line) for line in sh("cat workspaces/q/.manifest", cwd=m.mnt).stdout.splitlines()]
+    assert {e["path"]: e["size"] for e in manifest} == {"output/a": 2001, "temp/b": 2001}
+    assert json.loads((m.ws / "q" / ".job").read_text())["usage"] == {"bytes": 4002, "files": 2}

@@ -218,6 +218,10 @@ def test_nothing_but_areas_at_a_jobs_root(wsfs_mount):
     assert errno_of(os.unlink, job / ".state") == errno.EPERM
     assert errno_of(os.unlink, job / ".job") == errno.EPERM
     assert errno_of(os.rename, job / ".state", job / "output" / "s") == errno.EPERM
+    # a job keeps its id, and jobs are made in workspaces/ only
+    result = sh("mv workspaces/J workspaces/K; mkdir quarantine/Q", cwd=m.mnt, check=False)
+    assert result.stderr.count("Operation not permitted") == 2, result.stderr
+    assert sorted(os.listdir(m.ws)) == ["J"] and os.listdir(m.mnt / "quarantine") == []
     assert sorted(os.listdir(job)) == JOB_ENTRIES
     assert sorted(os.listdir(m.data / "jobs" / "J")) == ["input", "output", "temp"]
     assert read(job / ".state") == b"running\n"

@@ -535,7 +535,7 @@ class Tree:
         """
         failures = 0
         try:
-            dfd = self.open_dir(root, split(rel)) if rel else os.dup(self.root_fds[root])
+            dfd = self.open_dir(root, split(rel))
         except FileNotFoundError:
             return 0
         except OSError as exc:

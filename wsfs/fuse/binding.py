@@ -177,7 +177,7 @@ class FUSE(mfusepy.FUSE):
         plus = bool(flags & READDIR_PLUS) and READDIRPLUS
         st = mfusepy.c_stat()
         address = ctypes.addressof(st)
-        for name, attrs, after in self.operations.readdir_from(_decode(self, path), fip.contents.fh, offset, plus):
+        for name, attrs, after in self.operations.readdir(_decode(self, path), fip.contents.fh, offset, plus):
             ctypes.memmove(address, stat_bytes(attrs), _STAT.size)
             fill = FILL_DIR_PLUS if plus and "st_nlink" in attrs else 0
             if filler(buf, name.encode(self.encoding, self.errors), st, after, fill) != 0:

@@ -313,10 +313,15 @@ class WsfsOperations(Operations):
             if open_file is None:
                 raise
             return _stat_dict(os.fstat(open_file.fd))
-        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-            self._linked.note((node.root, st.st_ino), path)
         if node.readonly and node.area_path is None and node.rel.endswith("/" + RECEIPT_FILE):
             return self.view.receipt_attrs(node, _stat_dict(st))
+        return self._backing_attrs(node, path, st, after_setattr)
+
+    def _backing_attrs(self, node: Node, path: str, st: os.stat_result, after_setattr: bool = False) -> dict:
+        """A backing entry's attributes as the kernel gets them, from a lookup or a listing: the
+        names of a multiply-linked file noted (``LinkedNames``), hidden names not counted."""
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            self._linked.note((node.root, st.st_ino), path)
         return self._visible_links(node, _stat_dict(st), after_setattr)
 
     def _visible_links(self, node: Node, attrs: dict, after_setattr: bool = False) -> dict:
@@ -359,14 +364,9 @@ class WsfsOperations(Operations):
         return 0
 
     @op
-    def readdir(self, path, fh):
-        """A directory's entries, each with its inode and type (with use_ino an entry of inode 0
-        would be skipped by readdir(3))."""
-        return [(name, attrs, 0) for name, attrs, _next in self.readdir_from(path, fh, 0)]
-
-    @op
-    def readdir_from(self, path, fh, offset: int, plus: bool = False) -> Iterator[tuple[str, dict, int]]:
-        """The entries from ``offset`` on, each with the offset of the next (``binding.FUSE``
+    def readdir(self, path, fh, offset: int = 0, plus: bool = False) -> Iterator[tuple[str, dict, int]]:
+        """A directory's entries from ``offset`` on, each with its inode and type (with use_ino
+        an entry of inode 0 would be skipped by readdir(3)) and the offset of the next (``binding.FUSE``
         reads on until the kernel's buffer is full; the listing is taken at offset 0 and kept
         in the handle).  ``plus`` (the kernel's READDIRPLUS): each entry with all its
         attributes, as ``getattr`` answers them, made as it is read, so that the kernel asks
@@ -403,7 +403,7 @@ class WsfsOperations(Operations):
         if node.kind not in (NodeKind.REAL, NodeKind.JOBROOT):
             return -1
         try:
-            return self.tree.open_dir(node.root, split(node.rel)) if node.rel else os.dup(self.tree.root_fds[node.root])
+            return self.tree.open_dir(node.root, split(node.rel))
         except OSError:
             return -1
 
@@ -413,10 +413,7 @@ class WsfsOperations(Operations):
         receipt.json, the jobs of workspaces/) takes ``getattr``'s own way."""
         if dir_fd < 0 or (directory.kind == NodeKind.JOBROOT and name in JOB_CONTROL_FILES + (RECEIPT_FILE,)):
             return self._attrs(f"{base}/{name}")
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-            self._linked.note((directory.root, st.st_ino), f"{base}/{name}")
-        return self._visible_links(directory, _stat_dict(st))
+        return self._backing_attrs(directory, f"{base}/{name}", os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
 
     @op
     def mkdir(self, path, mode):
@@ -991,12 +988,6 @@ class WsfsOperations(Operations):
                 raise NotAllowedError("areas and control files are not renamed")
         if src.root != dst.root or src.job != dst.job:
             raise FuseOSError(errno.EXDEV)
-        if (src.root, src.rel) == (dst.root, dst.rel):
-            # rename(2) of a name onto itself does nothing (the kernel answers it alone; a caller
-            # of the operations may not)
-            if not self.tree.exists(src.root, src.rel):
-                raise FuseOSError(errno.ENOENT)
-            return 0
         if not flags and self._same_file(src, dst):
             # rename(2): two links of one file stay as they are, the manifest keeps both names.  libfuse
             # moves its node of src to dst all the same: the open files follow it.
@@ -1049,9 +1040,12 @@ class WsfsOperations(Operations):
         return 0
 
     def _same_file(self, src: Node, dst: Node) -> bool:
+        """Are both names one existing file (the same name, or two links of it)?  Then rename(2)
+        does nothing."""
         try:
             st = self.tree.lstat(src.root, src.rel)
-            return st.st_nlink > 1 and self.tree.lstat(dst.root, dst.rel).st_ino == st.st_ino
+            return (src.root, src.rel) == (dst.root, dst.rel) or \
+                (st.st_nlink > 1 and self.tree.lstat(dst.root, dst.rel).st_ino == st.st_ino)
         except OSError:
             return False
 
