@@ -7,6 +7,7 @@
 PYTHON      ?= python3
 VENV        := .venv
 VENV_STAMP  := $(VENV)/.installed
+LIBFUSE_STAMP := $(VENV)/.libfuse
 WSFS        := $(VENV)/bin/wsfs
 PYTEST_ARGS ?= -q
 BENCH_ARGS  ?=
@@ -35,12 +36,13 @@ UNITS := wsfs.service wsfs@.service
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help system-deps venv run stop clean-run test test-core lint stress bench clean install uninstall
+.PHONY: help system-deps venv libfuse run stop clean-run test test-core lint stress bench clean install uninstall
 
 help:
 	@echo "wsfs make targets:"
 	@echo "  make system-deps   install fuse3 + libfuse3-3 (and python3-venv, git) via apt if missing"
 	@echo "  make venv          create .venv and pip install -e '.[test]' (re-runs when pyproject.toml changes)"
+	@echo "  make libfuse       build libfuse 3.17 into .venv when the system's is older (kernel passthrough)"
 	@echo "  make run           mount wsfs at MOUNT=$(MOUNT) with DATA=$(DATA)"
 	@echo "  make stop          unmount MOUNT"
 	@echo "  make clean-run     remove the wsfs link make run put on PATH"
@@ -48,7 +50,7 @@ help:
 	@echo "  make test-core     lint, then the tests that need no FUSE mount (half a minute)"
 	@echo "  make lint          ruff and mypy"
 	@echo "  make stress        the stress suites (tests/stress/test_stress_*.py) at full size: crash matrix, concurrency, fsx ..."
-	@echo "  make bench         benchmark wsfs against the bare disk and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
+	@echo "  make bench         benchmark wsfs against the bare disk, libfuse's passthrough_hp and bindfs (BENCH_ARGS='--quick', '--only 1,3' ...)"
 	@echo "  make install       install wsfs, its systemd units and /etc/wsfs/wsfs.toml (PREFIX=$(PREFIX), DESTDIR=$(DESTDIR))"
 	@echo "  make uninstall     remove what make install put in place (keeps data dirs and an edited config)"
 	@echo "  make clean         remove .venv, build artefacts and caches"
@@ -80,7 +82,16 @@ system-deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y fuse3 libfuse3-3 $$need; \
 	fi
 
-venv: $(VENV_STAMP)
+venv: $(VENV_STAMP) $(LIBFUSE_STAMP)
+
+# Kernel passthrough needs libfuse >= 3.17; Debian 12 has 3.14.  tools/build-libfuse.sh builds
+# Debian trixie's into .venv/lib/wsfs-libfuse (wsfs loads it from there), or says why not and
+# wsfs runs on the system's.  Once per venv: `rm .venv/.libfuse` to try again.
+libfuse: $(LIBFUSE_STAMP)
+
+$(LIBFUSE_STAMP): | $(VENV_STAMP)
+	@tools/build-libfuse.sh $(VENV)
+	@touch $@
 
 # Order-only on system-deps: python3-venv must exist before `python3 -m venv`.
 $(VENV_STAMP): pyproject.toml | system-deps
@@ -174,6 +185,7 @@ install: system-deps
 	mkdir -p "$(INSTALL_LIB)"; \
 	$(PYTHON) -m venv "$(INSTALL_LIB)/venv"; \
 	"$(INSTALL_LIB)/venv/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location "$(CURDIR)"; \
+	WSFS_LIBFUSE_FROM="$(CURDIR)/$(VENV)/lib/wsfs-libfuse" tools/build-libfuse.sh "$(INSTALL_LIB)/venv"; \
 	install -d "$(INSTALL_BIN)"; \
 	printf '%s\n' '#!/bin/sh' \
 		'# wsfs, put here by `make install`: the package lives in its own virtualenv.' \
@@ -226,14 +238,15 @@ uninstall:
 # BENCH_ARGS: --quick (small sizes), --runs N, --only 1,3, --dir DIR (default /var/tmp/wsfs-bench),
 # --profile 1,3,4 (py-spy the daemon instead; installs py-spy into the venv).
 bench: system-deps venv
-	@PATH="$$PATH:/usr/sbin:/sbin"; \
-	if ! command -v bindfs >/dev/null 2>&1; then \
+	@PATH="$$PATH:/usr/sbin:/sbin"; need=""; \
+	for tool in bindfs rsync; do command -v $$tool >/dev/null 2>&1 || need="$$need $$tool"; done; \
+	if [ -n "$$need" ]; then \
 		if [ "$$(id -u)" -ne 0 ] && [ -z "$(SUDO)" ]; then \
-			echo "bench: bindfs is missing; run as root or install sudo" >&2; exit 1; \
+			echo "bench: missing$$need; run as root or install sudo" >&2; exit 1; \
 		fi; \
-		echo "bench: installing bindfs"; \
+		echo "bench: installing$$need"; \
 		$(SUDO) apt-get update && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y bindfs || exit $$?; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$need || exit $$?; \
 	fi
 	@-PATH="$$PATH:/usr/sbin:/sbin" modprobe fuse 2>/dev/null || true
 	@case "$(BENCH_ARGS)" in *--profile*) \

@@ -8,6 +8,7 @@ and a failing test prints the daemon's log.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -402,3 +403,27 @@ def control_as(m: MountedWsfs, uid: int, line: str) -> subprocess.CompletedProce
                                f"echo '{line}' >&{fd}"], capture_output=True, text=True, pass_fds=(fd,))
     finally:
         os.close(fd)
+
+
+def passthrough_of(mnt) -> str:
+    """How the mount at ``mnt`` serves file data (``.wsfs/status``): ``on`` (kernel passthrough for
+    reads and writes: libfuse >= 3.17, run as root), ``reads`` or ``off``."""
+    return json.loads((Path(mnt) / ".wsfs" / "status").read_text())["fuse"]["passthrough"]
+
+
+def sealed_write_errno(mnt) -> int:
+    """What a write through a descriptor opened before its job's seal gets (docs/spec.md §8): EROFS
+    from the daemon, or EPERM from the backing file frozen under a passthrough writer."""
+    return errno.EPERM if passthrough_of(mnt) == "on" else errno.EROFS
+
+
+def wait_hashed(job_dir, path: str, timeout: float = 30.0) -> dict:
+    """The manifest entry of ``path`` once it has its sha256: a file written through kernel
+    passthrough (and one written out of order) is hashed after its close, in the background."""
+    def entry():
+        for line in (Path(job_dir) / ".manifest").read_text().splitlines():
+            doc = json.loads(line)
+            if doc["path"] == path and doc["sha256"]:
+                return doc
+        return None
+    return wait_until(entry, f"{path} hashed in {job_dir}/.manifest", timeout)

@@ -1033,3 +1033,24 @@ def test_a_late_sha256_fills_its_entry_only_while_the_entry_is_that_file(core):
     m.hashed("j", "output/c", FakeStat(3, 3, mtime_ns=10), b"\x03" * 32)
     assert dict(core.manifest_entries("j")) == {"output/a": [5, 10, 1, b"\x01" * 32], "output/c": [4, 11, 3, None]}
     assert core.records.get("j").usage == {"bytes": 9, "files": 2}
+
+
+def test_a_refresh_at_release_lands_only_on_the_entry_its_file_still_has(core):
+    """A file recorded again at its release (RELEASE comes after close() returned) may have been
+    renamed meanwhile: the refresh must not bring its old name back (found by the concurrency
+    stress suite once passthrough writers were recorded at release)."""
+    core.create_job("j", 0, 0)
+    m = core.manifest
+    m.put("j", "output/a.part", FakeStat(5, 1, mtime_ns=10))
+    m.rename("j", "output/a.part", "output/a")
+    m.put("j", "output/a.part", FakeStat(6, 1, mtime_ns=11), refresh=True)  # too late: renamed
+    m.put("j", "output/b", FakeStat(3, 2, mtime_ns=10))
+    m.put("j", "output/b", FakeStat(4, 2, mtime_ns=12), refresh=True)  # still there: updated
+    m.put("j", "output/c", FakeStat(1, 3, mtime_ns=10))
+    m.delete("j", "output/c")
+    m.put("j", "output/c", FakeStat(2, 3, mtime_ns=13), refresh=True)  # unlinked meanwhile
+    m.put("j", "output/d", FakeStat(1, 4, mtime_ns=10))
+    m.put("j", "output/d", FakeStat(2, 5, mtime_ns=14), refresh=True)  # another file has the name now
+    assert dict(core.manifest_entries("j")) == {"output/a": [5, 10, 1, None], "output/b": [4, 12, 2, None],
+                                               "output/d": [1, 10, 4, None]}
+    assert core.records.get("j").usage == {"bytes": 10, "files": 3}

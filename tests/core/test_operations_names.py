@@ -213,7 +213,9 @@ def test_a_hidden_name_whose_last_close_came_first_goes_at_once(fs, tmp_path):
         pass
     f.ops.rename("/workspaces/j/temp/t", f"/workspaces/j/temp/{HIDDEN}")
     assert backing_names(tmp_path, "j/temp") == []
-    refused(errno.ENOENT, f.ops.unlink, f"/workspaces/j/temp/{HIDDEN}")  # libfuse's own unlink finds nothing
+    # libfuse's own unlink of it (3.17 makes one at once when it finds the file closed) finds it gone: done
+    assert f.ops.unlink(f"/workspaces/j/temp/{HIDDEN}") == 0
+    refused(errno.ENOENT, f.ops.unlink, "/workspaces/j/temp/t")  # a name of a user's is no such thing
 
 
 def test_hidden_names_of_a_job_that_ends_are_removed_with_the_seal(f, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, sh
+from conftest import REPO, passthrough_of, sh
 
 from wsfs.client import cli as cli_module
 from wsfs.client.cli import main
@@ -247,8 +247,8 @@ def test_status_text_and_json(wsfs_mount):
     assert text[0].startswith(f"      wsfs  {st['version']} on {m.mnt} (pid {st['pid']}, up ")
     assert "      jobs  1 completed, 1 running" in text and "      used  6B in 1 files" in text
     assert "  rejected  1 writes" in text and "last sweep  not yet (every 1m)" in text
-    assert f"      fuse  libfuse {st['fuse']['libfuse']}, passthrough off, readdirplus on, POSIX ACLs " in \
-        "\n".join(text)
+    fuse = f"libfuse {st['fuse']['libfuse']}, passthrough {passthrough_of(m.mnt)}, readdirplus on, POSIX ACLs "
+    assert f"      fuse  {fuse}" in "\n".join(text)
 
     cli("sweep", "--mount", str(m.mnt))
     st = json.loads(cli("status", "--json", "--mount", str(m.mnt)).stdout)

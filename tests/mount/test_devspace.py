@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, control_as
+from conftest import REPO, control_as, wait_hashed
 
 pytestmark = [pytest.mark.mount,
               pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")]
@@ -245,6 +245,7 @@ def test_clone_a_git_workspace(mount_factory, tmp_path):
     git(src, "commit", "-q", "-am", "orig work")
     (src / "lib" / "util.py").write_text("changed, not committed\n")
     (m.ws / "orig" / "temp" / "scratch").write_text("s\n")
+    wait_hashed(m.ws / "orig", "src/app.py")  # renamed into place by git after its close: hashed all the same
 
     result = json.loads(ok(m, "clone", "orig", "copy", "--json").stdout)
     assert result["origin"] == "orig" and result["git"]["branch"] == "wsfs/copy"
@@ -268,7 +269,7 @@ def test_clone_a_git_workspace(mount_factory, tmp_path):
     # Usage and manifest are the clone's own, with sha256 carried over from the origin.
     assert record["usage"]["files"] >= 8
     manifest = {json.loads(line)["path"]: json.loads(line) for line in (new / ".manifest").read_text().splitlines()}
-    assert manifest["data/knowledge/facts.json"]["sha256"] is not None
+    assert manifest["src/app.py"]["sha256"] is not None
     events = [json.loads(line) for line in (m.mnt / ".wsfs" / "events").read_text().splitlines()]
     assert any(e["kind"] == "cloned" and e["job"] == "copy" and e["source"] == "orig" for e in events)
 

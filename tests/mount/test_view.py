@@ -82,8 +82,10 @@ def test_status_is_json_with_version_jobs_and_free_space(wsfs_mount):
     assert status["pid"] == m.proc.pid
     from wsfs.fuse import binding
 
-    assert status["fuse"] == {"libfuse": binding.libfuse_version(), "passthrough": False, "readdirplus": True,
-                              "posix_acl": status["fuse"]["posix_acl"]}
+    # kernel passthrough: with libfuse >= 3.17 (tools/build-libfuse.sh), run as root, on ext4 (freezable)
+    passthrough = "on" if binding.LIBFUSE_VERSION >= (3, 17) and os.geteuid() == 0 else "off"
+    assert status["fuse"] == {"libfuse": binding.libfuse_version(), "passthrough": passthrough,
+                              "readdirplus": True, "posix_acl": status["fuse"]["posix_acl"]}
     assert status["fuse"]["libfuse"].startswith(f"{binding.LIBFUSE_VERSION[0]}.{binding.LIBFUSE_VERSION[1]}.")
     # Through a shell tool, as a user reads it.
     assert json.loads(sh("python3 -m json.tool .wsfs/status", cwd=m.mnt).stdout)["version"] == wsfs.__version__

@@ -78,3 +78,30 @@ def test_ending_the_session_waits_for_an_invalidation_in_flight(fake_session):
 def test_the_daemon_runs_libfuse_through_the_session_ending_main():
     assert binding.LIBFUSE_VERSION >= (3, 12), "Debian 12 ships libfuse 3.14"
     assert mfusepy.fuse_main_real is binding._main_ending_the_session
+
+
+# -- kernel passthrough: the libfuse 3.17 layouts mfusepy does not declare ------------------------------
+
+
+def test_the_3_17_structs_and_ioctls_have_libfuses_layout():
+    # fuse_common.h (3.17): flags, two words of bit fields, padding3, then fh at 16; backing_id
+    # after poll_events at 36; 64 bytes in all.  fuse_conn_info: max_backing_stack_depth at 40.
+    info = binding._FileInfo317
+    assert (info.fh.offset, info.lock_owner.offset, info.poll_events.offset, info.backing_id.offset) == (16, 24, 32, 36)
+    assert ctypes.sizeof(info) == 64
+    assert binding._ConnInfo317.max_backing_stack_depth.offset == 40
+    assert binding._ConnInfo317.capable.offset == mfusepy.fuse_conn_info.capable.offset
+    assert binding._ConnInfo317.want.offset == mfusepy.fuse_conn_info.want.offset
+    # linux/fuse.h: _IOW(229, 1, struct fuse_backing_map) and _IOW(229, 2, uint32_t)
+    assert (binding._BACKING_OPEN, binding._BACKING_CLOSE) == (0x4010E501, 0x4004E502)
+    assert binding.CAP_PASSTHROUGH == 1 << 29
+
+
+def test_set_backing_id_writes_where_libfuse_reads_it():
+    raw = (ctypes.c_uint8 * 64)()
+    fi = mfusepy.fuse_file_info.from_buffer(raw)
+    fi.fh = 0x1122334455667788
+    binding.set_backing_id(fi, 7)
+    assert int.from_bytes(bytes(raw[36:40]), "little") == 7
+    assert fi.fh == 0x1122334455667788  # nothing else moved
+    assert bytes(raw[40:]) == bytes(24)

@@ -1022,11 +1022,13 @@ def status(as_json, mount):
 
 
 def _fuse_cell(fuse: dict | None) -> str:
-    """``libfuse 3.14.0, passthrough off, readdirplus on, POSIX ACLs on`` (``-`` from an older daemon)."""
+    """``libfuse 3.17.2, passthrough on, readdirplus on, POSIX ACLs on`` (``-`` from an older daemon);
+    passthrough is ``on``, ``reads`` (writes come to the daemon) or ``off``."""
     if not fuse:
         return "-"
     def word(key):
-        return "on" if fuse.get(key) else "off"
+        value = fuse.get(key)
+        return value if isinstance(value, str) else "on" if value else "off"
     return (f"libfuse {fuse.get('libfuse')}, passthrough {word('passthrough')}, readdirplus {word('readdirplus')}, "
             f"POSIX ACLs {word('posix_acl')}")
 

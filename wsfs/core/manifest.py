@@ -53,10 +53,12 @@ class ManifestWriter:
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
 
-    def put(self, job: str, path: str, st: os.stat_result, sha: bytes | None = None) -> None:
+    def put(self, job: str, path: str, st: os.stat_result, sha: bytes | None = None, *, refresh: bool = False) -> None:
         """The file at ``path`` is now ``st``; with more than one link, so are the job's other
-        entries of its inode (one file, several names: each is an entry, each counts)."""
-        self._queue(("put", job, path, [st.st_size, st.st_mtime_ns, st.st_ino, sha], st.st_nlink > 1))
+        entries of its inode (one file, several names: each is an entry, each counts).
+        ``refresh``: only if ``path``'s entry is this inode's when the batch is applied (a file
+        recorded again at its release may have been renamed meanwhile: its entry moved)."""
+        self._queue(("put", job, path, [st.st_size, st.st_mtime_ns, st.st_ino, sha], st.st_nlink > 1, refresh))
 
     def delete(self, job: str, path: str) -> None:
         self._queue(("delete", job, path))
@@ -117,6 +119,10 @@ class ManifestWriter:
         for op in ops:
             kind, job = op[0], op[1]
             if kind == "put":
+                if op[5]:  # refresh: only the entry this file has there now (a rename may have moved it)
+                    there = w.manifest_entry(job, op[2])
+                    if there is None or there[2] != op[3][2]:
+                        continue
                 account(job, op[2], w.put_manifest(job, op[2], op[3]), op[3])
                 if op[4]:  # a multiply-linked file: its other names in the job changed with it
                     for path, old in list(w.manifest(job)):

@@ -21,6 +21,7 @@ import os
 import stat
 import typing
 
+from . import syscalls
 from .model import JOB_ID_RE, JobRecord, JobState, is_hidden_name
 from .receipts import RECEIPT_FILE
 from .records import location
@@ -31,6 +32,10 @@ if typing.TYPE_CHECKING:
 
 log = logging.getLogger("wsfs.recovery")
 
+#: the store's list of [job, path in the job, inode] of the files frozen at their job's seal
+#: (wsfs.fuse.operations: a file written through kernel passthrough), until their last close
+FROZEN_META = "frozen"
+
 
 class Recovery:
     """Finishing what a crash interrupted, for one ``JobService``."""
@@ -39,6 +44,33 @@ class Recovery:
         self.service = service
         self.tree = service.tree
         self.records = service.records
+
+    def thaw_frozen(self) -> int:
+        """Clear the immutable flag of the files a daemon froze at their job's seal because they
+        were open for writing through kernel passthrough (docs/spec.md §8): that daemon would have
+        at their last close, and it is gone.  Returns how many files it found frozen."""
+        with self.service.store.read() as r:
+            frozen = r.meta(FROZEN_META) or []
+        for job_id, rel, ino in frozen:
+            record = self.records.get(job_id)
+            where = location(record) if record is not None else None
+            if where is None:
+                continue  # its tree went to the trash, whose emptying clears the flag (tree.remove_contents)
+            try:
+                fd = self.tree.open(where[0], f"{where[1]}/{rel}", os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_ino == ino:
+                    syscalls.set_immutable(fd, False)
+            except OSError as exc:
+                log.warning("job %s: could not clear the immutable flag of %s: %s", job_id, rel, exc)
+            finally:
+                os.close(fd)
+        if frozen:
+            with self.service.store.write() as w:
+                w.put_meta(FROZEN_META, [])
+        return len(frozen)
 
     def recover(self, unclean: bool) -> list[str]:
         """Finish interrupted transitions; after a daemon crash, quarantine running jobs.
@@ -49,6 +81,7 @@ class Recovery:
         transition was finished.
         """
         service = self.service
+        self.thaw_frozen()
         with service.store.read() as r:
             pending = [record for j in r.pending_ids() if (record := r.job(j)) is not None]
         finished = []

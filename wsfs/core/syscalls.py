@@ -1,5 +1,6 @@
 """The Linux calls Python's ``os`` lacks, in one place: ``openat2``, ``renameat2``,
-``fallocate`` with a mode, the thread's own ``setgroups``, ``setfsuid`` and ``setfsgid``.
+``fallocate`` with a mode, the thread's own ``setgroups``, ``setfsuid`` and ``setfsgid``, and a
+file's immutable flag (``chattr +i``).
 
 Each raises ``OSError`` with the call's errno, as ``os`` does.  Syscall numbers are per
 architecture where they differ (x86_64 and aarch64 here); a call whose number is unknown
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -55,6 +57,24 @@ def renameat2(src_dir_fd: int, src: str | bytes, dst_dir_fd: int, dst: str | byt
 def fallocate(fd: int, mode: int, offset: int, size: int) -> None:
     if _libc.fallocate(fd, mode, offset, size) != 0:
         _fail()
+
+
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def set_immutable(fd: int, on: bool) -> bool:
+    """Set or clear ``FS_IMMUTABLE_FL`` of the file open at ``fd`` (needs CAP_LINUX_IMMUTABLE and
+    a filesystem with the flag: ext4, xfs, btrfs, tmpfs); returns whether it was set before.
+    While set, no write lands, not even through a descriptor opened before (EPERM, SIGBUS for an
+    mmap store): how wsfs seals a file the kernel writes without it (kernel passthrough)."""
+    buf = bytearray(8)
+    fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
+    flags = int.from_bytes(buf[:4], "little", signed=True)
+    was = bool(flags & FS_IMMUTABLE_FL)
+    if was != on:
+        flags = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, bytearray(flags.to_bytes(4, "little", signed=True) + bytes(4)), True)
+    return was
 
 
 def thread_setgroups(groups: list[int]) -> None:

@@ -145,12 +145,33 @@ def remove_contents(dir_fd: int, prefix: str = "", on_error: Callable[[str, OSEr
             if step.kind == LEAVE:
                 os.rmdir(step.name, dir_fd=step.dir_fd)
             else:
-                os.unlink(step.name, dir_fd=step.dir_fd)
+                _unlink(step.name, step.dir_fd)
         except FileNotFoundError:
             continue
         except OSError as exc:
             failed(step.path, exc)
     return failures
+
+
+def _unlink(name: str, dir_fd: int) -> None:
+    """Unlink, and a file left immutable by a seal (a passthrough writer's, see
+    Recovery.thaw_frozen) loses the flag first: only wsfs sets it in the data dir."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except PermissionError:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), name) from None
+        try:
+            was = syscalls.set_immutable(fd, False)
+        except OSError:
+            was = False
+        finally:
+            os.close(fd)
+        if not was:
+            raise
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def split(rel: str) -> list[str]:
@@ -186,6 +207,21 @@ class Tree:
                                           dir_fd=self.data_fd)
         # WSFS_NO_OPENAT2=1 (tests only): the component-by-component walker that kernels before 5.6 get.
         self._has_openat2 = self._probe_openat2() and os.environ.get("WSFS_NO_OPENAT2") != "1"
+
+    def can_freeze(self) -> bool:
+        """Can the data dir's filesystem make a file immutable, and may this process (root)?"""
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=self.data_fd)
+        except OSError:
+            return False
+        try:
+            syscalls.set_immutable(fd, True)
+            syscalls.set_immutable(fd, False)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         for fd in self.root_fds.values():

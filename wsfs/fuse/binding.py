@@ -1,7 +1,9 @@
 """The one import of the FUSE binding (mfusepy), pinned to libfuse 3.
 
 mfusepy prefers libfuse 2 when both are installed (docs/spec.md §1), so the path of
-libfuse 3 is handed to it through ``FUSE_LIBRARY_PATH`` before the import.
+libfuse 3 is handed to it through ``FUSE_LIBRARY_PATH`` before the import: ``WSFS_LIBFUSE3``
+when set, else the libfuse that ``tools/build-libfuse.sh`` built into this virtualenv (3.17,
+for kernel passthrough, when the system's is older), else the system's.
 
 ``FUSE`` here fixes what mfusepy's libfuse-3 wrappers drop: they call
 ``truncate``, ``chmod``, ``chown`` and ``utimens`` without the open file,
@@ -16,12 +18,26 @@ without mfusepy's intermediate copies: a big ``write`` hands the operations a
 from __future__ import annotations
 
 import ctypes.util
+import fcntl
 import os
 import struct
+import sys
 import threading
 import typing
 
-_LIBFUSE3 = os.environ.get("WSFS_LIBFUSE3") or ctypes.util.find_library("fuse3")
+#: where tools/build-libfuse.sh (make venv, make install) puts a libfuse newer than the system's
+BUILT_LIBFUSE3 = os.path.join(sys.prefix, "lib", "wsfs-libfuse", "libfuse3.so.3")
+
+
+def _libfuse3() -> str | None:
+    if os.environ.get("WSFS_LIBFUSE3"):
+        return os.environ["WSFS_LIBFUSE3"]
+    if os.path.exists(BUILT_LIBFUSE3):
+        return BUILT_LIBFUSE3
+    return ctypes.util.find_library("fuse3")
+
+
+_LIBFUSE3 = _libfuse3()
 if not _LIBFUSE3:
     raise ImportError("libfuse 3 is not installed: apt-get install fuse3 libfuse3-3 (or run `make run`)")
 os.environ["FUSE_LIBRARY_PATH"] = _LIBFUSE3
@@ -217,6 +233,77 @@ def caller_umask() -> int:
 #: libfuse's capability bits (fuse_common.h, the same from 3.0 on)
 CAP_DONT_MASK = 1 << 6
 CAP_POSIX_ACL = 1 << 19
+CAP_PASSTHROUGH = 1 << 29  # libfuse >= 3.17, kernel >= 6.9
+
+
+# -- kernel passthrough (libfuse >= 3.17) ----------------------------------------------------
+#
+# A file opened with a backing id has its reads, writes and mmap served by the kernel from the
+# backing file; the daemon still sees open, flush, fsync, release and every metadata call.
+# The high-level API has no call for it, so this is done as libfuse's own fuse_passthrough_open
+# does it: FUSE_DEV_IOC_BACKING_OPEN on the session's /dev/fuse fd, and the id in the open
+# reply's fuse_file_info (3.17's layout below; mfusepy declares the 3.14 one).
+
+class _ConnInfo317(ctypes.Structure):  # struct fuse_conn_info, its head (fuse_common.h, 3.17)
+    _fields_ = [("proto_major", ctypes.c_uint32), ("proto_minor", ctypes.c_uint32),
+                ("max_write", ctypes.c_uint32), ("max_read", ctypes.c_uint32),
+                ("max_readahead", ctypes.c_uint32), ("capable", ctypes.c_uint32), ("want", ctypes.c_uint32),
+                ("max_background", ctypes.c_uint32), ("congestion_threshold", ctypes.c_uint32),
+                ("time_gran", ctypes.c_uint32), ("max_backing_stack_depth", ctypes.c_uint32)]
+
+
+class _FileInfo317(ctypes.Structure):  # struct fuse_file_info (fuse_common.h, 3.17)
+    _fields_ = [("flags", ctypes.c_int32), ("bits", ctypes.c_uint32), ("padding2", ctypes.c_uint32),
+                ("padding3", ctypes.c_uint32), ("fh", ctypes.c_uint64), ("lock_owner", ctypes.c_uint64),
+                ("poll_events", ctypes.c_uint32), ("backing_id", ctypes.c_int32),
+                ("compat_flags", ctypes.c_uint64), ("reserved", ctypes.c_uint64 * 2)]
+
+
+def _iow(number: int, size: int) -> int:
+    return (1 << 30) | (size << 16) | (229 << 8) | number  # _IOW(FUSE_DEV_IOC_MAGIC, number, size)
+
+
+_BACKING_OPEN = _iow(1, 16)   # struct fuse_backing_map {int32 fd; uint32 flags; uint64 padding}
+_BACKING_CLOSE = _iow(2, 4)   # uint32 backing id
+_dev_fd = -1  # the session's /dev/fuse fd, once passthrough was negotiated
+
+
+if LIBFUSE_VERSION >= (3, 17):
+    assert _FileInfo317.fh.offset == mfusepy.fuse_file_info.fh.offset
+
+
+def want_passthrough(conn) -> bool:
+    """At init: ask for kernel passthrough when this libfuse and kernel offer it.  The backing
+    files may sit on one stacked filesystem (a data dir on overlayfs, as in a container)."""
+    if LIBFUSE_VERSION < (3, 17) or not conn.capable & CAP_PASSTHROUGH:
+        return False
+    global _dev_fd
+    with _session:
+        fuse = _fuse_ptr
+    if fuse is None:
+        return False
+    _dev_fd = _session_fd(_fuse_get_session(fuse))
+    if _dev_fd < 0:
+        return False
+    conn.want |= CAP_PASSTHROUGH
+    depth = _ConnInfo317.max_backing_stack_depth
+    ctypes.c_uint32.from_address(ctypes.addressof(conn) + depth.offset).value = 1
+    return True
+
+
+def backing_open(fd: int) -> int:
+    """A backing id for the file open at ``fd`` (OSError when the kernel refuses it)."""
+    return fcntl.ioctl(_dev_fd, _BACKING_OPEN, bytearray(struct.pack("=iIQ", fd, 0, 0)), True)
+
+
+def backing_close(backing_id: int) -> None:
+    """Forget a backing id.  Files already opened with it keep their backing file."""
+    fcntl.ioctl(_dev_fd, _BACKING_CLOSE, struct.pack("=I", backing_id))
+
+
+def set_backing_id(fi, backing_id: int) -> None:
+    """The open reply goes out with ``backing_id``: FOPEN_PASSTHROUGH (libfuse's fill_open)."""
+    ctypes.c_int32.from_address(ctypes.addressof(fi) + _FileInfo317.backing_id.offset).value = backing_id
 
 
 class _FuseArgs(ctypes.Structure):
@@ -244,6 +331,7 @@ if _HAS_OWN_MAIN:
     _fuse_new = _declare("fuse_new_31", _P, ctypes.POINTER(_FuseArgs), _P, ctypes.c_size_t, _P)
     _fuse_mount = _declare("fuse_mount", ctypes.c_int, _P, _P)
     _fuse_get_session = _declare("fuse_get_session", _P, _P)
+    _session_fd = _declare("fuse_session_fd", ctypes.c_int, _P)
     _set_signal_handlers = _declare("fuse_set_signal_handlers", ctypes.c_int, _P)
     _remove_signal_handlers = _declare("fuse_remove_signal_handlers", None, _P)
     _loop_cfg_create = _declare("fuse_loop_cfg_create", _P)

@@ -226,6 +226,8 @@ class Daemon:
         self.hasher: Hasher | None = None  # the FUSE layer's (set by serve)
         # jobs with files open through the mount (set by serve)
         self.open_jobs: Callable[[], set[str]] = lambda: set()
+        # "on", "reads" (writes come to the daemon) or "off": set by the FUSE layer (issue 16)
+        self.passthrough: Callable[[], str] = lambda: "off"
         self._trash_lock = threading.Lock()  # the trash thread and `doctor` empty the trash one at a time
         self._doctor_lock = threading.Lock()
 
@@ -403,7 +405,7 @@ class Daemon:
         return {
             "version": __version__, "pid": os.getpid(), "mountpoint": self.mountpoint,
             # the FUSE side (issue 16): which libfuse serves the mount, and which of its levers are on
-            "fuse": {"libfuse": binding.libfuse_version(), "passthrough": False,
+            "fuse": {"libfuse": binding.libfuse_version(), "passthrough": self.passthrough(),
                      "readdirplus": binding.READDIRPLUS, "posix_acl": self.service.acls_enforced},
             "data_dir": self.data_dir, "uptime_s": round(time.time() - self.started, 1),
             "jobs": counts, "used": {"bytes": used_bytes, "files": used_files},
@@ -517,6 +519,7 @@ def serve(mountpoint: str, data_dir: str, config: Config, *, allow_other: bool =
     ops = WsfsOperations(daemon.service, daemon.tree, status=daemon.status, sweep=daemon.sweep,
                          doctor=daemon.doctor, reload=daemon.reload)
     daemon.open_jobs = ops.open_jobs
+    daemon.passthrough = ops.passthrough_mode
     daemon.sweeper.open_jobs = ops.open_jobs
     daemon.hasher = ops.hasher
     daemon.start_threads()

@@ -34,17 +34,22 @@ from ..core.hashing import Hasher, StreamHash
 from ..core.lifecycle import RECEIPT_FILE, JobService
 from ..core.model import is_hidden_name
 from ..core.records import is_sealed, location
+from ..core.recovery import FROZEN_META
 from ..core.tree import Tree, split
 from .binding import (
     CAP_DONT_MASK,
     CAP_POSIX_ACL,
     FuseOSError,
     Operations,
+    backing_close,
+    backing_open,
     caller_umask,
     end_session,
     fuse_get_context,
     invalidate_path,
     remember_session,
+    set_backing_id,
+    want_passthrough,
 )
 from .coherence import HiddenNames, LinkedNames, PageInvalidator
 from .view import (
@@ -125,6 +130,25 @@ class FileHandle(Handle):
     stream: StreamHash | None = None  # the running sha256, while written front to back
     ino: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # kernel passthrough (docs/architecture.md): the kernel reads and writes the backing file itself
+    backing_id: int = 0
+    # a passthrough writer's file's ctime at open, while no write can have changed it; -1: assume written
+    ctime_at_open: int = -1
+
+
+@dataclasses.dataclass(eq=False)
+class InodeIo:
+    """How a backing inode's opens are served: the kernel allows one way per inode at a time, so
+    the first open decides for all the opens that overlap it (``WsfsOperations._open_io``)."""
+
+    opens: int = 0
+    backing_id: int = 0  # > 0: through kernel passthrough, with this id
+
+
+def _keeps_privileges(st: os.stat_result) -> bool:
+    """A set-user-ID or set-group-ID program: its writes come here, where the kernel has a write
+    by an unprivileged caller drop the bits (through setattr); a passthrough write would not."""
+    return bool(st.st_mode & stat.S_ISUID or st.st_mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP)
 
 
 def _stat_dict(st: os.stat_result) -> dict:
@@ -185,7 +209,13 @@ class WsfsOperations(Operations):
         # rel -> an open handle of a file whose area was dropped (_area_dropping): its fstat() comes
         # by its old path (libfuse #62), as an unlinked file's does, until its last close
         self._dropped_open: dict[str, FileHandle] = {}
-        service.view_changed = self._forget_cached_job
+        # Kernel passthrough (negotiated at init): reads always, writes when the job meters nothing
+        # and the data dir can freeze a file at its job's seal (docs/spec.md §8).
+        self.passthrough = self.passthrough_writes = False
+        self._io: dict[int, InodeIo] = {}  # backing inode -> how its opens are served
+        self._frozen: dict[int, FileHandle] = {}  # inode -> a passthrough writer frozen at its job's seal
+        self._unhashed: dict[int, Handle] = {}  # files closed whose sha256 the hasher still computes
+        service.view_changed = self._view_changed
         service.records_changed = self._forget_job_files
         service.pending_digest = self.hasher.digest_now
         service.tree_closing = self._tree_closing
@@ -222,14 +252,33 @@ class WsfsOperations(Operations):
             config.attr_timeout = timeout
             config.auto_cache = 1
         if conn is not None:
-            conn.max_write = 1 << 20
-            conn.max_readahead = 1 << 20
-            # POSIX ACLs (README "Sharing a workspace"): the kernel enforces the ACLs that getxattr
-            # returns, and leaves the umask to the daemon (_new_mode), as a default ACL replaces it.
-            both = CAP_POSIX_ACL | CAP_DONT_MASK
-            if conn.capable & both == both and os.environ.get("WSFS_POSIX_ACL", "1") != "0":
-                conn.want |= both
-                self.service.acls_enforced = True
+            self._negotiate(conn)
+        if config is not None and self.passthrough:
+            # libfuse's auto_cache answers an open with keep_cache, which the kernel refuses (EIO) on
+            # a passthrough open; the files wsfs serves itself (a metered job's) lose their pages at
+            # each open instead, as with a plain FUSE mount.
+            config.auto_cache = 0
+
+    def _negotiate(self, conn) -> None:
+        """The capabilities wsfs asks of the kernel at init."""
+        conn.max_write = 1 << 20
+        conn.max_readahead = 1 << 20
+        # POSIX ACLs (README "Sharing a workspace"): the kernel enforces the ACLs that getxattr
+        # returns, and leaves the umask to the daemon (_new_mode), as a default ACL replaces it.
+        both = CAP_POSIX_ACL | CAP_DONT_MASK
+        if conn.capable & both == both and os.environ.get("WSFS_POSIX_ACL", "1") != "0":
+            conn.want |= both
+            self.service.acls_enforced = True
+        # Kernel passthrough (libfuse >= 3.17, kernel >= 6.9, CAP_SYS_ADMIN): WSFS_PASSTHROUGH=0 turns
+        # it off; writes need the data dir to take FS_IMMUTABLE_FL (the seal of an open writer).
+        if os.environ.get("WSFS_PASSTHROUGH", "1") != "0" and os.geteuid() == 0 and want_passthrough(conn):
+            self.passthrough = True
+            self.passthrough_writes = self.tree.can_freeze()
+
+    def passthrough_mode(self) -> str:
+        """``on`` (reads and writes), ``reads`` (writes come here: the data dir cannot freeze a
+        file) or ``off`` (libfuse older than 3.17, a kernel without it, not root)."""
+        return "off" if not self.passthrough else "on" if self.passthrough_writes else "reads"
 
     def destroy(self, path):
         end_session()  # libfuse frees the session next: no thread may invalidate through it after this
@@ -490,10 +539,15 @@ class WsfsOperations(Operations):
         except KeyError:
             raise FuseOSError(errno.EBADF) from None
 
-    def _register(self, fi, handle: Handle) -> int:
+    def _register(self, fi, handle: Handle, may_pass: bool = False) -> int:
         fh = next(self._fh_counter)
+        stream = None
         with self._handles_lock:
             self._handles[fh] = handle
+            if isinstance(handle, FileHandle) and self.passthrough:
+                self._open_io(handle, may_pass)
+                if handle.backing_id and handle.writable:
+                    stream, handle.stream = handle.stream, None  # the kernel writes it: hashed after its close
             if handle.writable and isinstance(handle, FileHandle):
                 writers = self._writers.setdefault(handle.ino, set())
                 if writers:  # two writers: neither can hash front to back
@@ -501,10 +555,69 @@ class WsfsOperations(Operations):
                         if h.stream is not None:
                             h.stream.invalidate()
                 writers.add(handle)
+        if stream is not None:
+            self.hasher.forget(stream)
+            stream.close()
         if isinstance(handle, FileHandle):
             self._hidden.opened((handle.node.root, handle.ino))
+            if handle.backing_id:
+                set_backing_id(fi, handle.backing_id)
         fi.fh = fh
         return 0
+
+    def _may_pass(self, node: Node, writable: bool) -> bool:
+        """May an open of this file go through kernel passthrough?  Not in a job with a quota or
+        max_files (its writes are metered here, and one inode has one way: its reads stay too),
+        and a write only where the data dir can freeze the file at the job's seal."""
+        if not self.passthrough or (writable and not self.passthrough_writes):
+            return False
+        return not self._limited(node)
+
+    def _open_io(self, handle: FileHandle, may_pass: bool) -> None:
+        """Serve this open as the inode's other open files are served (under ``_handles_lock``):
+        the kernel refuses (EIO) a daemon-served open of an inode open through passthrough, and
+        the reverse.  With none open, ``may_pass`` decides."""
+        io = self._io.get(handle.ino)
+        if io is None:
+            io = self._io[handle.ino] = InodeIo()
+        if io.opens == 0:
+            io.backing_id = 0
+            if may_pass:
+                try:
+                    io.backing_id = backing_open(handle.fd)
+                except OSError as exc:  # e.g. a data dir stacked too deep: served here instead
+                    log.warning("kernel passthrough refused for %s: %s", view_path(handle.node), exc)
+        io.opens += 1
+        handle.backing_id = io.backing_id
+        if handle.backing_id and handle.writable:
+            st = os.fstat(handle.fd)
+            # A write after this open sets ctime to a time after it: a ctime older than the
+            # clock's granularity before the open tells, at close, whether the file was written.
+            handle.ctime_at_open = st.st_ctime_ns if st.st_ctime_ns < time.time_ns() - 1_000_000_000 else -1
+
+    def _close_io(self, handle: FileHandle) -> None:
+        """The open is released: the inode's backing id goes with its last open."""
+        with self._handles_lock:
+            io = self._io.get(handle.ino)
+            if io is None:
+                return
+            io.opens -= 1
+            if io.opens > 0:
+                return
+            del self._io[handle.ino]
+        if io.backing_id:
+            try:
+                backing_close(io.backing_id)
+            except OSError as exc:
+                log.warning("closing backing id %d: %s", io.backing_id, exc)
+
+    def _written_through_kernel(self, handle: FileHandle) -> None:
+        """A passthrough writer is flushed or released: its writes never came here, so its file
+        counts as changed unless its ctime says otherwise (then it is recorded, and hashed)."""
+        if handle.ctime_at_open >= 0 and os.fstat(handle.fd).st_ctime_ns == handle.ctime_at_open:
+            return
+        handle.ctime_at_open = -1
+        handle.dirty = handle.changed = True
 
     @op
     def open(self, path, fi):
@@ -524,7 +637,7 @@ class WsfsOperations(Operations):
             except BaseException:
                 os.close(fd)
                 raise
-            return self._register(fi, FileHandle(node, fd=fd, ino=ino))
+            return self._register(fi, FileHandle(node, fd=fd, ino=ino), self._may_pass(node, False))
         if node.readonly:
             raise FuseOSError(errno.EROFS)
         with self._changing(node):
@@ -538,7 +651,7 @@ class WsfsOperations(Operations):
                 handle.stream = self._stream(fd, st.st_ino)
             if flags & os.O_TRUNC and node.area_path is not None:
                 handle.dirty = handle.changed = True
-            registered = self._register(fi, handle)
+            registered = self._register(fi, handle, self._may_pass(node, True) and not _keeps_privileges(st))
         if flags & os.O_TRUNC:
             self._show_other_names(node, st.st_ino, path=path)
         return registered
@@ -587,7 +700,7 @@ class WsfsOperations(Operations):
             if node.area_path is not None:
                 handle.stream = self._stream(fd, st.st_ino) if st.st_size == 0 else None
                 self.service.manifest.put(node.job_id, node.area_rel, st)
-            return self._register(fi, handle)
+            return self._register(fi, handle, self._may_pass(node, True))
 
     @op
     def read(self, path, size, offset, fi):
@@ -760,6 +873,8 @@ class WsfsOperations(Operations):
         # behind, the entry has no hash yet and release (which finishes it) records again.
         handle = self._handle(fi)
         node = handle.node
+        if isinstance(handle, FileHandle) and handle.backing_id and handle.writable:
+            self._written_through_kernel(handle)
         if isinstance(handle, FileHandle) and handle.dirty and node.area_path is not None:
             with self.service.records.lock(node.job_id).shared(), handle.lock:
                 self._record_file(handle, handle.stream)
@@ -782,13 +897,17 @@ class WsfsOperations(Operations):
         if not isinstance(handle, FileHandle):
             return 0
         node = handle.node
+        if handle.backing_id and handle.writable:
+            self._written_through_kernel(handle)
+            self._thaw(handle)
         hidden_names = self._hidden.closed((node.root, handle.ino))
         stream, handle.stream = handle.stream, None
         try:
             if handle.changed and node.area_path is not None:
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
                 with self.service.records.lock(node.job_id).shared():
-                    st = self._record_file(handle, stream) if handle.dirty else self._still_there(handle)
+                    # the entry its flush made, unless a rename moved it meanwhile (refresh)
+                    st = self._record_file(handle, stream, refresh=True) if handle.dirty else self._still_there(handle)
                 if st is not None and stream is not None and stream.pending:
                     # Hashed later, in the hasher thread; the entry gets its sha256 then.
                     self.hasher.finish_later(stream, st.st_size, self._hashed_later(node, st))
@@ -800,6 +919,8 @@ class WsfsOperations(Operations):
             if stream is not None:
                 self.hasher.forget(stream)
                 stream.close()
+            if self.passthrough:
+                self._close_io(handle)
             os.close(handle.fd)
             if hidden_names:  # the file's last handle: its hidden names go (see HiddenNames)
                 with self.service.records.lock(node.job).shared() if node.job is not None else _NO_LOCK:
@@ -828,10 +949,69 @@ class WsfsOperations(Operations):
 
     def _tree_closing(self, job: str) -> None:
         """A job's tree is sealed, quarantined or leaves: the hidden names of its files still
-        open go now (their data lives on in the daemon's descriptors until the last close)."""
+        open go now (their data lives on in the daemon's descriptors until the last close).  Its
+        files open for writing through kernel passthrough are frozen (``_freeze``)."""
         for root in ("jobs", "quarantine"):
             for rel in self._hidden.take_below(root, job):
                 self._remove_hidden(root, rel)
+        if self.passthrough_writes:
+            self._freeze(job)
+
+    def _freeze(self, job: str) -> None:
+        """No write may land in a sealed job (docs/spec.md §8), and the kernel writes a passthrough
+        file without asking: each such file open for writing gets FS_IMMUTABLE_FL until its last
+        writer closes (``_thaw``) or the job runs again.  The store lists them first, so a daemon
+        that dies meanwhile leaves them to the next one's recovery (Recovery.thaw_frozen); the
+        file's dirty pages go to disk, so an mmap writer's next store faults (SIGBUS)."""
+        with self._handles_lock:
+            writers = {h.ino: h for h in self._handles.values() if isinstance(h, FileHandle) and h.backing_id
+                       and h.writable and h.node.job == job and h.node.area_path is not None
+                       and h.ino not in self._frozen}
+        if not writers:
+            return
+        self._remember_frozen(add=writers.values())
+        for ino, handle in writers.items():
+            try:
+                syscalls.set_immutable(handle.fd, True)
+                os.fdatasync(handle.fd)
+            except OSError as exc:
+                log.error("job %s: could not freeze %s, open for writing: %s", job, handle.node.area_rel, exc)
+                continue
+            with self._handles_lock:
+                self._frozen[ino] = handle
+            log.info("job %s: %s is still open for writing: frozen until its last close", job, handle.node.area_rel)
+
+    def _thaw(self, handle: FileHandle, *, force: bool = False) -> None:
+        """A frozen file's last writer closed (or its job runs again, ``force``): the flag goes."""
+        with self._handles_lock:
+            frozen = self._frozen.get(handle.ino)
+            if frozen is None or (not force and self._writers.get(handle.ino)):
+                return
+            del self._frozen[handle.ino]
+        try:
+            syscalls.set_immutable(frozen.fd, False)
+        except OSError as exc:
+            log.error("could not clear the immutable flag of %s: %s", view_path(frozen.node), exc)
+            return
+        self._remember_frozen(remove=frozen)
+
+    def _remember_frozen(self, add=(), remove: FileHandle | None = None) -> None:
+        with self.service.store.write() as w:
+            frozen = w.meta(FROZEN_META) or []
+            frozen += [[h.node.job, h.node.area_rel, h.ino] for h in add]
+            if remove is not None:
+                frozen = [entry for entry in frozen if entry[2] != remove.ino]
+            w.put_meta(FROZEN_META, frozen)
+
+    def _view_changed(self, job: str) -> None:
+        """A job's tree appeared, moved or went: the kernel forgets it, and when the job runs again
+        (resume) its frozen files thaw."""
+        self._forget_cached_job(job)
+        if self._frozen:
+            record = self.service.records.get(job)
+            if record is not None and not is_sealed(record):
+                for handle in [h for h in self._frozen.values() if h.node.job == job]:
+                    self._thaw(handle, force=True)
 
     def _acl_changed(self, job: str, paths: list[str]) -> None:
         """The ACLs of a job's files changed behind the kernel's back (wsfs.sharing): it caches
@@ -892,8 +1072,16 @@ class WsfsOperations(Operations):
         return record is not None and area in self.service.template(record).keep_areas()
 
     def _hashed_later(self, node: Node, st: os.stat_result):
-        """The hasher's callback for a file closed before its sha256 was done."""
+        """The hasher's callback for a file closed before its sha256 was done.  The file may be
+        renamed meanwhile (a program writes a temporary name, closes it, renames it): its name
+        follows the renames as an open file's does (``_move_handles``)."""
+        closed = Handle(node)
+        with self._handles_lock:
+            self._unhashed[id(closed)] = closed
+
         def done(digest: bytes | None) -> None:
+            with self._handles_lock:
+                node = self._unhashed.pop(id(closed)).node
             if digest is None or _is_hidden(node):
                 return
             with self.service.records.lock(node.job_id).shared():
@@ -909,7 +1097,8 @@ class WsfsOperations(Operations):
         self.hasher.track(stream)
         return stream
 
-    def _record_file(self, handle: FileHandle, stream: StreamHash | None) -> os.stat_result | None:
+    def _record_file(self, handle: FileHandle, stream: StreamHash | None, *,
+                     refresh: bool = False) -> os.stat_result | None:
         """Manifest entry for a file closed after writing (docs/spec.md §8: never per write).
 
         The entry has a sha256 only if ``stream`` already covers the whole file;
@@ -929,7 +1118,7 @@ class WsfsOperations(Operations):
         if current.st_ino != st.st_ino:
             return None
         sha = stream.digest_so_far(st.st_size) if stream is not None else None
-        self.service.manifest.put(node.job_id, node.area_rel, st, sha)
+        self.service.manifest.put(node.job_id, node.area_rel, st, sha, refresh=refresh)
         return st
 
     @op
@@ -959,13 +1148,25 @@ class WsfsOperations(Operations):
 
     @op
     def unlink(self, path):
-        node = self._backing(path, for_change=True)
+        try:
+            node = self._backing(path, for_change=True)
+        except FuseOSError as exc:
+            if exc.errno == errno.ENOENT and is_hidden_name(path.rsplit("/", 1)[-1]):
+                return 0  # see below
+            raise
         if node.area_path is None and node.job is not None:
             raise NotAllowedError("the control files stay")
         linked = self._linked_key(node)
         with self._changing(node):
-            gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
-            self.tree.unlink(node.root, node.rel)
+            try:
+                gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
+                self.tree.unlink(node.root, node.rel)
+            except FileNotFoundError:
+                # libfuse 3.17 unlinks the hidden name it just gave an open file when that file's
+                # last close came meanwhile; that close (release) removed the name already.
+                if _is_hidden(node):
+                    return 0
+                raise
             if gone is not None and stat.S_ISREG(gone.st_mode):
                 self._charge(node, -gone.st_size, -1)
             if node.area_path is not None:
@@ -1087,7 +1288,7 @@ class WsfsOperations(Operations):
         with self._handles_lock:
             moving = []
             for frm, to in moves:
-                for handle in self._handles.values():
+                for handle in [*self._handles.values(), *self._unhashed.values()]:
                     node = handle.node
                     if node.root == frm.root and node.rel and frm.rel \
                             and (node.rel == frm.rel or node.rel.startswith(frm.rel + "/")):
