@@ -146,3 +146,41 @@ def test_device_nodes_as_on_the_disk_inert_through_nodev_nosuid(shared_mount):
     assert {"nodev", "nosuid", "default_permissions", "allow_other"} <= set(options)
     assert entry[0][2] == "fuse.wsfs"
     assert m.daemon_errors() == []
+
+
+@pytest.mark.parametrize("killpriv", ["1", "0"])
+def test_a_change_by_another_user_drops_set_id_bits_as_on_the_disk(mount_factory, killpriv):
+    """With FUSE_CAP_HANDLE_KILLPRIV_V2 (the default) the daemon drops set-id bits itself, and the
+    kernel asks no getxattr before each write; WSFS_KILLPRIV=0 leaves it to the kernel.  Either
+    way a write, a truncate or an O_TRUNC by an unprivileged user drops them, and root's own write
+    keeps them; with the daemon doing it, exactly as on the bare disk."""
+    m = mount_factory(allow_other=True, env={"WSFS_KILLPRIV": killpriv})
+    if as_nobody("true", "/").returncode != 0:
+        pytest.skip("setpriv cannot switch to uid 65534 here")
+    native = m.base / "native"
+    native.mkdir()
+    os.chmod(native, 0o1777)
+
+    def scenario(d):
+        for name, mode in (("w", 0o6777), ("t", 0o6777), ("o", 0o6777), ("g", 0o2766), ("h", 0o2766),
+                           ("r", 0o6777)):
+            (d / name).write_bytes(b"x")
+            os.chmod(d / name, mode)
+        os.chown(d / "h", 0, NOBODY)  # set-group-ID, not group-executable, of the writer's own group
+        result = as_nobody("echo more >> w && truncate -s 0 t && echo new > o && echo more >> g "
+                           "&& echo more >> h", cwd=d)
+        assert result.returncode == 0, result.stderr
+        with open(d / "r", "ab") as f:  # root has CAP_FSETID: its write keeps them
+            f.write(b"root")
+        return {name: oct(stat.S_IMODE(os.stat(d / name).st_mode)) for name in "wtoghr"}
+    on_disk = scenario(native)
+    assert on_disk == {"w": "0o777", "t": "0o777", "o": "0o777", "g": "0o766", "h": "0o2766", "r": "0o6777"}
+    through = scenario(m.mnt / "shared")
+    if killpriv == "0":
+        # The kernel's own FUSE rule (fuse_setattr) keeps a set-group-ID bit without group execute
+        # whoever writes; the VFS's (setattr_should_drop_sgid, the disk's) drops it for a writer
+        # outside the file's group.  The daemon follows the disk's.
+        assert through == {**on_disk, "g": "0o2766"}
+        return
+    assert through == on_disk
+    assert {name: oct(stat.S_IMODE(os.stat(m.data / "shared" / name).st_mode)) for name in "wtoghr"} == on_disk

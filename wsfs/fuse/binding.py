@@ -181,6 +181,12 @@ class FUSE(mfusepy.FUSE):
                      mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True))
         return self.operations.utimens(_decode(self, path), times, _fh(fip))
 
+    def copy_file_range(self, path_in, fi_in, off_in, path_out, fi_out, off_out, size, flags):
+        """``copy_file_range(2)`` between two open files of the mount (mfusepy declares the
+        callback but wraps none): the operations copy on the backing files, in the kernel."""
+        return self.operations.copy_file_range(_decode(self, path_in), fi_in.contents, off_in,
+                                               _decode(self, path_out), fi_out.contents, off_out, size, flags)
+
     def rename_fuse_3(self, old, new, flags):
         return self.operations.rename(_decode(self, old), _decode(self, new), flags)
 
@@ -233,6 +239,7 @@ def caller_umask() -> int:
 #: libfuse's capability bits (fuse_common.h, the same from 3.0 on)
 CAP_DONT_MASK = 1 << 6
 CAP_POSIX_ACL = 1 << 19
+CAP_HANDLE_KILLPRIV_V2 = 1 << 21  # libfuse >= 3.14 (kernel 5.12)
 CAP_PASSTHROUGH = 1 << 29  # libfuse >= 3.17, kernel >= 6.9
 
 

@@ -38,6 +38,7 @@ from ..core.recovery import FROZEN_META
 from ..core.tree import Tree, split
 from .binding import (
     CAP_DONT_MASK,
+    CAP_HANDLE_KILLPRIV_V2,
     CAP_POSIX_ACL,
     FuseOSError,
     Operations,
@@ -134,6 +135,8 @@ class FileHandle(Handle):
     backing_id: int = 0
     # a passthrough writer's file's ctime at open, while no write can have changed it; -1: assume written
     ctime_at_open: int = -1
+    # a set-id file opened for writing by an unprivileged caller: its first write drops the bits
+    drops_privileges: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -146,9 +149,10 @@ class InodeIo:
 
 
 def _keeps_privileges(st: os.stat_result) -> bool:
-    """A set-user-ID or set-group-ID program: its writes come here, where the kernel has a write
-    by an unprivileged caller drop the bits (through setattr); a passthrough write would not."""
-    return bool(st.st_mode & stat.S_ISUID or st.st_mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP)
+    """A set-user-ID or set-group-ID file: a write by an unprivileged caller drops the bits, which
+    the daemon (``_drop_privileges``) or the kernel (through setattr) does on its write path; a
+    passthrough write would not, so such a file opened for writing is served."""
+    return bool(st.st_mode & (stat.S_ISUID | stat.S_ISGID))
 
 
 def _stat_dict(st: os.stat_result) -> dict:
@@ -212,6 +216,7 @@ class WsfsOperations(Operations):
         # Kernel passthrough (negotiated at init): reads always, writes when the job meters nothing
         # and the data dir can freeze a file at its job's seal (docs/spec.md §8).
         self.passthrough = self.passthrough_writes = False
+        self.kills_privileges = False  # FUSE_CAP_HANDLE_KILLPRIV_V2: set-id bits are ours to drop
         self._io: dict[int, InodeIo] = {}  # backing inode -> how its opens are served
         self._frozen: dict[int, FileHandle] = {}  # inode -> a passthrough writer frozen at its job's seal
         self._unhashed: dict[int, Handle] = {}  # files closed whose sha256 the hasher still computes
@@ -269,6 +274,14 @@ class WsfsOperations(Operations):
         if conn.capable & both == both and os.environ.get("WSFS_POSIX_ACL", "1") != "0":
             conn.want |= both
             self.service.acls_enforced = True
+        # The kernel asks getxattr("security.capability") before every write() to a file, to know
+        # whether the write must drop privileges, unless the daemon takes that on
+        # (FUSE_CAP_HANDLE_KILLPRIV_V2, _drop_privileges).  The backing filesystem drops
+        # security.capability itself on any write; a set-id bit only for a caller without CAP_FSETID,
+        # and the daemon writes as root: those are dropped here.  WSFS_KILLPRIV=0 leaves it to the kernel.
+        if conn.capable & CAP_HANDLE_KILLPRIV_V2 and os.environ.get("WSFS_KILLPRIV", "1") != "0":
+            conn.want |= CAP_HANDLE_KILLPRIV_V2
+            self.kills_privileges = True
         # Kernel passthrough (libfuse >= 3.17, kernel >= 6.9, CAP_SYS_ADMIN): WSFS_PASSTHROUGH=0 turns
         # it off; writes need the data dir to take FS_IMMUTABLE_FL (the seal of an open writer).
         if os.environ.get("WSFS_PASSTHROUGH", "1") != "0" and os.geteuid() == 0 and want_passthrough(conn):
@@ -611,6 +624,32 @@ class WsfsOperations(Operations):
             except OSError as exc:
                 log.warning("closing backing id %d: %s", io.backing_id, exc)
 
+    def _must_drop_privileges(self, st: os.stat_result) -> bool:
+        """Is a change of this file by this caller one that drops set-id bits?  (Only when the
+        daemon negotiated FUSE_CAP_HANDLE_KILLPRIV_V2: else the kernel drops them through setattr.)"""
+        return self.kills_privileges and _keeps_privileges(st) and self._dropped_bits(st) != 0
+
+    def _dropped_bits(self, st: os.stat_result) -> int:
+        """The set-id bits a change by this caller drops, as the kernel's setattr_should_drop_suidgid:
+        set-user-ID always, set-group-ID when group-executable or when the caller is not in the
+        file's group; none for root (CAP_FSETID, which the daemon's own writes have)."""
+        caller = self.view.caller()
+        if caller is None:
+            return 0
+        bits = st.st_mode & stat.S_ISUID
+        if st.st_mode & stat.S_ISGID and (st.st_mode & stat.S_IXGRP or st.st_gid not in caller[1]):
+            bits |= stat.S_ISGID
+        return bits
+
+    def _drop_privileges(self, fd: int, st: os.stat_result, path: str | None) -> None:
+        """A write, truncate or allocation by a caller without CAP_FSETID: the bits it drops go."""
+        bits = self._dropped_bits(st)
+        if not bits:
+            return
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~bits)
+        if path:
+            invalidate_path(path)
+
     def _written_through_kernel(self, handle: FileHandle) -> None:
         """A passthrough writer is flushed or released: its writes never came here, so its file
         counts as changed unless its ctime says otherwise (then it is recorded, and hashed)."""
@@ -647,6 +686,11 @@ class WsfsOperations(Operations):
             fd = self.tree.open(node.root, node.rel, flags)
             st = os.fstat(fd)
             handle = FileHandle(node, fd=fd, writable=True, ino=st.st_ino)
+            if self._must_drop_privileges(st):
+                if flags & os.O_TRUNC:
+                    self._drop_privileges(fd, st, path)
+                else:
+                    handle.drops_privileges = True
             if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
                 handle.stream = self._stream(fd, st.st_ino)
             if flags & os.O_TRUNC and node.area_path is not None:
@@ -729,6 +773,9 @@ class WsfsOperations(Operations):
         node = handle.node
         if not isinstance(handle, FileHandle):
             return self._write_virtual(handle, data)
+        if handle.drops_privileges:
+            handle.drops_privileges = False
+            self._drop_privileges(handle.fd, os.fstat(handle.fd), path)
         if node.job is None:
             written = os.pwrite(handle.fd, data, offset)
             self._show_other_names(node, handle.ino)
@@ -834,6 +881,8 @@ class WsfsOperations(Operations):
                 os.ftruncate(handle.fd, length)
                 handle.dirty = handle.changed = True
                 self._forget_hashes(handle.ino)
+                if self.kills_privileges and self._must_drop_privileges(st := os.fstat(handle.fd)):
+                    self._drop_privileges(handle.fd, st, None)  # libfuse's getattr after it tells the kernel
             self._show_other_names(node, handle.ino)
             return 0
         node = self.view.resolve(path)
@@ -845,6 +894,12 @@ class WsfsOperations(Operations):
                 st = self.tree.lstat(node.root, node.rel)
                 self._charge(node, (length - st.st_size) * self._names(node, st))
             self.tree.truncate(node.root, node.rel, length)
+            if self.kills_privileges and self._must_drop_privileges(st := self.tree.lstat(node.root, node.rel)):
+                fd = self.tree.open(node.root, node.rel, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    self._drop_privileges(fd, st, None)
+                finally:
+                    os.close(fd)
             if node.area_path is not None:
                 st = self.tree.lstat(node.root, node.rel)
                 self._forget_hashes(st.st_ino)
@@ -1139,10 +1194,47 @@ class WsfsOperations(Operations):
                 st = os.fstat(handle.fd)
                 self._charge(handle.node, max(offset + size - st.st_size, 0) * self._names(handle.node, st))
             syscalls.fallocate(handle.fd, mode, offset, size)
+            if self.kills_privileges and self._must_drop_privileges(st := os.fstat(handle.fd)):
+                self._drop_privileges(handle.fd, st, path)
             handle.dirty = handle.changed = True
             self._forget_hashes(handle.ino)
         self._show_other_names(handle.node, handle.ino)
         return 0
+
+    @op
+    def copy_file_range(self, path_in, fi_in, off_in, path_out, fi_out, off_out, size, flags):
+        """``cp --reflink=auto`` and every copy_file_range(2) within the mount: the backing
+        filesystem copies (a reflink where it has them, an in-kernel copy on ext4), and the
+        destination is charged and recorded as a write of the same bytes would be."""
+        src, dst = self._handle(fi_in), self._handle(fi_out)
+        if not isinstance(src, FileHandle) or not isinstance(dst, FileHandle) or flags:
+            raise FuseOSError(errno.EOPNOTSUPP)  # the kernel copies through read and write instead
+        node = dst.node
+        if node.job is None:
+            copied = os.copy_file_range(src.fd, dst.fd, size, off_in, off_out)
+            self._show_other_names(node, dst.ino)
+            return copied
+        with self.service.records.mutation(node.job), dst.lock:
+            if dst.node is not node:  # its area was dropped while this waited (_area_dropping)
+                return os.copy_file_range(src.fd, dst.fd, size, off_in, off_out)
+            growth = 0
+            if self._limited(node):
+                st = os.fstat(dst.fd)
+                names = self._names(node, st)
+                growth = max(off_out + size - st.st_size, 0) * names
+                self.service.usage.charge(node.job, growth)
+            try:
+                copied = os.copy_file_range(src.fd, dst.fd, size, off_in, off_out)
+            except BaseException:
+                if growth:
+                    self.service.usage.charge(node.job, -growth)
+                raise
+            if growth and copied < size:  # a short copy (the end of the source): charge what it grew by
+                self.service.usage.charge(node.job, (max(off_out + copied - st.st_size, 0) * names) - growth)
+            dst.dirty = dst.changed = True
+            self._forget_hashes(dst.ino)
+        self._show_other_names(node, dst.ino)
+        return copied
 
     # -- names --------------------------------------------------------------------
 
