@@ -339,7 +339,9 @@ def filesystem_of(path: Path) -> dict:
 
 def libfuse_versions() -> dict:
     out = {}
-    lib3 = ctypes.util.find_library("fuse3")
+    # the libfuse wsfs loads (its binding's choice: the one built into this venv, else the system's)
+    built = PASSTHROUGH_HP.parent / "libfuse3.so.3"
+    lib3 = os.environ.get("WSFS_LIBFUSE3") or (str(built) if built.exists() else ctypes.util.find_library("fuse3"))
     if lib3:
         try:
             fn = ctypes.CDLL(lib3).fuse_pkgversion
