@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, events, is_mounted, passthrough_of, sealed_write_errno, sh, wait_hashed
+from conftest import REPO, errno_of, events, is_mounted, passthrough_of, sealed_write_errno, sh, wait_hashed
 from conftest import wait_until as conftest_wait_until
 
 from wsfs.core.store import Store
@@ -76,14 +76,6 @@ def write_state(job_dir, command: str) -> int:
 
 def state_of(job_dir) -> str:
     return (Path(job_dir) / ".state").read_text().strip()
-
-
-def errno_of(fn) -> int:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return 0
 
 
 def wait_until(predicate, deadline: float, what: str):

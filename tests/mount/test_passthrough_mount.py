@@ -23,7 +23,7 @@ import subprocess
 
 import psutil
 import pytest
-from conftest import passthrough_of, sh, wait_hashed, wait_until
+from conftest import errno_of, passthrough_of, sh, wait_hashed, wait_until
 
 FS_IOC_GETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x10
 
@@ -159,7 +159,7 @@ def test_resume_thaws_a_frozen_writer(pt):
     try:
         os.write(fd, b"one\n")
         sh("echo failed > .state", cwd=job)
-        assert _errno(lambda: os.write(fd, b"no\n")) == errno.EPERM
+        assert errno_of(os.write, fd, b"no\n") == errno.EPERM
         sh('echo "resume r" > .wsfs/control', cwd=m.mnt)
         assert (job / ".state").read_text() == "running\n"
         os.write(fd, b"two\n")  # running again: the same descriptor writes
@@ -186,11 +186,3 @@ def test_a_frozen_file_is_thawed_by_the_next_mount_after_kill_9(pt):
     m.start()
     assert not immutable(m.data / "jobs" / "k" / "output" / "log")
     assert sh("cat workspaces/k/output/log", cwd=m.mnt).stdout == "one\n"
-
-
-def _errno(call) -> int:
-    try:
-        call()
-    except OSError as exc:
-        return exc.errno
-    return 0
