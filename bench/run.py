@@ -1060,6 +1060,11 @@ class Bench:
         write_file(big, 256 * MiB, MiB, fsync=True)
         for r in range(runs):
             for system in SYSTEMS:
+                if system == "passthrough_hp" and r:
+                    # Fresh each run: its second rsync of a run failed (close: EBADF) once inode numbers
+                    # of the first run's deleted files came back (3.17.2; its table keeps backing ids).
+                    self.servers[system].stop()
+                    self.servers[system].start()
                 t = self.target(system, f"w10-r{r}")
                 sample: dict = {"run": r, "system": system}
                 try:

@@ -412,7 +412,7 @@ def passthrough_of(mnt) -> str:
 
 
 def sealed_write_errno(mnt) -> int:
-    """What a write through a descriptor opened before its job's seal gets (docs/spec.md §8): EROFS
+    """What a write through a descriptor opened before its job's seal gets (docs/spec.md §8a): EROFS
     from the daemon, or EPERM from the backing file frozen under a passthrough writer."""
     return errno.EPERM if passthrough_of(mnt) == "on" else errno.EROFS
 

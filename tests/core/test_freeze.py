@@ -1,4 +1,4 @@
-"""Files frozen at a job's seal (docs/spec.md §8, "File data"): a file still open for writing through
+"""Files frozen at a job's seal (docs/spec.md §8a): a file still open for writing through
 kernel passthrough gets FS_IMMUTABLE_FL until its last close.  What the daemon that froze them
 cannot do after a crash is done by the next one (``Recovery.thaw_frozen``) and by the trash
 (``tree.remove_contents``).  Needs root and a data dir that takes the flag (ext4 here)."""

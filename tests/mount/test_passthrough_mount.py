@@ -1,4 +1,4 @@
-"""Kernel passthrough (docs/spec.md §8, "File data"): the kernel reads and writes a job's files
+"""Kernel passthrough (docs/spec.md §8a): the kernel reads and writes a job's files
 itself, and every promise that used to sit on the daemon's write path still holds: receipts,
 quotas, the seal of a file still open for writing, recovery after kill -9.
 

@@ -47,7 +47,7 @@ class Recovery:
 
     def thaw_frozen(self) -> int:
         """Clear the immutable flag of the files a daemon froze at their job's seal because they
-        were open for writing through kernel passthrough (docs/spec.md §8): that daemon would have
+        were open for writing through kernel passthrough (docs/spec.md §8a): that daemon would have
         at their last close, and it is gone.  Returns how many files it found frozen."""
         with self.service.store.read() as r:
             frozen = r.meta(FROZEN_META) or []

@@ -214,7 +214,7 @@ class WsfsOperations(Operations):
         # by its old path (libfuse #62), as an unlinked file's does, until its last close
         self._dropped_open: dict[str, FileHandle] = {}
         # Kernel passthrough (negotiated at init): reads always, writes when the job meters nothing
-        # and the data dir can freeze a file at its job's seal (docs/spec.md §8).
+        # and the data dir can freeze a file at its job's seal (docs/spec.md §8a).
         self.passthrough = self.passthrough_writes = False
         self.kills_privileges = False  # FUSE_CAP_HANDLE_KILLPRIV_V2: set-id bits are ours to drop
         self._io: dict[int, InodeIo] = {}  # backing inode -> how its opens are served
@@ -1013,7 +1013,7 @@ class WsfsOperations(Operations):
             self._freeze(job)
 
     def _freeze(self, job: str) -> None:
-        """No write may land in a sealed job (docs/spec.md §8), and the kernel writes a passthrough
+        """No write may land in a sealed job (docs/spec.md §8a), and the kernel writes a passthrough
         file without asking: each such file open for writing gets FS_IMMUTABLE_FL until its last
         writer closes (``_thaw``) or the job runs again.  The store lists them first, so a daemon
         that dies meanwhile leaves them to the next one's recovery (Recovery.thaw_frozen); the
