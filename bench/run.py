@@ -456,6 +456,28 @@ def write_file(path, nbytes: int, block: int, *, fsync: bool = True, buf: bytes 
         os.close(fd)
 
 
+def small_files(d, names, data: bytes) -> tuple[float, float, float]:
+    """Workload 3 in directory ``d``: seconds to create+write+close each of ``names`` (``data`` in
+    each), to stat them, and to unlink them (Python ``os`` calls relative to one directory fd)."""
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        t0 = time.perf_counter()
+        for name in names:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+            os.write(fd, data)
+            os.close(fd)
+        t1 = time.perf_counter()
+        for name in names:
+            os.stat(name, dir_fd=dfd)
+        t2 = time.perf_counter()
+        for name in names:
+            os.unlink(name, dir_fd=dfd)
+        t3 = time.perf_counter()
+    finally:
+        os.close(dfd)
+    return t1 - t0, t2 - t1, t3 - t2
+
+
 def read_file(path, block: int) -> int:
     buf = bytearray(block)
     fd = os.open(path, os.O_RDONLY)
@@ -827,35 +849,19 @@ class Bench:
         n, size = self.sizes["small_files"], self.sizes["small_size"]
         data = b"s" * size
         names = [f"f{i:05d}" for i in range(n)]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         for r in range(runs):
             for system in SYSTEMS:
                 t = self.target(system, f"w3-r{r}")
                 sample = {"run": r, "system": system}
                 try:
                     self.settle(system)
-                    dfd = os.open(t.view, os.O_RDONLY | os.O_DIRECTORY)
-                    try:
-                        with self.server_cpu(system, sample):
-                            t0 = time.perf_counter()
-                            for name in names:
-                                fd = os.open(name, flags, 0o644, dir_fd=dfd)
-                                os.write(fd, data)
-                                os.close(fd)
-                            t1 = time.perf_counter()
-                            for name in names:
-                                os.stat(name, dir_fd=dfd)
-                            t2 = time.perf_counter()
-                            for name in names:
-                                os.unlink(name, dir_fd=dfd)
-                            t3 = time.perf_counter()
-                    finally:
-                        os.close(dfd)
-                    sample.update(create_s=t1 - t0, stat_s=t2 - t1, unlink_s=t3 - t2,
-                                  create_ops=n / (t1 - t0), stat_ops=n / (t2 - t1), unlink_ops=n / (t3 - t2))
-                    self.add("3c", system, n / (t1 - t0))
-                    self.add("3s", system, n / (t2 - t1))
-                    self.add("3u", system, n / (t3 - t2))
+                    with self.server_cpu(system, sample):
+                        created, statted, unlinked = small_files(t.view, names, data)
+                    sample.update(create_s=created, stat_s=statted, unlink_s=unlinked, create_ops=n / created,
+                                  stat_ops=n / statted, unlink_ops=n / unlinked)
+                    self.add("3c", system, n / created)
+                    self.add("3s", system, n / statted)
+                    self.add("3u", system, n / unlinked)
                 finally:
                     self.drop_target(t)
                 self.record("3", sample)
