@@ -427,3 +427,16 @@ def wait_hashed(job_dir, path: str, timeout: float = 30.0) -> dict:
                 return doc
         return None
     return wait_until(entry, f"{path} hashed in {job_dir}/.manifest", timeout)
+
+
+def immutable(path) -> bool:
+    """Has the file FS_IMMUTABLE_FL (``lsattr``'s ``i``)?  Read with FS_IOC_GETFLAGS, changing nothing."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+        return bool(int.from_bytes(flags[:4], "little") & 0x10)  # FS_IMMUTABLE_FL
+    finally:
+        os.close(fd)

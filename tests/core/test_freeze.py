@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import immutable
 
 from wsfs.core import syscalls
 from wsfs.core.model import JobState
@@ -20,17 +21,6 @@ def freezing(core):
     if not core.tree.can_freeze():
         pytest.skip("this data dir cannot take FS_IMMUTABLE_FL (not root, or its filesystem lacks it)")
     return core
-
-
-def frozen(path) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        was = syscalls.set_immutable(fd, True)
-        if not was:
-            syscalls.set_immutable(fd, False)
-        return was
-    finally:
-        os.close(fd)
 
 
 def freeze(path) -> int:
@@ -50,7 +40,7 @@ def test_an_immutable_file_refuses_writes_through_a_descriptor_opened_before(fre
         freeze(path)
         with pytest.raises(PermissionError):
             os.write(writer, b"late")
-        assert frozen(path)
+        assert immutable(path)
         fd = os.open(path, os.O_RDONLY)
         assert syscalls.set_immutable(fd, False) is True
         os.close(fd)
@@ -75,12 +65,12 @@ def test_the_next_daemon_thaws_what_the_store_lists_wherever_the_job_is_now(free
     with core.store.write() as w:
         w.put_meta(FROZEN_META, listed)
     core.transition("b", JobState.CRASHED, "test")  # its tree moves to quarantine/
-    assert frozen(data / "quarantine" / "b" / "output" / "log")
+    assert immutable(data / "quarantine" / "b" / "output" / "log")
 
     assert core.recovery.thaw_frozen() == 3
-    assert not frozen(data / "jobs" / "a" / "output" / "log")
-    assert not frozen(data / "quarantine" / "b" / "output" / "log")
-    assert frozen(data / "quarantine" / "b" / "output" / "other")  # wsfs never listed it: left alone
+    assert not immutable(data / "jobs" / "a" / "output" / "log")
+    assert not immutable(data / "quarantine" / "b" / "output" / "log")
+    assert immutable(data / "quarantine" / "b" / "output" / "other")  # wsfs never listed it: left alone
     with core.store.read() as r:
         assert r.meta(FROZEN_META) == []
     assert core.recovery.thaw_frozen() == 0
@@ -89,7 +79,7 @@ def test_the_next_daemon_thaws_what_the_store_lists_wherever_the_job_is_now(free
     os.close(fd)
 
 
-def test_the_trash_removes_a_file_left_frozen(freezing, tmp_path):
+def test_the_trash_removes_a_file_left_immutable(freezing, tmp_path):
     trash = tmp_path / "data" / "trash" / "j.archived"
     (trash / "output").mkdir(parents=True)
     (trash / "output" / "log").write_text("x\n")

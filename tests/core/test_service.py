@@ -413,3 +413,34 @@ def test_log_level_from_the_environment(tmp_path):
     assert logging.getLogger().level == logging.WARNING
     result = CliRunner().invoke(main, ["--log-level", "debug", "config"], env={"WSFS_LOG_LEVEL": "warning"})
     assert logging.getLogger().level == logging.DEBUG  # the option wins
+
+
+def _build_libfuse(venv, **env):
+    return subprocess.run(["bash", str(REPO / "tools" / "build-libfuse.sh"), str(venv)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+
+
+def test_build_libfuse_says_why_not_and_never_fails_make(tmp_path):
+    """make runs tools/build-libfuse.sh once per venv: where it cannot build, it says why, builds
+    nothing and exits 0, and wsfs runs on the system's libfuse."""
+    result = _build_libfuse(tmp_path / "venv", WSFS_LIBFUSE_BUILD="0", WSFS_LIBFUSE_FROM="")
+    assert result.returncode == 0, result.stderr
+    assert "WSFS_LIBFUSE_BUILD=0: not building libfuse 3.17" in result.stderr
+    assert "no kernel passthrough" in result.stderr
+    assert not (tmp_path / "venv" / "lib" / "wsfs-libfuse").exists()
+
+
+def test_build_libfuse_takes_a_build_made_before(tmp_path):
+    """make install copies the checkout's build (WSFS_LIBFUSE_FROM) instead of building again."""
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "libfuse3.so.3.17.2").write_bytes(b"lib")
+    (made / "libfuse3.so.3").symlink_to("libfuse3.so.3.17.2")
+    (made / "passthrough_hp").write_bytes(b"hp")
+    (made / "passthrough_hp").chmod(0o755)
+    result = _build_libfuse(tmp_path / "venv", WSFS_LIBFUSE_FROM=str(made), WSFS_LIBFUSE_BUILD="0")
+    assert result.returncode == 0, result.stderr
+    dest = tmp_path / "venv" / "lib" / "wsfs-libfuse"
+    assert os.readlink(dest / "libfuse3.so.3") == "libfuse3.so.3.17.2"
+    assert (dest / "libfuse3.so.3.17.2").read_bytes() == b"lib" and os.access(dest / "passthrough_hp", os.X_OK)
+    assert "copied into" in result.stdout

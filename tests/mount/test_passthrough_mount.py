@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import errno
 import faulthandler
-import fcntl
 import hashlib
 import json
 import mmap
 import os
 import re
 import signal
-import struct
 import subprocess
 
 import psutil
 import pytest
-from conftest import errno_of, passthrough_of, sh, wait_hashed, wait_until
-
-FS_IOC_GETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x10
+from conftest import errno_of, immutable, passthrough_of, sh, wait_hashed, wait_until
 
 
 @pytest.fixture
@@ -50,16 +46,6 @@ def fuse_requests(m, op: str) -> int:
 def daemon_wrote(m) -> int:
     """Bytes the daemon has written with write(2) and friends (to the disk and to /dev/fuse)."""
     return psutil.Process(m.proc.pid).io_counters().write_chars
-
-
-def immutable(path) -> bool:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
-        return bool(struct.unpack_from("=i", buf)[0] & FS_IMMUTABLE_FL)
-    finally:
-        os.close(fd)
 
 
 def test_writes_and_reads_bypass_the_daemon_and_the_receipt_is_right(pt):
@@ -186,3 +172,14 @@ def test_a_frozen_file_is_thawed_by_the_next_mount_after_kill_9(pt):
     m.start()
     assert not immutable(m.data / "jobs" / "k" / "output" / "log")
     assert sh("cat workspaces/k/output/log", cwd=m.mnt).stdout == "one\n"
+
+
+def test_wsfs_passthrough_0_serves_every_read_and_write(mount_factory):
+    m = mount_factory(env={"WSFS_PASSTHROUGH": "0"})
+    assert passthrough_of(m.mnt) == "off"
+    writes = fuse_requests(m, "write")
+    sh("mkdir workspaces/s && head -c 300000 /dev/urandom > workspaces/s/output/f "
+       "&& cat workspaces/s/output/f > /dev/null", cwd=m.mnt)
+    assert fuse_requests(m, "write") > writes
+    data = (m.ws / "s" / "output" / "f").read_bytes()
+    assert wait_hashed(m.ws / "s", "output/f")["sha256"] == hashlib.sha256(data).hexdigest()

@@ -21,7 +21,6 @@ import os
 import stat
 import typing
 
-from . import syscalls
 from .model import JOB_ID_RE, JobRecord, JobState, is_hidden_name
 from .receipts import RECEIPT_FILE
 from .records import location
@@ -57,16 +56,9 @@ class Recovery:
             if where is None:
                 continue  # its tree went to the trash, whose emptying clears the flag (tree.remove_contents)
             try:
-                fd = self.tree.open(where[0], f"{where[1]}/{rel}", os.O_RDONLY | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                if os.fstat(fd).st_ino == ino:
-                    syscalls.set_immutable(fd, False)
+                self.tree.thaw(where[0], f"{where[1]}/{rel}", ino)
             except OSError as exc:
                 log.warning("job %s: could not clear the immutable flag of %s: %s", job_id, rel, exc)
-            finally:
-                os.close(fd)
         if frozen:
             with self.service.store.write() as w:
                 w.put_meta(FROZEN_META, [])

@@ -159,19 +159,22 @@ def _unlink(name: str, dir_fd: int) -> None:
     try:
         os.unlink(name, dir_fd=dir_fd)
     except PermissionError:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-        except OSError:
-            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), name) from None
-        try:
-            was = syscalls.set_immutable(fd, False)
-        except OSError:
-            was = False
-        finally:
-            os.close(fd)
-        if not was:
+        if not thaw(dir_fd, name):
             raise
         os.unlink(name, dir_fd=dir_fd)
+
+
+def thaw(dir_fd: int, name: str, ino: int | None = None) -> bool:
+    """Clear FS_IMMUTABLE_FL of the file ``name`` in ``dir_fd`` (never through a symlink), if it is
+    inode ``ino`` when one is given; returns whether the flag was set."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return (ino is None or os.fstat(fd).st_ino == ino) and syscalls.set_immutable(fd, False)
+    finally:
+        os.close(fd)
 
 
 def split(rel: str) -> list[str]:
@@ -222,6 +225,18 @@ class Tree:
             return False
         finally:
             os.close(fd)
+
+    def thaw(self, root: str, rel: str, ino: int | None = None) -> bool:
+        """``thaw`` of the file at ``rel`` below ``root`` (False when it is not there)."""
+        try:
+            fd, name, owned = self._parent_fd(root, rel)
+        except OSError:
+            return False
+        try:
+            return thaw(fd, name, ino)
+        finally:
+            if owned:
+                os.close(fd)
 
     def close(self) -> None:
         for fd in self.root_fds.values():

@@ -552,13 +552,13 @@ class WsfsOperations(Operations):
         except KeyError:
             raise FuseOSError(errno.EBADF) from None
 
-    def _register(self, fi, handle: Handle, may_pass: bool = False) -> int:
+    def _register(self, fi, handle: Handle, may_pass: bool = False, st: os.stat_result | None = None) -> int:
         fh = next(self._fh_counter)
         stream = None
         with self._handles_lock:
             self._handles[fh] = handle
             if isinstance(handle, FileHandle) and self.passthrough:
-                self._open_io(handle, may_pass)
+                self._open_io(handle, may_pass, st)
                 if handle.backing_id and handle.writable:
                     stream, handle.stream = handle.stream, None  # the kernel writes it: hashed after its close
             if handle.writable and isinstance(handle, FileHandle):
@@ -586,10 +586,10 @@ class WsfsOperations(Operations):
             return False
         return not self._limited(node)
 
-    def _open_io(self, handle: FileHandle, may_pass: bool) -> None:
+    def _open_io(self, handle: FileHandle, may_pass: bool, st: os.stat_result | None) -> None:
         """Serve this open as the inode's other open files are served (under ``_handles_lock``):
         the kernel refuses (EIO) a daemon-served open of an inode open through passthrough, and
-        the reverse.  With none open, ``may_pass`` decides."""
+        the reverse.  With none open, ``may_pass`` decides.  ``st``: a writer's stat at its open."""
         io = self._io.get(handle.ino)
         if io is None:
             io = self._io[handle.ino] = InodeIo()
@@ -603,7 +603,7 @@ class WsfsOperations(Operations):
         io.opens += 1
         handle.backing_id = io.backing_id
         if handle.backing_id and handle.writable:
-            st = os.fstat(handle.fd)
+            st = st or os.fstat(handle.fd)
             # A write after this open sets ctime to a time after it: a ctime older than the
             # clock's granularity before the open tells, at close, whether the file was written.
             handle.ctime_at_open = st.st_ctime_ns if st.st_ctime_ns < time.time_ns() - 1_000_000_000 else -1
@@ -624,11 +624,6 @@ class WsfsOperations(Operations):
             except OSError as exc:
                 log.warning("closing backing id %d: %s", io.backing_id, exc)
 
-    def _must_drop_privileges(self, st: os.stat_result) -> bool:
-        """Is a change of this file by this caller one that drops set-id bits?  (Only when the
-        daemon negotiated FUSE_CAP_HANDLE_KILLPRIV_V2: else the kernel drops them through setattr.)"""
-        return self.kills_privileges and _keeps_privileges(st) and self._dropped_bits(st) != 0
-
     def _dropped_bits(self, st: os.stat_result) -> int:
         """The set-id bits a change by this caller drops, as the kernel's setattr_should_drop_suidgid:
         set-user-ID always, set-group-ID when group-executable or when the caller is not in the
@@ -641,14 +636,27 @@ class WsfsOperations(Operations):
             bits |= stat.S_ISGID
         return bits
 
-    def _drop_privileges(self, fd: int, st: os.stat_result, path: str | None) -> None:
-        """A write, truncate or allocation by a caller without CAP_FSETID: the bits it drops go."""
+    def _drop_privileges(self, fd: int, path: str | None, st: os.stat_result | None = None) -> None:
+        """A write, truncate or allocation by a caller without CAP_FSETID: the set-id bits it drops
+        go.  Only when the daemon negotiated FUSE_CAP_HANDLE_KILLPRIV_V2: else the kernel drops
+        them through setattr.  ``st``: the file's stat when the caller has it."""
+        if not self.kills_privileges:
+            return
+        st = st or os.fstat(fd)
+        if not _keeps_privileges(st):
+            return
         bits = self._dropped_bits(st)
         if not bits:
             return
         os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~bits)
         if path:
             invalidate_path(path)
+
+    def _first_change(self, handle: FileHandle, path: str | None) -> None:
+        """Before the first write (or copy) through a handle that may drop set-id bits (open)."""
+        if handle.drops_privileges:
+            handle.drops_privileges = False
+            self._drop_privileges(handle.fd, path)
 
     def _written_through_kernel(self, handle: FileHandle) -> None:
         """A passthrough writer is flushed or released: its writes never came here, so its file
@@ -686,16 +694,15 @@ class WsfsOperations(Operations):
             fd = self.tree.open(node.root, node.rel, flags)
             st = os.fstat(fd)
             handle = FileHandle(node, fd=fd, writable=True, ino=st.st_ino)
-            if self._must_drop_privileges(st):
-                if flags & os.O_TRUNC:
-                    self._drop_privileges(fd, st, path)
-                else:
-                    handle.drops_privileges = True
+            if flags & os.O_TRUNC:
+                self._drop_privileges(fd, path, st)
+            else:  # its first write decides (the caller's groups are read only then)
+                handle.drops_privileges = self.kills_privileges and _keeps_privileges(st)
             if node.area_path is not None and st.st_size == 0 and stat.S_ISREG(st.st_mode):
                 handle.stream = self._stream(fd, st.st_ino)
             if flags & os.O_TRUNC and node.area_path is not None:
                 handle.dirty = handle.changed = True
-            registered = self._register(fi, handle, self._may_pass(node, True) and not _keeps_privileges(st))
+            registered = self._register(fi, handle, self._may_pass(node, True) and not _keeps_privileges(st), st)
         if flags & os.O_TRUNC:
             self._show_other_names(node, st.st_ino, path=path)
         return registered
@@ -744,7 +751,7 @@ class WsfsOperations(Operations):
             if node.area_path is not None:
                 handle.stream = self._stream(fd, st.st_ino) if st.st_size == 0 else None
                 self.service.manifest.put(node.job_id, node.area_rel, st)
-            return self._register(fi, handle, self._may_pass(node, True))
+            return self._register(fi, handle, self._may_pass(node, True), st)
 
     @op
     def read(self, path, size, offset, fi):
@@ -773,9 +780,7 @@ class WsfsOperations(Operations):
         node = handle.node
         if not isinstance(handle, FileHandle):
             return self._write_virtual(handle, data)
-        if handle.drops_privileges:
-            handle.drops_privileges = False
-            self._drop_privileges(handle.fd, os.fstat(handle.fd), path)
+        self._first_change(handle, path)
         if node.job is None:
             written = os.pwrite(handle.fd, data, offset)
             self._show_other_names(node, handle.ino)
@@ -875,14 +880,9 @@ class WsfsOperations(Operations):
                 return self._truncate_virtual(handle.node)
             node = handle.node
             with self._changing(node), handle.lock:
-                if self._limited(node) and handle.node is node:
-                    st = os.fstat(handle.fd)
-                    self._charge(node, (length - st.st_size) * self._names(node, st))
-                os.ftruncate(handle.fd, length)
+                self._truncate_fd(node, handle.fd, length, metered=handle.node is node)
                 handle.dirty = handle.changed = True
                 self._forget_hashes(handle.ino)
-                if self.kills_privileges and self._must_drop_privileges(st := os.fstat(handle.fd)):
-                    self._drop_privileges(handle.fd, st, None)  # libfuse's getattr after it tells the kernel
             self._show_other_names(node, handle.ino)
             return 0
         node = self.view.resolve(path)
@@ -890,22 +890,27 @@ class WsfsOperations(Operations):
             return self._truncate_virtual(node)
         node = self._backing(path, for_change=True)
         with self._changing(node):
-            if self._limited(node):
-                st = self.tree.lstat(node.root, node.rel)
-                self._charge(node, (length - st.st_size) * self._names(node, st))
-            self.tree.truncate(node.root, node.rel, length)
-            if self.kills_privileges and self._must_drop_privileges(st := self.tree.lstat(node.root, node.rel)):
-                fd = self.tree.open(node.root, node.rel, os.O_RDONLY | os.O_NONBLOCK)
-                try:
-                    self._drop_privileges(fd, st, None)
-                finally:
-                    os.close(fd)
-            if node.area_path is not None:
-                st = self.tree.lstat(node.root, node.rel)
-                self._forget_hashes(st.st_ino)
-                self.service.manifest.put(node.job_id, node.area_rel, st)
+            fd = self.tree.open(node.root, node.rel, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                self._truncate_fd(node, fd, length)
+                if node.area_path is not None:
+                    st = os.fstat(fd)
+                    self._forget_hashes(st.st_ino)
+                    self.service.manifest.put(node.job_id, node.area_rel, st)
+            finally:
+                os.close(fd)
         self._show_other_names(node)
         return 0
+
+    def _truncate_fd(self, node: Node, fd: int, length: int, *, metered: bool = True) -> None:
+        """truncate(2) of the file open at ``fd``: charged to its job first (what it grows by or
+        gives back, once per name), set-id bits dropped as by a write (libfuse's getattr after a
+        setattr tells the kernel the new mode)."""
+        st = os.fstat(fd)
+        if metered and self._limited(node):
+            self._charge(node, (length - st.st_size) * self._names(node, st))
+        os.ftruncate(fd, length)
+        self._drop_privileges(fd, None, st)
 
     @staticmethod
     def _truncate_virtual(node: Node) -> int:
@@ -1194,8 +1199,7 @@ class WsfsOperations(Operations):
                 st = os.fstat(handle.fd)
                 self._charge(handle.node, max(offset + size - st.st_size, 0) * self._names(handle.node, st))
             syscalls.fallocate(handle.fd, mode, offset, size)
-            if self.kills_privileges and self._must_drop_privileges(st := os.fstat(handle.fd)):
-                self._drop_privileges(handle.fd, st, path)
+            self._drop_privileges(handle.fd, path)
             handle.dirty = handle.changed = True
             self._forget_hashes(handle.ino)
         self._show_other_names(handle.node, handle.ino)
@@ -1210,6 +1214,7 @@ class WsfsOperations(Operations):
         if not isinstance(src, FileHandle) or not isinstance(dst, FileHandle) or flags:
             raise FuseOSError(errno.EOPNOTSUPP)  # the kernel copies through read and write instead
         node = dst.node
+        self._first_change(dst, path_out)
         if node.job is None:
             copied = os.copy_file_range(src.fd, dst.fd, size, off_in, off_out)
             self._show_other_names(node, dst.ino)
@@ -1241,24 +1246,22 @@ class WsfsOperations(Operations):
     @op
     def unlink(self, path):
         try:
-            node = self._backing(path, for_change=True)
-        except FuseOSError as exc:
+            return self._unlink(path)
+        except OSError as exc:
+            # libfuse 3.17 unlinks the hidden name it just gave an open file when it finds the file
+            # closed meanwhile; that close (release, HiddenNames) removed the name already: done.
             if exc.errno == errno.ENOENT and is_hidden_name(path.rsplit("/", 1)[-1]):
-                return 0  # see below
+                return 0
             raise
+
+    def _unlink(self, path: str) -> int:
+        node = self._backing(path, for_change=True)
         if node.area_path is None and node.job is not None:
             raise NotAllowedError("the control files stay")
         linked = self._linked_key(node)
         with self._changing(node):
-            try:
-                gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
-                self.tree.unlink(node.root, node.rel)
-            except FileNotFoundError:
-                # libfuse 3.17 unlinks the hidden name it just gave an open file when that file's
-                # last close came meanwhile; that close (release) removed the name already.
-                if _is_hidden(node):
-                    return 0
-                raise
+            gone = self.tree.lstat(node.root, node.rel) if self._limited(node) else None
+            self.tree.unlink(node.root, node.rel)
             if gone is not None and stat.S_ISREG(gone.st_mode):
                 self._charge(node, -gone.st_size, -1)
             if node.area_path is not None:
