@@ -134,3 +134,36 @@ def test_a_file_kept_open_keeps_its_data_after_unlink(f):
         assert f.ops.getattr("/workspaces/j/temp/f", fi)["st_size"] == 10
     assert f.ls("/workspaces/j/temp") == []
     assert f.job("j")["usage"] == {"bytes": 0, "files": 0}
+
+
+def test_a_small_file_written_out_of_order_is_hashed_at_its_release_and_a_big_one_later(f, monkeypatch):
+    """No running hash covers a file written out of order (or through kernel passthrough): one of
+    at most ``hashing.INLINE_MAX`` bytes is hashed by its release itself, its entry made once with
+    its sha256; a bigger one goes to the hasher thread (``hash_whole_later``)."""
+    import hashlib
+
+    from wsfs.core.hashing import INLINE_MAX
+
+    handed = []
+    monkeypatch.setattr(f.ops.hasher, "hash_whole_later", lambda fd, ino, size, done: handed.append(size))
+
+    def out_of_order(path: str, size: int) -> bytes:
+        half = size // 2
+        first, second = os.urandom(half), os.urandom(size - half)
+        fi = f.fi(os.O_WRONLY | os.O_CREAT)
+        f.ops.create(path, 0o644, fi)
+        try:
+            f.ops.write(path, second, half, fi)
+            f.ops.write(path, first, 0, fi)
+            f.ops.flush(path, fi)
+        finally:
+            f.ops.release(path, fi)
+        return first + second
+
+    small = out_of_order("/workspaces/j/output/small", INLINE_MAX)
+    entries = {e["path"]: e for e in f.manifest("j")}
+    assert entries["output/small"]["sha256"] == hashlib.sha256(small).hexdigest()
+    assert handed == []
+    out_of_order("/workspaces/j/output/big", INLINE_MAX + 1)
+    assert handed == [INLINE_MAX + 1]
+    assert {e["path"]: e["sha256"] for e in f.manifest("j")}["output/big"] is None

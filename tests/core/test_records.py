@@ -76,3 +76,24 @@ def test_location_follows_where_the_tree_is(core):
     core.transition("j", JobState.CRASHED, "gone")
     assert location(core.records.get("j")) == ("quarantine", "j")
     assert core.records.counts() == {"crashed": 1}
+
+
+
+def test_a_jobs_lock_is_one_object_while_held_and_while_recently_used(core, monkeypatch):
+    """One RWLock per job while anyone holds it; the recently used ones are kept, not made anew at
+    each request (``RECENT_LOCKS``); the others go, so a data dir of many jobs holds few."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(records_module, "RECENT_LOCKS", 2)
+    records = core.records
+    kept = weakref.ref(records.lock("a"))
+    gc.collect()
+    assert kept() is not None and records.lock("a") is kept()  # nobody held it: kept all the same
+    held = records.lock("held")
+    with held.shared():
+        for job in ("b", "c", "d"):  # "a" and "held" leave the recent ones
+            records.lock(job)
+        gc.collect()
+        assert kept() is None  # bounded: the least recently used went
+        assert records.lock("held") is held  # held meanwhile: still the one lock of its job

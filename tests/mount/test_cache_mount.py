@@ -180,3 +180,34 @@ def test_a_listing_brings_the_attributes_so_ls_l_asks_no_lookup_per_file(wsfs_mo
     after = getattrs()
     assert {line.split()[-1]: int(line.split()[4]) for line in listing} == sizes
     assert after - before < 10, f"{after - before} getattr requests for an ls -l of {len(sizes)} files"
+
+
+def test_a_big_listing_is_one_call_of_the_daemon_and_a_rewind_lists_afresh(wsfs_mount):
+    """libfuse >= 3.17 keeps a listing the operations give whole (``binding.READDIR_BUFFERED``):
+    the kernel's many READDIRs of a big directory cost the daemon one call, every entry is
+    there with its attributes, and a rewind (a new ``ls``) sees what changed meanwhile."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from wsfs.fuse.binding import READDIR_BUFFERED
+
+    if not READDIR_BUFFERED:
+        pytest.skip("libfuse < 3.17 gives listings by offset, one call of the daemon per READDIR")
+    m = wsfs_mount
+    sh("mkdir workspaces/big", cwd=m.mnt)
+    out = m.ws / "big" / "output"
+    names = {f"a-rather-long-file-name-to-fill-the-kernels-buffers-{i:04d}": i % 97 for i in range(1500)}
+    for name, size in names.items():
+        (out / name).write_bytes(b"x" * size)
+
+    def readdirs() -> float:
+        text = (m.mnt / ".wsfs" / "metrics").read_text()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "wsfs_fuse_requests_total" and s.labels.get("op") == "readdir")
+    before = readdirs()
+    listing = sh("ls -l --time-style=+ workspaces/big/output", cwd=m.mnt).stdout.splitlines()[1:]
+    assert readdirs() - before == 1
+    assert {line.split()[-1]: int(line.split()[4]) for line in listing} == names
+    (out / "one-more").write_text("new\n")
+    os.unlink(out / next(iter(names)))
+    listed = set(sh("ls -f workspaces/big/output", cwd=m.mnt).stdout.split())
+    assert listed == (set(names) - {next(iter(names))}) | {"one-more", ".", ".."}

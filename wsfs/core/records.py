@@ -24,6 +24,9 @@ from .model import JobRecord
 from .store import RWLock, Store, Writer
 
 CACHE_SIZE = 8192
+# The locks of the jobs used last stay made: a lock nobody holds would otherwise be dropped and
+# made anew at the next request of its job (a Condition and a Lock for each create, each flush).
+RECENT_LOCKS = 1024
 
 
 def is_sealed(record: JobRecord) -> bool:
@@ -46,7 +49,9 @@ class Records:
         self._changed = changed
         self._cache: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
+        # One lock per job while anyone holds it (weak), the recently used ones kept (strong).
         self._locks: weakref.WeakValueDictionary[str, RWLock] = weakref.WeakValueDictionary()
+        self._recent_locks: collections.OrderedDict[str, RWLock] = collections.OrderedDict()
         self._locks_guard = threading.Lock()
 
     def _remember(self, records: list[JobRecord]) -> None:
@@ -106,9 +111,16 @@ class Records:
 
     def lock(self, job_id: str) -> RWLock:
         with self._locks_guard:
+            lock = self._recent_locks.get(job_id)
+            if lock is not None:
+                self._recent_locks.move_to_end(job_id)
+                return lock
             lock = self._locks.get(job_id)
             if lock is None:
                 lock = self._locks[job_id] = RWLock()
+            self._recent_locks[job_id] = lock
+            if len(self._recent_locks) > RECENT_LOCKS:
+                self._recent_locks.popitem(last=False)
             return lock
 
     @contextlib.contextmanager

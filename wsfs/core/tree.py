@@ -491,43 +491,40 @@ class Tree:
         finally:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def _xattr_path(self, root: str, rel: str):
-        """``(path, follow)`` naming the entry itself for the xattr calls, of any type (a symlink,
-        a socket, a FIFO are not opened): its checked parent's fd through /proc, and its name,
-        not followed.  Linux itself then answers as on the disk (a symlink: ENODATA for
-        ``user.*`` reads, an empty list, EPERM for setting ``user.*``)."""
+    def _on_entry(self, root: str, rel: str, call, *args):
+        """``call(path, *args, follow_symlinks=...)`` (an ``os`` xattr call) on the entry itself, of
+        any type (a symlink, a socket, a FIFO are not opened): its checked parent's fd through
+        /proc, and its name, not followed.  Linux itself then answers as on the disk (a symlink:
+        ENODATA for ``user.*`` reads, an empty list, EPERM for setting ``user.*``).  No context
+        manager: with POSIX ACLs the kernel asks ``getxattr`` of every inode it checks."""
         if not rel:
-            yield f"/proc/self/fd/{self.root_fds[root]}", True
-            return
-        with self.parent(root, rel) as (fd, name):
-            yield f"/proc/self/fd/{fd}/{name}", False
+            return call(f"/proc/self/fd/{self.root_fds[root]}", *args, follow_symlinks=True)
+        fd, name, owned = self._parent_fd(root, rel)
+        try:
+            return call(f"/proc/self/fd/{fd}/{name}", *args, follow_symlinks=False)
+        finally:
+            if owned:
+                os.close(fd)
 
     def inherits_acl(self, root: str, rel: str) -> bool:
         """Does a new entry at ``rel`` get its directory's default ACL (and so not the umask)?"""
-        parent = rel.rpartition("/")[0]
         try:
-            with self._xattr_path(root, parent) as (path, follow):
-                os.getxattr(path, "system.posix_acl_default", follow_symlinks=follow)
+            self._on_entry(root, rel.rpartition("/")[0], os.getxattr, "system.posix_acl_default")
             return True
         except OSError:
             return False
 
     def getxattr(self, root: str, rel: str, attr: str) -> bytes:
-        with self._xattr_path(root, rel) as (path, follow):
-            return os.getxattr(path, attr, follow_symlinks=follow)
+        return self._on_entry(root, rel, os.getxattr, attr)
 
     def setxattr(self, root: str, rel: str, attr: str, value: bytes, flags: int) -> None:
-        with self._xattr_path(root, rel) as (path, follow):
-            os.setxattr(path, attr, value, flags, follow_symlinks=follow)
+        self._on_entry(root, rel, os.setxattr, attr, value, flags)
 
     def listxattr(self, root: str, rel: str) -> list[str]:
-        with self._xattr_path(root, rel) as (path, follow):
-            return os.listxattr(path, follow_symlinks=follow)
+        return self._on_entry(root, rel, os.listxattr)
 
     def removexattr(self, root: str, rel: str, attr: str) -> None:
-        with self._xattr_path(root, rel) as (path, follow):
-            os.removexattr(path, attr, follow_symlinks=follow)
+        self._on_entry(root, rel, os.removexattr, attr)
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.data_dir)
@@ -624,7 +621,7 @@ class Tree:
         """Yield ``(path below rel, stat_result, at)`` of every regular file below ``rel``, and with
         ``dirs`` of ``rel`` itself (path ``""``) and every directory (before what it holds),
         depth first, sorted, never following a symlink.  ``at`` is ``(path, follow)`` naming the
-        entry for the xattr calls (through /proc, as ``_xattr_path``), valid until the next item
+        entry for the xattr calls (through /proc, as ``_on_entry``), valid until the next item
         is asked for."""
         try:
             dfd = self.open_dir(root, split(rel))

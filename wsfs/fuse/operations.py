@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 from ..core import acl, metrics, syscalls
 from ..core.errors import NotAllowedError, WsfsError
-from ..core.hashing import Hasher, StreamHash
+from ..core.hashing import INLINE_MAX, Hasher, StreamHash, small_file_digest
 from ..core.lifecycle import RECEIPT_FILE, JobService
 from ..core.model import is_hidden_name
 from ..core.records import is_sealed, location
@@ -99,7 +99,7 @@ def op(func):
 
 
 def _refused(op_name: str, number: int) -> FuseOSError:
-    if number != errno.ENOENT:  # lookups of names that are not there are no refusal
+    if number != errno.ENOENT and number != errno.ENODATA:  # a name or an xattr not there is no refusal
         metrics.FUSE_ERRORS.labels(op=op_name, errno=metrics.errno_name(number)).inc()
     return FuseOSError(number)
 
@@ -174,6 +174,11 @@ def _marks_setattr(func):
         self._setattr_marks[threading.get_ident()] = (path, fh.fh if fh is not None else None)
         return result
     return wrapper
+
+
+def _same_content_key(a: os.stat_result, b: os.stat_result) -> bool:
+    """Two stats of one file with nothing written between them (its manifest key, and ctime)."""
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 def _is_hidden(node: Node) -> bool:
@@ -964,15 +969,21 @@ class WsfsOperations(Operations):
         stream, handle.stream = handle.stream, None
         try:
             if handle.changed and node.area_path is not None:
+                digest = self._small_digest(handle, stream)
                 # Under the job's lock, as flush: a transition either sees this entry or seals first.
                 with self.service.records.lock(node.job_id).shared():
-                    # the entry its flush made, unless a rename moved it meanwhile (refresh)
-                    st = self._record_file(handle, stream, refresh=True) if handle.dirty else self._still_there(handle)
+                    if handle.dirty:  # the entry its flush made, unless a rename moved it meanwhile (refresh)
+                        st = self._record_file(handle, stream, refresh=True, digest=digest)
+                    else:
+                        st = self._still_there(handle)
+                        if st is not None and digest is not None and _same_content_key(digest[0], st):
+                            self.service.manifest.hashed(node.job_id, node.area_rel, st, digest[1])
+                hashed = st is not None and digest is not None and _same_content_key(digest[0], st)
                 if st is not None and stream is not None and stream.pending:
                     # Hashed later, in the hasher thread; the entry gets its sha256 then.
                     self.hasher.finish_later(stream, st.st_size, self._hashed_later(node, st))
                     stream = None
-                elif st is not None and self._needs_whole_hash(handle, stream, st):
+                elif st is not None and not hashed and self._needs_whole_hash(handle, stream, st):
                     # Written out of order: hashed whole in the background now, not at the ending.
                     self.hasher.hash_whole_later(handle.fd, st.st_ino, st.st_size, self._hashed_later(node, st))
         finally:
@@ -1120,6 +1131,16 @@ class WsfsOperations(Operations):
         except OSError:
             return None
 
+    def _small_digest(self, handle: FileHandle, stream: StreamHash | None) -> tuple[os.stat_result, bytes] | None:
+        """A small kept file that needs hashing whole, hashed now (``small_file_digest``), with
+        the stat it was hashed at: its entry is then made once, with its sha256, and the
+        hasher thread never sees it (most files a program makes are small)."""
+        st = os.fstat(handle.fd)
+        if st.st_size > INLINE_MAX or not self._needs_whole_hash(handle, stream, st):
+            return None
+        digest = small_file_digest(handle.fd, st.st_size)
+        return (st, digest) if digest is not None else None
+
     def _needs_whole_hash(self, handle: FileHandle, stream: StreamHash | None, st: os.stat_result) -> bool:
         """A kept file whose closing left no sha256 (no stream covered it), with no other writer."""
         if st.st_size == 0 or (stream is not None and stream.valid and stream.written == st.st_size):
@@ -1157,12 +1178,13 @@ class WsfsOperations(Operations):
         self.hasher.track(stream)
         return stream
 
-    def _record_file(self, handle: FileHandle, stream: StreamHash | None, *,
-                     refresh: bool = False) -> os.stat_result | None:
+    def _record_file(self, handle: FileHandle, stream: StreamHash | None, *, refresh: bool = False,
+                     digest: tuple[os.stat_result, bytes] | None = None) -> os.stat_result | None:
         """Manifest entry for a file closed after writing (docs/spec.md §8: never per write).
 
-        The entry has a sha256 only if ``stream`` already covers the whole file;
-        returns the file's stat, or None when no entry was made.
+        The entry has a sha256 only if ``stream`` already covers the whole file, or ``digest``
+        (a stat and the sha256 read at it) is of the file as it is; returns the file's stat, or
+        None when no entry was made.
         """
         node = handle.node
         if is_hidden_name(node.area_rel.rsplit("/", 1)[-1]):
@@ -1178,6 +1200,8 @@ class WsfsOperations(Operations):
         if current.st_ino != st.st_ino:
             return None
         sha = stream.digest_so_far(st.st_size) if stream is not None else None
+        if sha is None and digest is not None and _same_content_key(digest[0], st):
+            sha = digest[1]
         self.service.manifest.put(node.job_id, node.area_rel, st, sha, refresh=refresh)
         return st
 
