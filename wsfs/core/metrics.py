@@ -25,17 +25,75 @@ reads ``.wsfs/metrics`` or on the HTTP server's thread.
 
 from __future__ import annotations
 
+import bisect
 import errno as errno_module
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=False)
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
-FUSE_LATENCY = Histogram("wsfs_fuse_request_seconds", "FUSE request latency in the daemon, by operation",
-                         ["op"], registry=REGISTRY, buckets=_LATENCY_BUCKETS)
-FUSE_REQUESTS = Counter("wsfs_fuse_requests", "FUSE requests by operation", ["op"], registry=REGISTRY)
+
+class FuseRequests:
+    """``wsfs_fuse_requests_total{op}`` and ``wsfs_fuse_request_seconds{op}``, counted without a
+    lock: each thread adds to a table of its own, a scrape sums the tables.  (prometheus_client's
+    Counter and Histogram take a lock per value: 2.3 µs of every request, 7 % of a stat.)
+
+    Threading: ``add`` from any thread (its own table; ``_lock`` only at a thread's first
+    request); ``collect`` from the thread that scrapes.  A scrape may see a request counted
+    and not yet in its bucket: the +Inf bucket is the larger of the two.
+    """
+
+    def __init__(self):
+        self._tables: list[dict[str, list]] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def add(self, op: str, seconds: float) -> None:
+        try:
+            table = self._local.table
+        except AttributeError:
+            table = self._local.table = {}
+            with self._lock:
+                self._tables.append(table)
+        row = table.get(op)
+        if row is None:
+            row = table[op] = [0, 0.0] + [0] * len(_LATENCY_BUCKETS)  # count, sum, each bucket alone
+        row[0] += 1
+        row[1] += seconds
+        bucket = bisect.bisect_left(_LATENCY_BUCKETS, seconds)
+        if bucket < len(_LATENCY_BUCKETS):
+            row[2 + bucket] += 1
+
+    def collect(self):
+        totals: dict[str, list] = {}
+        with self._lock:
+            tables = list(self._tables)
+        for table in tables:
+            for op, row in list(table.items()):
+                total = totals.setdefault(op, [0] * len(row))
+                for i, value in enumerate(row):
+                    total[i] += value
+        requests = CounterMetricFamily("wsfs_fuse_requests", "FUSE requests by operation", labels=["op"])
+        latency = HistogramMetricFamily("wsfs_fuse_request_seconds", "FUSE request latency in the daemon, "
+                                        "by operation", labels=["op"])
+        for op, (count, seconds, *alone) in sorted(totals.items()):
+            buckets, below = [], 0
+            for bound, n in zip(_LATENCY_BUCKETS, alone, strict=True):
+                below += n
+                buckets.append((floatToGoString(bound), below))
+            buckets.append(("+Inf", max(count, below)))
+            requests.add_metric([op], max(count, below))
+            latency.add_metric([op], buckets, seconds)
+        yield requests
+        yield latency
+
+
+FUSE_REQUESTS = FuseRequests()
+REGISTRY.register(FUSE_REQUESTS)
 FUSE_ERRORS = Counter("wsfs_fuse_errors", "FUSE requests answered with an errno, by operation and errno",
                       ["op", "errno"], registry=REGISTRY)
 TRANSITIONS = Counter("wsfs_transitions", "Job transitions", ["from_state", "to_state"], registry=REGISTRY)

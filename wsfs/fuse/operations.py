@@ -76,7 +76,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 def op(func):
     """The errno boundary (see the module docstring), counted and timed (wsfs.metrics)."""
     name = func.__name__
-    latency, requests = metrics.FUSE_LATENCY.labels(op=name), metrics.FUSE_REQUESTS.labels(op=name)
+    counted = metrics.FUSE_REQUESTS.add
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -93,8 +93,7 @@ def op(func):
             log.exception("%s failed", name)
             raise _refused(name, errno.EIO) from None
         finally:
-            requests.inc()
-            latency.observe(time.perf_counter() - started)
+            counted(name, time.perf_counter() - started)
     return wrapper
 
 
