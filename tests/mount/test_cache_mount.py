@@ -211,3 +211,28 @@ def test_a_big_listing_is_one_call_of_the_daemon_and_a_rewind_lists_afresh(wsfs_
     os.unlink(out / next(iter(names)))
     listed = set(sh("ls -f workspaces/big/output", cwd=m.mnt).stdout.split())
     assert listed == (set(names) - {next(iter(names))}) | {"one-more", ".", ".."}
+
+
+
+def test_a_directory_too_big_to_hold_whole_streams_every_entry(wsfs_mount):
+    """Past ``WHOLE_LISTING_MAX`` entries a listing is given by offsets, a call per READDIR, so
+    libfuse never holds a huge directory whole: every entry is still listed, once."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from wsfs.fuse.operations import WHOLE_LISTING_MAX
+
+    m = wsfs_mount
+    sh("mkdir workspaces/huge", cwd=m.mnt)
+    backing = m.data / "jobs" / "huge" / "output"  # made behind the daemon: a quick setup
+    names = {f"entry-{i:05d}" for i in range(max(WHOLE_LISTING_MAX, 0) + 50)}
+    for name in names:
+        os.close(os.open(backing / name, os.O_WRONLY | os.O_CREAT, 0o644))
+
+    def readdirs() -> float:
+        text = (m.mnt / ".wsfs" / "metrics").read_text()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "wsfs_fuse_requests_total" and s.labels.get("op") == "readdir")
+    before = readdirs()
+    listed = sh("ls -f workspaces/huge/output", cwd=m.mnt).stdout.split()
+    assert sorted(listed) == sorted(names | {".", ".."})
+    assert readdirs() - before > 10  # streamed: a call per READDIR of the kernel

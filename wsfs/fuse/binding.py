@@ -103,10 +103,11 @@ _STAT, _STAT_ORDER = _stat_layout()
 READDIR_PLUS, FILL_DIR_PLUS = 1 << 0, 1 << 1
 #: ``WSFS_READDIRPLUS=0`` (benchmarks: bench/listing_cost.py) lists names only, as before.
 READDIRPLUS = os.environ.get("WSFS_READDIRPLUS", "1") != "0"
-#: libfuse >= 3.17 keeps a listing given without offsets whole, attributes included (its
-#: ``fuse_direntry`` carries FUSE_FILL_DIR_PLUS; 3.14 to 3.16 drop them): one call of the
-#: operations per listing, the kernel's further READDIRs served from libfuse's buffer.
-#: ``WSFS_READDIR_BUFFERED=0`` gives offsets as on older libfuse (bench/listing_cost.py).
+#: libfuse >= 3.17 keeps a listing given without offsets (offsets of 0) whole, attributes included
+#: (its ``fuse_direntry`` carries FUSE_FILL_DIR_PLUS; 3.14 to 3.16 drop them): one call of the
+#: operations per listing, the kernel's further READDIRs served from libfuse's buffer.  The
+#: operations give offsets instead (a call per READDIR) where libfuse cannot keep a listing, and
+#: for a directory too big to hold whole.  ``WSFS_READDIR_BUFFERED=0``: always offsets.
 READDIR_BUFFERED = LIBFUSE_VERSION >= (3, 17) and os.environ.get("WSFS_READDIR_BUFFERED", "1") != "0"
 _NS = 10 ** 9
 
@@ -197,19 +198,18 @@ class FUSE(mfusepy.FUSE):
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         """A listing from ``offset`` on, each entry with the offset of the next, until the
-        kernel's buffer is full.  For the kernel's READDIRPLUS (``FUSE_READDIR_PLUS``) an entry
+        kernel's buffer is full; or a whole listing, every offset 0, which libfuse keeps
+        (``READDIR_BUFFERED``).  For the kernel's READDIRPLUS (``FUSE_READDIR_PLUS``) an entry
         the operations give all attributes of goes with them (``FUSE_FILL_DIR_PLUS``): libfuse
         makes its node from them and the kernel asks no LOOKUP for it.  (mfusepy passes mode and
         inode only, and offsets of 0, with which libfuse 3.14 drops the attributes.)"""
         plus = bool(flags & READDIR_PLUS) and READDIRPLUS
         st = mfusepy.c_stat()
         address = ctypes.addressof(st)
-        if READDIR_BUFFERED:
-            offset = 0  # the whole listing, which libfuse keeps (it asks again only at a rewind)
         for name, attrs, after in self.operations.readdir(_decode(self, path), fip.contents.fh, offset, plus):
             ctypes.memmove(address, stat_bytes(attrs), _STAT.size)
             fill = FILL_DIR_PLUS if plus and "st_nlink" in attrs else 0
-            if filler(buf, name.encode(self.encoding, self.errors), st, 0 if READDIR_BUFFERED else after, fill) != 0:
+            if filler(buf, name.encode(self.encoding, self.errors), st, after, fill) != 0:
                 break
         return 0
 

@@ -40,6 +40,7 @@ from .binding import (
     CAP_DONT_MASK,
     CAP_HANDLE_KILLPRIV_V2,
     CAP_POSIX_ACL,
+    READDIR_BUFFERED,
     FuseOSError,
     Operations,
     backing_close,
@@ -68,6 +69,9 @@ from .view import (
 
 log = logging.getLogger("wsfs.fs")
 
+# A listing of at most this many entries is given whole (binding.READDIR_BUFFERED): one call, held
+# by libfuse (~200 bytes an entry) until closedir; a bigger one streams, by offsets.
+WHOLE_LISTING_MAX = 10_000 if READDIR_BUFFERED else -1
 CACHE_TIMEOUT_S = 10.0  # the kernel's entry and attribute timeouts (see init_with_config)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
@@ -448,6 +452,10 @@ class WsfsOperations(Operations):
 
     def _entries(self, handle: Handle, path: str | None, offset: int, plus: bool):
         listing = handle.listing or []
+        # Whole (offsets of 0): libfuse keeps it and serves the kernel's further READDIRs itself.
+        whole = len(listing) <= WHOLE_LISTING_MAX
+        if whole:
+            offset = 0
         node = handle.node
         # libfuse gives no path (nullpath_ok): the directory's own, from its node
         base = self.view.path_of(node).rstrip("/") if plus else None
@@ -459,7 +467,7 @@ class WsfsOperations(Operations):
                 if base is not None and name not in (".", "..") and self.view.cheap_attrs(node, name):
                     with contextlib.suppress(FuseOSError, WsfsError, OSError):  # gone meanwhile: looked up later
                         attrs = self._listed_attrs(node, base, name, dir_fd)
-                yield name, attrs or {"st_ino": ino, "st_mode": kind}, index + 1
+                yield name, attrs or {"st_ino": ino, "st_mode": kind}, 0 if whole else index + 1
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)
