@@ -13,6 +13,7 @@ import pytest
 from operations_support import refused
 
 from wsfs.core.lifecycle import JOB_DOCUMENT_FIELDS
+from wsfs.fuse import operations
 
 
 def test_a_virtual_files_size_is_its_length_and_reads_honour_offsets(f):
@@ -88,7 +89,9 @@ def test_a_listing_with_attributes_gives_what_getattr_gives_but_for_costly_virtu
             listed = list(f.ops.readdir(None, fh, 0, plus=True))  # libfuse gives no path: nullpath_ok
         finally:
             f.ops.releasedir(directory, fh)
-        assert [after for _n, _a, after in listed] == list(range(1, len(listed) + 1))
+        # whole (libfuse >= 3.17 keeps it: every offset 0), or streamed, each entry the next's offset
+        whole = len(listed) <= operations.WHOLE_LISTING_MAX
+        assert [after for _n, _a, after in listed] == ([0] * len(listed) if whole else list(range(1, len(listed) + 1)))
         for name, attrs, _after in listed:
             path = f"{directory.rstrip('/')}/{name}"
             if name in (".", "..", ".job", ".manifest"):
@@ -99,7 +102,9 @@ def test_a_listing_with_attributes_gives_what_getattr_gives_but_for_costly_virtu
             assert {k: attrs[k] for k in keys} == {k: expected[k] for k in keys}, path
 
 
-def test_a_listing_read_in_parts_continues_where_it_stopped(f):
+def test_a_listing_read_in_parts_continues_where_it_stopped(f, monkeypatch):
+    """A directory too big to give whole (or any, on libfuse < 3.17) streams, by offsets."""
+    monkeypatch.setattr(operations, "WHOLE_LISTING_MAX", 20)
     for i in range(30):
         f.write(f"/workspaces/j/temp/f{i:02d}", b"")
     fh = f.ops.opendir("/workspaces/j/temp")
@@ -112,3 +117,18 @@ def test_a_listing_read_in_parts_continues_where_it_stopped(f):
     names = [name for name, _a, _o in first + rest]
     assert names[:2] == [".", ".."] and sorted(names[2:]) == [f"f{i:02d}" for i in range(30)]
     assert "late" in f.ls("/workspaces/j/temp")  # a new read from the start sees it
+
+
+def test_a_listing_given_whole_ignores_the_offset_libfuse_applies_itself(f, monkeypatch):
+    """A whole listing (every offset 0) is what libfuse keeps and seeks in itself: asked at an
+    offset (a seekdir on a fresh descriptor), the operations give it whole all the same."""
+    monkeypatch.setattr(operations, "WHOLE_LISTING_MAX", 100)
+    for i in range(30):
+        f.write(f"/workspaces/j/temp/f{i:02d}", b"")
+    fh = f.ops.opendir("/workspaces/j/temp")
+    try:
+        listed = list(f.ops.readdir(None, fh, 12))
+    finally:
+        f.ops.releasedir("/workspaces/j/temp", fh)
+    assert [name for name, _a, _o in listed][:2] == [".", ".."] and len(listed) == 32
+    assert {after for _n, _a, after in listed} == {0}

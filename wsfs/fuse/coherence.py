@@ -35,7 +35,7 @@ class LinkedNames:
     Threading: any FUSE thread; ``_lock`` guards the table (a leaf lock).
     """
 
-    MAX_FILES = 1 << 16  # beyond it the table starts again: stale caches for a second, no unbounded memory
+    MAX_FILES = 1 << 16  # beyond it the table starts again: stale caches until attr_timeout, no unbounded memory
 
     def __init__(self):
         self._names: dict[tuple[str, int], set[str]] = {}
