@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import subprocess
 import urllib.request
 
 import pytest
-from conftest import as_user, sh
+from conftest import as_user, errno_of, sh
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.mount
@@ -42,6 +44,8 @@ def test_metrics_are_scraped_with_cat_and_over_http_and_counters_move(mount_fact
                                             "echo failed > workspaces/a/.state; echo sweep > .wsfs/control"],
                              cwd=m.mnt, capture_output=True, text=True)
     assert "Disk quota exceeded" in refused.stderr and "Operation not permitted" in refused.stderr
+    # an xattr that is not there is an answer, not a refusal (as a name that is not there)
+    assert errno_of(os.getxattr, m.mnt / "workspaces" / "a" / "output" / "o", "user.nosuch") == errno.ENODATA
     after = samples(sh("cat .wsfs/metrics", cwd=m.mnt).stdout)
     moved = {key: after[key] - before.get(key, 0) for key in after}
     assert value(moved, "wsfs_transitions_total", from_state="running", to_state="completed") == 1
@@ -50,6 +54,9 @@ def test_metrics_are_scraped_with_cat_and_over_http_and_counters_move(mount_fact
     assert value(moved, "wsfs_sweep_seconds_count") == 1
     assert value(moved, "wsfs_fuse_requests_total", op="mkdir") >= 1
     assert value(moved, "wsfs_fuse_request_seconds_count", op="mkdir") >= 1
+    assert value(moved, "wsfs_fuse_requests_total", op="getxattr") >= 1
+    assert not [key for key, n in moved.items() if key[0] == "wsfs_fuse_errors_total" and ("errno", "ENODATA") in key[1]
+                and n]
     assert value(after, "wsfs_jobs", state="completed") == 1 and value(after, "wsfs_jobs", state="running") == 1
     assert value(after, "wsfs_job_bytes", state="completed", template="default") == 5
     assert value(after, "wsfs_user_jobs", uid="0") == 2

@@ -76,6 +76,15 @@ class StreamHash:
             self._open_reader()
         return self.valid
 
+    @classmethod
+    def of_closing_file(cls, writer_fd: int, ino: int, size: int) -> StreamHash:
+        """A stream over a file's first ``size`` bytes, none hashed yet, read through a fd of its
+        own (``writer_fd`` is about to close); invalid when that cannot be opened."""
+        stream = cls(writer_fd, ino)
+        stream.written = size
+        stream._open_reader()
+        return stream
+
     def _open_reader(self) -> None:
         # A reading fd of its own: the writer's may be O_WRONLY.  /proc/self/fd
         # reopens exactly that inode, whatever happens to its name meanwhile.
@@ -128,20 +137,18 @@ class StreamHash:
 
 
 def small_file_digest(writer_fd: int, size: int) -> bytes | None:
-    """sha256 of a file of at most ``INLINE_MAX`` bytes, read at once through a reading fd of its
-    own (the writer's may be O_WRONLY); None when it is no longer ``size`` bytes long.  For
-    ``release``: a small file costs less hashed here than handed to the thread."""
-    try:
-        fd = os.open(f"/proc/self/fd/{writer_fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.pread(fd, size + 1, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return hashlib.sha256(data).digest() if len(data) == size else None
+    """sha256 of a file of at most ``INLINE_MAX`` bytes, read now (``StreamHash.of_closing_file``);
+    None when it could not be read whole.  For ``release``: a small file costs less hashed
+    there than handed to the thread."""
+    stream = StreamHash.of_closing_file(writer_fd, 0, size)
+    with stream.lock:
+        try:
+            stream._catch_up()
+        except OSError:
+            stream.valid = False
+        digest = stream.digest_state.digest() if stream.valid else None
+        stream._close()
+    return digest
 
 
 class Hasher:
@@ -173,9 +180,7 @@ class Hasher:
         fallocate, an append to an existing file): hash it whole in this thread, from a reading
         fd opened now (``writer_fd`` is about to close), then ``done(digest or None)``.  So
         ending the job finds the sha256 in the manifest instead of re-reading the file."""
-        stream = StreamHash(writer_fd, ino)
-        stream.written = size
-        stream._open_reader()
+        stream = StreamHash.of_closing_file(writer_fd, ino, size)
         if not stream.valid:
             done(None)
             return

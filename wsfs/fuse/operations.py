@@ -179,9 +179,15 @@ def _marks_setattr(func):
     return wrapper
 
 
-def _same_content_key(a: os.stat_result, b: os.stat_result) -> bool:
-    """Two stats of one file with nothing written between them (its manifest key, and ctime)."""
-    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+def _digest_at(digest: tuple[os.stat_result, bytes] | None, st: os.stat_result | None) -> bytes | None:
+    """The sha256 of ``digest`` (a stat and the sha256 read at it) if nothing was written to the
+    file since, as ``st`` shows it now (its manifest key, and ctime), else None."""
+    if digest is None or st is None:
+        return None
+    was = digest[0]
+    same = (was.st_ino, was.st_size, was.st_mtime_ns, was.st_ctime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns,
+                                                                          st.st_ctime_ns)
+    return digest[1] if same else None
 
 
 def _is_hidden(node: Node) -> bool:
@@ -800,22 +806,33 @@ class WsfsOperations(Operations):
         with self.service.records.mutation(node.job), handle.lock:
             if handle.node is not node:  # its area was dropped while this write waited (_area_dropping)
                 return os.pwrite(handle.fd, data, offset)
-            if self._limited(node):
-                st = os.fstat(handle.fd)
-                growth = max(offset + len(data) - st.st_size, 0) * self._names(node, st)
-                self.service.usage.charge(node.job, growth)
-                try:
-                    written = os.pwrite(handle.fd, data, offset)
-                except BaseException:
-                    self.service.usage.charge(node.job, -growth)
-                    raise
-            else:
-                written = os.pwrite(handle.fd, data, offset)
+            written = self._charged_write(node, handle.fd, offset, len(data),
+                                          lambda: os.pwrite(handle.fd, data, offset))
             handle.dirty = handle.changed = True
             if handle.stream is not None and handle.stream.advance(offset, data, written):
                 self.hasher.poke()
         self._show_other_names(node, handle.ino)
         return written
+
+    def _charged_write(self, node: Node, fd: int, offset: int, length: int, do) -> int:
+        """``do()``, which writes ``length`` bytes at ``offset`` of the file at ``fd`` and returns how
+        many it wrote: a metered job is charged what the file grows by first (EDQUOT past its
+        quota, nothing written), given it back if ``do`` fails, and charged what a short write
+        grew it by.  Under the job's lock and the handle's (write, copy_file_range)."""
+        if not self._limited(node):
+            return do()
+        st = os.fstat(fd)
+        names = self._names(node, st)
+        growth = max(offset + length - st.st_size, 0) * names
+        self.service.usage.charge(node.job_id, growth)
+        try:
+            done = do()
+        except BaseException:
+            self.service.usage.charge(node.job_id, -growth)
+            raise
+        if done < length and growth:
+            self.service.usage.charge(node.job_id, max(offset + done - st.st_size, 0) * names - growth)
+        return done
 
     def _linked_key(self, node: Node) -> tuple[str, int] | None:
         """(root, inode) of a job's file whose other names the kernel may hold, else None."""
@@ -983,14 +1000,14 @@ class WsfsOperations(Operations):
                         st = self._record_file(handle, stream, refresh=True, digest=digest)
                     else:
                         st = self._still_there(handle)
-                        if st is not None and digest is not None and _same_content_key(digest[0], st):
-                            self.service.manifest.hashed(node.job_id, node.area_rel, st, digest[1])
-                hashed = st is not None and digest is not None and _same_content_key(digest[0], st)
+                    sha = _digest_at(digest, st)
+                    if sha is not None and st is not None and not handle.dirty:
+                        self.service.manifest.hashed(node.job_id, node.area_rel, st, sha)
                 if st is not None and stream is not None and stream.pending:
                     # Hashed later, in the hasher thread; the entry gets its sha256 then.
                     self.hasher.finish_later(stream, st.st_size, self._hashed_later(node, st))
                     stream = None
-                elif st is not None and not hashed and self._needs_whole_hash(handle, stream, st):
+                elif st is not None and sha is None and self._needs_whole_hash(handle, stream, st):
                     # Written out of order: hashed whole in the background now, not at the ending.
                     self.hasher.hash_whole_later(handle.fd, st.st_ino, st.st_size, self._hashed_later(node, st))
         finally:
@@ -1207,8 +1224,7 @@ class WsfsOperations(Operations):
         if current.st_ino != st.st_ino:
             return None
         sha = stream.digest_so_far(st.st_size) if stream is not None else None
-        if sha is None and digest is not None and _same_content_key(digest[0], st):
-            sha = digest[1]
+        sha = sha or _digest_at(digest, st)
         self.service.manifest.put(node.job_id, node.area_rel, st, sha, refresh=refresh)
         return st
 
@@ -1253,20 +1269,8 @@ class WsfsOperations(Operations):
         with self.service.records.mutation(node.job), dst.lock:
             if dst.node is not node:  # its area was dropped while this waited (_area_dropping)
                 return os.copy_file_range(src.fd, dst.fd, size, off_in, off_out)
-            growth = 0
-            if self._limited(node):
-                st = os.fstat(dst.fd)
-                names = self._names(node, st)
-                growth = max(off_out + size - st.st_size, 0) * names
-                self.service.usage.charge(node.job, growth)
-            try:
-                copied = os.copy_file_range(src.fd, dst.fd, size, off_in, off_out)
-            except BaseException:
-                if growth:
-                    self.service.usage.charge(node.job, -growth)
-                raise
-            if growth and copied < size:  # a short copy (the end of the source): charge what it grew by
-                self.service.usage.charge(node.job, (max(off_out + copied - st.st_size, 0) * names) - growth)
+            copied = self._charged_write(node, dst.fd, off_out, size,
+                                         lambda: os.copy_file_range(src.fd, dst.fd, size, off_in, off_out))
             dst.dirty = dst.changed = True
             self._forget_hashes(dst.ino)
         self._show_other_names(node, dst.ino)
